@@ -1,0 +1,75 @@
+"""Input checks shared by the fast kernels.
+
+Every public fast kernel checks its arguments here before it calls its numba loop, so that bad
+input fails with a ValueError that names the argument, what was expected and what was found,
+instead of crashing inside compiled code or returning a silently wrong answer.
+"""
+
+import numpy as np
+
+
+def as_float32(name, a, ndim=None):
+    """Return `a` as a C-contiguous float32 array, checking its dtype and rank.
+
+    float32 passes through untouched; other real floating types (float16, float64) are
+    converted, so the kernel computes in float32 whatever precision arrives. Integers, booleans
+    and complex numbers are refused: an integer image fed to a float network is a bug upstream.
+    """
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name}: expected a real floating-point array (float32), found dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, found {a.ndim}-d with shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def as_bias(b, c_out):
+    """The bias as float32 of shape (c_out,), or zeros when there is none."""
+    if b is None:
+        return np.zeros(c_out, dtype=np.float32)
+    b = as_float32("b", b, ndim=1)
+    if b.shape[0] != c_out:
+        raise ValueError(f"b: expected shape ({c_out},) to match the output channels, found {b.shape}")
+    return b
+
+
+def check_stride(stride):
+    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
+    return int(stride)
+
+
+def check_pad(pad):
+    """pad is (top, bottom, left, right), each an integer >= 0."""
+    try:
+        values = tuple(pad)
+    except TypeError:
+        values = ()
+    if len(values) != 4 or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in values):
+        raise ValueError(f"pad: expected 4 integers (top, bottom, left, right), found {pad!r}")
+    if min(values) < 0:
+        raise ValueError(f"pad: expected every side >= 0, found {values}")
+    return tuple(int(p) for p in values)
+
+
+def check_clamp(clamp):
+    """clamp is None (no clamp) or (lo, hi) with lo <= hi; returned as (flag, lo, hi)."""
+    if clamp is None:
+        return False, np.float32(0), np.float32(0)
+    try:
+        lo, hi = clamp
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ValueError(f"clamp: expected None or (lo, hi), found {clamp!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"clamp: expected lo <= hi, found ({lo}, {hi})")
+    return True, np.float32(lo), np.float32(hi)
+
+
+def conv_output_size(name, size, k, stride, pad_before, pad_after):
+    """Output side of a convolution or pool window: floor((size + pads - k) / stride) + 1."""
+    padded = size + pad_before + pad_after
+    if k > padded:
+        raise ValueError(f"{name}: expected a kernel no larger than the padded input, "
+                         f"found kernel {k} > padded input {padded} ({size} + pads {pad_before}, {pad_after})")
+    return (padded - k) // stride + 1

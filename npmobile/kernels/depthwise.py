@@ -1,0 +1,103 @@
+"""Depthwise convolution: one k x k filter per channel, no mixing across channels.
+
+    y[n, i, j, c] = b[c] + sum_{p < k_h, q < k_w} x_pad[n, i*s + p, j*s + q, c // m] * w[p, q, c]
+
+where x_pad is x with (top, bottom, left, right) zero padding, s the stride and m the depth
+multiplier: input channel c_in feeds the m output channels c_in*m .. c_in*m + m - 1, so
+c_out = c_in * m (Keras' DepthwiseConv2D order, and torch's Conv2d with groups = c_in).
+
+Layout: x is NHWC (n, h, w, c_in); w is HWC (k_h, k_w, c_out); b is (c_out,).
+
+Cost: n * h_out * w_out * c_out * k_h * k_w MACs, where h_out = (h + top + bottom - k_h) // s + 1.
+That is the "D_K * D_K * M * D_F * D_F" of the MobileNet paper: a standard convolution costs c_out
+times more (every output channel reads every input channel), which is where the
+1/N + 1/D_K^2 saving of a depthwise-separable convolution comes from. Each input value is read
+k_h * k_w times but used in a single multiply each time: the kernel is memory-bound, not
+compute-bound, so its time ratio to a standard convolution is worse than its MAC ratio.
+
+Read the oracle first (what is computed), then the fast kernel (how it is computed quickly).
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size
+from ._jit import jit
+
+
+def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
+    """The oracle: the equation above in float64, written to be read, not to be fast."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    k_h, k_w, c_out = w.shape
+    c_in = x.shape[3]
+    m = c_out // c_in
+    top, bottom, left, right = pad
+    x_pad = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    # Every k_h x k_w window of every channel: (n, h_out, w_out, c_in, k_h, k_w) after striding.
+    windows = sliding_window_view(x_pad, (k_h, k_w), axis=(1, 2))[:, ::stride, ::stride]
+    # Output channel c = ci * m + j reads input channel ci with its own filter w[:, :, c].
+    filters = w.reshape(k_h, k_w, c_in, m)
+    y = np.einsum("nhwcpq,pqcm->nhwcm", windows, filters)
+    y = y.reshape(y.shape[0], y.shape[1], y.shape[2], c_out)
+    if b is not None:
+        y = y + np.asarray(b, dtype=np.float64)
+    if clamp is not None:
+        y = np.clip(y, clamp[0], clamp[1])
+    return y
+
+
+def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
+    """The fast kernel: float32 in, float32 out; same arguments and result as the oracle."""
+    x = as_float32("x", x, ndim=4)
+    w = as_float32("w", w, ndim=3)
+    n, h, width, c_in = x.shape
+    k_h, k_w, c_out = w.shape
+    if c_out == 0 or c_out % c_in != 0:
+        raise ValueError(f"w: expected the channel axis to be a multiple of x's {c_in} channels "
+                         f"(c_in * depth multiplier), found w of shape {w.shape}")
+    b = as_bias(b, c_out)
+    stride = check_stride(stride)
+    top, bottom, left, right = check_pad(pad)
+    has_clamp, lo, hi = check_clamp(clamp)
+    h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
+    w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
+    y = np.empty((n, h_out, w_out, c_out), dtype=np.float32)
+    _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
+    return y
+
+
+@jit
+def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
+    n, h, width, c_in = x.shape
+    k_h, k_w, c_out = w.shape
+    m = c_out // c_in
+    h_out, w_out = y.shape[1], y.shape[2]
+    for i in range(n):
+        for oy in range(h_out):
+            for ox in range(w_out):
+                acc = y[i, oy, ox]  # a view: we accumulate straight into the output
+                acc[:] = b
+                for p in range(k_h):
+                    iy = oy * stride - top + p
+                    # A tap that lands in the zero padding adds nothing: skip it instead of
+                    # materialising a padded copy of x.
+                    if iy < 0 or iy >= h:
+                        continue
+                    for q in range(k_w):
+                        ix = ox * stride - left + q
+                        if ix < 0 or ix >= width:
+                            continue
+                        x_pix = x[i, iy, ix]
+                        w_tap = w[p, q]
+                        # The innermost loop runs over channels, unit stride in both x and w
+                        # (that is why the layout is NHWC and HWC): LLVM turns it into SIMD.
+                        if m == 1:
+                            for c in range(c_out):
+                                acc[c] += x_pix[c] * w_tap[c]
+                        else:
+                            for c in range(c_out):
+                                acc[c] += x_pix[c // m] * w_tap[c]
+                if has_clamp:
+                    for c in range(c_out):
+                        acc[c] = min(max(acc[c], lo), hi)

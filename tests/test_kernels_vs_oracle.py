@@ -1,0 +1,149 @@
+"""Layer 1: every fast kernel equals its float64 oracle, over shapes and attributes drawn by
+hypothesis, within the float32 rounding bound of its dot products (bounds.py)."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bounds import U, assert_within
+from npmobile.kernels import KERNELS
+
+CHANNELS = st.integers(1, 40)
+KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
+
+
+@st.composite
+def conv_case(draw, depthwise=False):
+    """A convolution problem: input, weights, optional bias and clamp, stride and padding."""
+    k_h = draw(KERNEL_SIDE)
+    k_w = draw(st.one_of(st.just(k_h), KERNEL_SIDE))
+    pad = tuple(draw(st.integers(0, 3)) for _ in range(4))  # each side on its own
+    top, bottom, left, right = pad
+    n = draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, k_h - top - bottom), 12))  # sizes down to 1x1, odd and even
+    w = draw(st.integers(max(1, k_w - left - right), 12))
+    c_in = draw(CHANNELS)
+    c_out = c_in * draw(st.integers(1, 3)) if depthwise else draw(CHANNELS)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, h, w, c_in)).astype(np.float32)
+    shape = (k_h, k_w, c_out) if depthwise else (k_h, k_w, c_in, c_out)
+    weights = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32) if draw(st.booleans()) else None
+    clamp = draw(st.sampled_from([None, (0.0, 6.0), (-0.5, 0.5)]))
+    return x, weights, b, dict(stride=draw(st.sampled_from([1, 2])), pad=pad, clamp=clamp)
+
+
+def check_linear(name, x, w, b, attrs, terms):
+    """Compare a linear kernel (conv, pointwise, dense) with its oracle. The bound's magnitude is
+    the oracle on |x|, |w|, |b| without the clamp (a clamp only shrinks the error)."""
+    kernel = KERNELS[name]
+    y = kernel.fast(x, w, b, **attrs)
+    ref = kernel.ref(x, w, b, **attrs)
+    magnitude = kernel.ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), **{**attrs, "clamp": None})
+    assert_within(y, ref, magnitude, terms + 2)
+
+
+@given(conv_case())
+def test_conv2d(case):
+    x, w, b, attrs = case
+    check_linear("conv2d", x, w, b, attrs, terms=w.shape[0] * w.shape[1] * w.shape[2])
+
+
+@given(conv_case(depthwise=True))
+def test_depthwise_conv2d(case):
+    x, w, b, attrs = case
+    check_linear("depthwise_conv2d", x, w, b, attrs, terms=w.shape[0] * w.shape[1])
+
+
+@given(conv_case())
+def test_pointwise_conv2d(case):
+    x, w, b, attrs = case
+    check_linear("pointwise_conv2d", x, w[0, 0], b, {"clamp": attrs["clamp"]}, terms=w.shape[2])
+
+
+@given(conv_case())
+def test_dense(case):
+    x, w, b, attrs = case
+    check_linear("dense", x[:, 0, 0, :], w[0, 0], b, {"clamp": attrs["clamp"]}, terms=w.shape[2])
+
+
+@st.composite
+def activations(draw, min_rank=4):
+    rank = draw(st.integers(min_rank, 4))
+    shape = tuple(draw(st.integers(1, 9)) for _ in range(rank - 1)) + (draw(CHANNELS),)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return (3 * rng.standard_normal(shape)).astype(np.float32), rng
+
+
+@given(activations(min_rank=1), st.sampled_from([1e-3, 1e-5]))
+def test_batchnorm(case, eps):
+    x, rng = case
+    c = x.shape[-1]
+    gamma, beta, mean = (rng.standard_normal(c).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.0, 3.0, c).astype(np.float32)
+    y = KERNELS["batchnorm"].fast(x, gamma, beta, mean, var, eps=eps)
+    ref = KERNELS["batchnorm"].ref(x, gamma, beta, mean, var, eps=eps)
+    # scale = gamma / sqrt(var + eps) and shift = beta - mean * scale carry a few roundings each;
+    # y = x * scale + shift two more: 8 roundings over |x * scale| + |mean * scale| + |beta|.
+    scale = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
+    assert_within(y, ref, np.abs(x) * scale + np.abs(mean) * scale + np.abs(beta), 8)
+
+
+@given(activations(min_rank=1), st.sampled_from([(0.0, 6.0), (0.0, np.inf), (-1.5, 0.25)]))
+def test_clamp(case, bounds):
+    x, _ = case
+    lo, hi = bounds
+    y = KERNELS["clamp"].fast(x, lo=lo, hi=hi)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, KERNELS["clamp"].ref(x, lo=lo, hi=hi).astype(np.float32))
+
+
+@given(activations(), st.tuples(*[st.integers(0, 3)] * 4))
+def test_zero_pad(case, pad):
+    x, _ = case
+    y = KERNELS["zero_pad"].fast(x, pad=pad)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, KERNELS["zero_pad"].ref(x, pad=pad).astype(np.float32))
+
+
+@given(activations(min_rank=1))
+def test_add(case):
+    x1, rng = case
+    x2 = rng.standard_normal(x1.shape).astype(np.float32)
+    ref = KERNELS["add"].ref(x1, x2)
+    assert_within(KERNELS["add"].fast(x1, x2), ref, np.abs(ref), 1)
+
+
+@given(activations())
+def test_global_avg_pool(case):
+    x, _ = case
+    k = x.shape[1] * x.shape[2]
+    ref = KERNELS["global_avg_pool"].ref(x)
+    assert_within(KERNELS["global_avg_pool"].fast(x), ref, KERNELS["global_avg_pool"].ref(np.abs(x)), k + 2)
+
+
+@given(activations())
+def test_global_max_pool(case):
+    x, _ = case
+    y = KERNELS["global_max_pool"].fast(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, KERNELS["global_max_pool"].ref(x).astype(np.float32))
+
+
+@given(activations(min_rank=1))
+def test_softmax(case):
+    x, _ = case
+    k = x.shape[-1]
+    ref = KERNELS["softmax"].ref(x)
+    # exp(d) with d = x - max rounded once amplifies that rounding by |d|; the sum of k positive
+    # terms adds gamma(k); exp, the divide and the output add a few roundings more.
+    spread = float(np.max(x.max(axis=-1) - x.min(axis=-1)))
+    assert_within(KERNELS["softmax"].fast(x), ref, ref, k + int(np.ceil(2 * spread)) + 8)
+
+
+def test_registry_pairs_every_kernel_with_an_oracle():
+    for name, kernel in KERNELS.items():
+        assert kernel.fast.__name__ == name
+        assert kernel.ref.__name__ == name + "_ref"
+        assert kernel.fast.__module__ == kernel.ref.__module__, f"{name}: oracle and kernel in one file"
+    assert U == 2.0 ** -24
