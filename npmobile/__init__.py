@@ -1,3 +1,15 @@
-"""npmobile: MobileNetV1 and V2 inference in NumPy and numba, with an oracle for every kernel."""
+"""npmobile: MobileNetV1 and V2 inference in NumPy and numba, with an oracle for every kernel.
+
+    model = npmobile.load("mobilenet_v2.tflite")    # or .npz, .h5, .keras, .pth, .onnx
+    probs = model(model.preprocess(images))
+"""
 
 __version__ = "0.1.0"
+
+from .graph import Graph, Node  # noqa: E402
+from .model import Model  # noqa: E402
+from .models import mobilenet_v1, mobilenet_v2  # noqa: E402
+from .weights import WeightFileError  # noqa: E402
+from .io import load  # noqa: E402
+
+__all__ = ["Graph", "Model", "Node", "WeightFileError", "load", "mobilenet_v1", "mobilenet_v2"]

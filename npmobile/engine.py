@@ -1,0 +1,127 @@
+"""Running a graph: one loop over its nodes with a dict of named values.
+
+Two engines share that loop:
+- the fast engine runs the numba kernels on the *fused* graph (`fuse`): every batch norm folded
+  into the convolution before it, every ReLU6 fused into the kernel that produces its input;
+- the oracle engine runs the float64 NumPy oracles on the graph exactly as built, one node per
+  layer, for reading and for tests.
+
+Both can return every intermediate value by node name: a layer-by-layer diff against a framework
+is how one finds the first layer that disagrees. A fused node carries the name of the last node it
+absorbed, so its value is comparable with the oracle's value of that name.
+"""
+
+import numpy as np
+
+from .graph import Graph, Node
+from .kernels import KERNELS, fold_batchnorm
+
+_LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
+_PADDED = ("conv2d", "depthwise_conv2d")
+
+
+def check_input(graph, x):
+    """x must be a float batch of the graph's input shape (NHWC)."""
+    x = np.asarray(x)
+    expected = tuple(graph.input_shape)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"input: expected a float32 NHWC batch, found dtype {x.dtype} "
+                         "(uint8 images go through model.preprocess first)")
+    if x.ndim != 4 or x.shape[1:] != expected:
+        raise ValueError(f"input: expected shape (n, {', '.join(map(str, expected))}), found {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError(f"input: expected a batch of at least 1, found {x.shape}")
+    return x
+
+
+def run(graph, params, x, *, oracle=False, intermediates=False):
+    """Run `graph` on the NHWC batch x. Returns the output, or {name: value} for every node
+    (and "input") when intermediates=True."""
+    x = check_input(graph, x)
+    values = {"input": x if oracle else x.astype(np.float32, copy=False)}
+    last_use = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last_use[name] = i
+    for i, node in enumerate(graph.nodes):
+        kernel = KERNELS[node.op]
+        fn = kernel.ref if oracle else kernel.fast
+        args = [values[name] for name in node.inputs] + [params[f"{node.name}.{p}"] for p in node.params]
+        values[node.name] = fn(*args, **node.attrs)
+        if not intermediates:  # drop what no later node reads, so memory stays at a few layers
+            for name in node.inputs:
+                if last_use[name] == i:
+                    del values[name]
+    return values if intermediates else values[graph.output]
+
+
+def _consumers(nodes):
+    users = {}
+    for node in nodes:
+        for name in node.inputs:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _fold_pads(nodes, output):
+    """A zero_pad read only by a convolution becomes that convolution's own padding."""
+    users = _consumers(nodes)
+    pads = {}  # conv name -> (zero_pad node it absorbs)
+    for node in nodes:
+        readers = users.get(node.name, [])
+        if node.op == "zero_pad" and node.name != output and len(readers) == 1 and readers[0].op in _PADDED:
+            pads[readers[0].name] = node
+    out = []
+    for node in nodes:
+        if node.op == "zero_pad" and any(p is node for p in pads.values()):
+            continue
+        if node.name in pads:
+            zp = pads[node.name]
+            pad = tuple(a + b for a, b in zip(zp.attrs["pad"], node.attrs.get("pad", (0, 0, 0, 0))))
+            node = node._replace(inputs=zp.inputs, attrs={**node.attrs, "pad": pad})
+        out.append(node)
+    return out
+
+
+def fuse(graph, params):
+    """The fast engine's graph: zero padding folded into the convolution after it, BN folded into
+    the linear layer before it, ReLU6 (any clamp) fused into the kernel. Returns (graph, params);
+    neither input is modified."""
+    nodes = _fold_pads(graph.nodes, graph.output)
+    users = _consumers(nodes)
+
+    def only_reader(node, op):
+        readers = users.get(node.name, [])
+        if len(readers) == 1 and readers[0].op == op and node.name != graph.output:
+            return readers[0]
+        return None
+
+    fused, new_params, absorbed = [], {}, set()
+    for node in nodes:
+        if node.name in absorbed:
+            continue
+        if node.op not in _LINEAR:
+            fused.append(node)
+            new_params.update({f"{node.name}.{p}": params[f"{node.name}.{p}"] for p in node.params})
+            continue
+        w = params[f"{node.name}.w"]
+        b = params.get(f"{node.name}.b")
+        attrs = dict(node.attrs)
+        tail = node
+        if bn := only_reader(tail, "batchnorm"):
+            stats = (params[f"{bn.name}.{p}"] for p in ("gamma", "beta", "mean", "var"))
+            w, b = fold_batchnorm(w, b, *stats, eps=bn.attrs["eps"])
+            absorbed.add(bn.name)
+            tail = bn
+        if (clamp := only_reader(tail, "clamp")) and "clamp" not in attrs:
+            attrs["clamp"] = (clamp.attrs["lo"], clamp.attrs["hi"])
+            absorbed.add(clamp.name)
+            tail = clamp
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        node_params = {"w": w.shape}
+        new_params[f"{tail.name}.w"] = w
+        if b is not None:
+            node_params["b"] = (w.shape[-1],)
+            new_params[f"{tail.name}.b"] = np.ascontiguousarray(b, dtype=np.float32)
+        fused.append(Node(node.op, tail.name, node.inputs, attrs, node_params, tail.shape))
+    return Graph(fused, graph.input_shape, dict(graph.config)), new_params
