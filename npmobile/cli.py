@@ -23,6 +23,35 @@ def cmd_convert(args):
     return 0
 
 
+def cmd_summary(args):
+    """The cost of a model, layer by layer: from a weight file, or from architecture flags."""
+    import json
+
+    from . import cost
+    from .models import ARCHITECTURES
+
+    flags = {k: getattr(args, k) for k in ("arch", "alpha", "resolution", "classes", "convention")}
+    if args.src:
+        defaults = vars(build_parser().parse_args(["summary"]))
+        if any(flags[k] != defaults[k] for k in flags):
+            raise ValueError("give a weight file or architecture flags (--arch, --alpha, ...), not both")
+        from .io import load
+        model = load(args.src)
+        graph, title = model.graph, f"{args.src}: {model!r}"
+    else:
+        graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
+        title = (f"{args.arch} alpha={args.alpha} resolution={args.resolution} "
+                 f"classes={graph.config['classes']} convention={args.convention}")
+    c = cost.count(graph)
+    text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="npmobile", description="MobileNetV1 and V2 inference with numpy and numba only.")
     parser.add_argument("--version", action="version", version=f"npmobile {__version__}")
@@ -32,6 +61,16 @@ def build_parser():
     p.add_argument("src", help="weight file to read (.h5, .keras, .pth, .onnx, .tflite, .npz)")
     p.add_argument("-o", "--output", required=True, help="native .npz file to write")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("summary", help="MACs and parameters per layer (like Keras model.summary())",
+                       description="Count MACs and parameters from the graph that runs, for a weight file "
+                                   "or for an architecture given by flags. See docs/cost.md.")
+    p.add_argument("src", nargs="?", help="weight file (any format npmobile.load reads); omit to use the flags")
+    _add_arch_flags(p)
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of the table: top-level keys macs, params, params_by_kind, config, layers")
+    p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
+    p.set_defaults(func=cmd_summary)
     return parser
 
 
