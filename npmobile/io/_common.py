@@ -1,0 +1,161 @@
+"""What the ONNX and TFLite importers share: dequantization, one error for every unsupported
+node, and `Emitter`, which appends npmobile nodes (named, shaped, with their float32 weights) so
+each importer only has to translate its own ops.
+
+Weights arrive here already in npmobile's layout: conv2d HWIO (k, k, c_in, c_out), depthwise
+HWC (k, k, c_in * multiplier); the emitter chooses the kernel (a 1x1 stride-1 unpadded conv is a
+pointwise conv, a 1x1 conv on a pooled vector is a dense layer) so both formats map alike.
+"""
+
+import numpy as np
+
+from ..graph import Builder, Graph, conv_out
+from ..weights import WeightFileError
+
+LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
+
+
+def dequantize(q, scale, zero_point, axis=0):
+    """real = scale * (q - zero_point), per tensor (one scale) or per channel along `axis`."""
+    q = np.asarray(q).astype(np.float64)
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    zero_point = np.asarray(zero_point, dtype=np.float64).reshape(-1)
+    if scale.size > 1 or zero_point.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return (scale * (q - zero_point)).astype(np.float32)
+
+
+def refuse_unsupported(path, what, problems):
+    """One WeightFileError naming every node the engine cannot run: [(node, op, reason), ...]."""
+    lines = [f"{path}: {len(problems)} {what} node(s) npmobile cannot run (nothing was skipped):"]
+    lines += [f"  node {name!r} ({op}): {reason}" for name, op, reason in problems]
+    raise WeightFileError("\n".join(lines))
+
+
+def guess_arch(nodes):
+    """"mobilenet_v2" for depthwise convs with residual adds, "mobilenet_v1" without, else
+    "imported": a label for people, the graph itself is what runs."""
+    ops = {n.op for n in nodes}
+    if "depthwise_conv2d" not in ops:
+        return "imported"
+    return "mobilenet_v2" if "add" in ops else "mobilenet_v1"
+
+
+class Emitter:
+    """A Builder plus the float32 tensors of every node, with unique names."""
+
+    def __init__(self, input_shape):
+        self.b = Builder(input_shape)
+        self.params = {}
+
+    def shape(self, value):
+        return self.b.shapes[value]
+
+    def _name(self, name):
+        name, i = name or "node", 1
+        base = name
+        while name in self.b.shapes:
+            i += 1
+            name = f"{base}_{i}"
+        return name
+
+    def _add(self, op, name, inp, attrs, tensors, shape):
+        name = self._name(name)
+        inputs = inp if isinstance(inp, tuple) else (inp,)
+        params = {}
+        for p, a in tensors.items():
+            if a is not None:
+                self.params[f"{name}.{p}"] = np.ascontiguousarray(a, dtype=np.float32)
+                params[p] = self.params[f"{name}.{p}"].shape
+        return self.b.add(op, name, attrs, params, shape, inputs=inputs)
+
+    def linear(self, name, inp, w, b=None, *, stride=1, pad=(0, 0, 0, 0), depthwise=False):
+        """A convolution with weights w (HWIO, or HWC when depthwise), as the cheapest kernel
+        that computes it. Returns the node name."""
+        s = self.shape(inp)
+        k_h, k_w = w.shape[:2]
+        c_in = s[-1]
+        if depthwise:
+            if w.shape[2] % c_in:
+                raise ValueError(f"depthwise weights {w.shape} do not fit {c_in} input channels")
+        elif w.shape[2] != c_in:
+            raise ValueError(f"weights {w.shape} expect {w.shape[2]} input channels, found {c_in}")
+        if len(s) == 1:  # a pooled vector: only a 1x1 convolution (a dense layer) applies
+            if (k_h, k_w) != (1, 1) or depthwise:
+                raise ValueError(f"a {k_h}x{k_w} {'depthwise ' if depthwise else ''}convolution on a pooled "
+                                 f"vector of {c_in} channels: only 1x1 convolutions are supported there")
+            return self._add("dense", name, inp, {}, {"w": w.reshape(c_in, -1), "b": b}, (w.shape[-1],))
+        h = conv_out(s[0], k_h, stride, pad[0], pad[1])
+        wo = conv_out(s[1], k_w, stride, pad[2], pad[3])
+        if h < 1 or wo < 1:
+            raise ValueError(f"a {k_h}x{k_w} window with stride {stride} and pads {pad} on a {s[0]}x{s[1]} map")
+        if k_h != k_w:
+            raise ValueError(f"non-square {k_h}x{k_w} kernels are not supported")
+        attrs = {"stride": int(stride), "pad": tuple(int(p) for p in pad)}
+        if depthwise:
+            return self._add("depthwise_conv2d", name, inp, attrs, {"w": w, "b": b}, (h, wo, w.shape[2]))
+        if k_h == 1 and stride == 1 and not any(pad):
+            return self._add("pointwise_conv2d", name, inp, {}, {"w": w.reshape(c_in, -1), "b": b},
+                             (s[0], s[1], w.shape[-1]))
+        return self._add("conv2d", name, inp, attrs, {"w": w, "b": b}, (h, wo, w.shape[-1]))
+
+    def clamp(self, name, inp, lo, hi):
+        return self._add("clamp", name, inp, {"lo": float(lo), "hi": float(hi)}, {}, self.shape(inp))
+
+    def activation(self, name, inp, kind):
+        """A fused activation: None, "relu" (clamp 0..inf) or "relu6" (clamp 0..6)."""
+        if kind is None:
+            return inp
+        return self.clamp(name, inp, 0.0, 6.0 if kind == "relu6" else np.inf)
+
+    def add(self, name, a, b):
+        if self.shape(a) != self.shape(b):
+            raise ValueError(f"adds values of shapes {self.shape(a)} and {self.shape(b)}")
+        return self._add("add", name, (a, b), {}, {}, self.shape(b))
+
+    def zero_pad(self, name, inp, pad):
+        h, w, c = self.shape(inp)
+        return self._add("zero_pad", name, inp, {"pad": tuple(int(p) for p in pad)}, {},
+                         (h + pad[0] + pad[1], w + pad[2] + pad[3], c))
+
+    def global_avg_pool(self, name, inp):
+        if len(self.shape(inp)) != 3:
+            raise ValueError(f"global pooling of a value of shape {self.shape(inp)}")
+        return self._add("global_avg_pool", name, inp, {}, {}, (self.shape(inp)[-1],))
+
+    def batchnorm(self, name, inp, gamma, beta, mean, var, eps):
+        return self._add("batchnorm", name, inp, {"eps": float(eps)},
+                         {"gamma": gamma, "beta": beta, "mean": mean, "var": var}, self.shape(inp))
+
+    def softmax(self, name, inp):
+        if len(self.shape(inp)) != 1:
+            raise ValueError(f"softmax over the channels of a {self.shape(inp)} map: only a vector is supported")
+        return self._add("softmax", name, inp, {}, {}, self.shape(inp))
+
+    def graph(self, output, config):
+        """The Graph ending at `output`, which must be the last node (a chain, not a branch)."""
+        nodes = self.b.nodes
+        if not nodes:
+            raise ValueError("the graph has no node npmobile computes")
+        if nodes[-1].name != output:
+            raise ValueError(f"the graph's output is {output!r}, but the last node computed is "
+                             f"{nodes[-1].name!r}: a branch npmobile cannot run")
+        read = {i for n in nodes for i in n.inputs}
+        dead = [n.name for n in nodes[:-1] if n.name not in read]
+        if dead:
+            raise ValueError(f"node(s) {', '.join(dead[:5])} compute values that neither the output nor any "
+                             "later node reads: a second output or branch npmobile cannot run")
+        config = dict(config, arch=config.get("arch") or guess_arch(nodes))
+        return Graph(list(nodes), self.b.shapes["input"], config)
+
+
+def imported_config(*, arch, resolution, classes, convention, mean, std, crop, input_layout, source_format,
+                    softmax):
+    """The config of an imported graph: what Model.preprocess and people need to know."""
+    return dict(arch=arch, alpha=None, resolution=int(resolution), classes=int(classes), include_top=True,
+                pooling=None, convention=convention, source_format=source_format,
+                preprocess=dict(mean=[float(m) for m in mean], std=[float(s) for s in std], crop=float(crop)),
+                # npmobile always takes NHWC; this records what the original file's input was.
+                input_layout=input_layout, output="probabilities" if softmax else "logits")
