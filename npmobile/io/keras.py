@@ -1,0 +1,299 @@
+"""Keras MobileNet (V1) and MobileNetV2 -> Model, without Keras installed.
+
+Three sources, one path. Each reader collects, from what Keras wrote:
+- `weights`: {layer name: [(weight name or None, array), ...]} in Keras' get_weights() order;
+- `layers`: {layer name: (class name or None, layer config)} for every layer it can name;
+- the model's name and input size, when the file records them.
+`_to_model` then infers the architecture, builds the graph with convention="keras" (the graph's
+node names are Keras' layer names) and puts each tensor into the graph's layout.
+
+The files Keras writes:
+- legacy HDF5 (`model.save("x.h5")`, Keras 2 and 3): model_weights/<layer>/<layer>/<weight>, the
+  weights of a layer listed in its "weight_names" attribute, the model as JSON in "model_config";
+  Keras 2's save_weights("x.h5") is the same without the model_weights level or the JSON;
+- Keras 3 weights (`save_weights("x.weights.h5")`, and model.weights.h5 inside a `.keras` zip
+  beside config.json): layers/<auto name>/vars/<0, 1, ...>, positional, where the auto name is
+  the snake-cased class name made unique in model.layers order (conv2d, conv2d_1, ...); recent
+  Keras also stores the layer's real name as an attribute of the vars group.
+"""
+
+import io
+import json
+import re
+import zipfile
+
+import numpy as np
+
+from ..model import Model
+from ..models import mobilenet_v1, mobilenet_v2
+from ..weights import WeightFileError
+from ._widths import fit_alpha
+
+# Keras' weight names -> the graph's parameter names.
+_PARAM = {"kernel": "w", "depthwise_kernel": "w", "bias": "b", "gamma": "gamma", "beta": "beta",
+          "moving_mean": "mean", "moving_variance": "var"}
+
+# What marks each architecture, its head (None without top) and the layer whose width gives alpha.
+_ARCH = {
+    "mobilenet_v1": dict(marker="conv_dw_1", head="conv_preds", activation="predictions",
+                         widest=("conv_pw_13", 1024), build=mobilenet_v1),
+    "mobilenet_v2": dict(marker="expanded_conv_depthwise", head="predictions", activation="predictions",
+                         widest=("block_16_project", 320), build=mobilenet_v2),
+}
+_NAME = re.compile(r"^mobilenet(?:v2)?_(\d+\.\d+)_(\d+)$")  # keras.applications' model names
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading Keras .h5 and .keras files needs h5py: pip install 'npmobile[keras]'") from None
+    return h5py
+
+
+def _strings(values):
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
+
+
+def _short(weight_name):
+    """'conv1/kernel:0' (Keras 2), 'conv1/kernel' (Keras 3 .h5), 'kernel' (Keras 3) -> 'kernel'."""
+    return weight_name.split("/")[-1].split(":")[0]
+
+
+def _snake(class_name):
+    """keras.src.utils.naming.to_snake_case, which names the groups of a Keras 3 weights file."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _config_layers(model_config):
+    """{layer name: (class name, config)} in model order, from a Functional model's JSON."""
+    if model_config is None:
+        return {}
+    if isinstance(model_config, (bytes, str)):
+        model_config = json.loads(model_config)
+    layers = {}
+    for layer in model_config.get("config", {}).get("layers", []):
+        cfg = layer.get("config", {})
+        layers[layer.get("name", cfg.get("name"))] = (layer.get("class_name"), cfg)
+    return layers
+
+
+def _model_name(model_config):
+    if isinstance(model_config, (bytes, str)):
+        model_config = json.loads(model_config)
+    return (model_config or {}).get("config", {}).get("name")
+
+
+def _input_hw(layers):
+    for cls, cfg in layers.values():
+        if cls == "InputLayer":
+            shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+            if shape and len(shape) == 4:
+                return tuple(shape[1:3])
+    return None
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+def _read_legacy(root):
+    """model_weights/<layer>/<layer>/<weight> (or the same at the root, Keras 2 save_weights)."""
+    weights, names = {}, _strings(root.attrs["layer_names"])
+    for name in names:
+        group = root[name]
+        arrays = [(_short(w), np.asarray(group[w])) for w in _strings(group.attrs.get("weight_names", []))]
+        if arrays:
+            weights[name] = arrays
+    return weights, names
+
+
+def _read_vars(f, layers):
+    """layers/<auto name>/vars/<i>: the real layer name from the vars group's "name" attribute,
+    else from the model config by Keras' own rule (snake-cased class name, unique in order)."""
+    auto, used = {}, {}
+    for name, (cls, _) in layers.items():
+        base = _snake(cls or "")
+        auto[f"{base}_{used[base]}" if base in used else base] = name
+        used[base] = used.get(base, 0) + 1
+    weights, names = {}, []
+    for key, group in f["layers"].items():
+        variables = group.get("vars")
+        name = variables.attrs.get("name") if variables is not None else None
+        name = name.decode() if isinstance(name, bytes) else name
+        name = name or auto.get(key)
+        if name is None:
+            raise WeightFileError(f"group layers/{key} carries no layer name, and there is no model config "
+                                  "to name it (load the .keras file instead)")
+        names.append(name)
+        if variables is not None and len(variables):
+            order = sorted(variables, key=int)
+            weights[name] = [(None, np.asarray(variables[i])) for i in order]
+    return weights, names
+
+
+def _read_h5(f, layers):
+    if "layers" in f and "model_weights" not in f and "layer_names" not in f.attrs:
+        return _read_vars(f, layers)
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+        raise WeightFileError(f"not a Keras weights file: no 'layer_names' attribute and no 'layers' group "
+                              f"(found top-level entries {list(f)[:10]})")
+    return _read_legacy(root)
+
+
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile)
+
+
+def load_h5(path, **options):
+    """A Keras .h5 file (legacy model or weights, or Keras 3 .weights.h5) as a Model.
+    options: alpha=, resolution= override what the file says or what is inferred."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+            layers = _config_layers(config)
+            weights, names = _read_h5(f, layers)
+            name = _model_name(config)
+    except WeightFileError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    except _READ_ERRORS as e:
+        raise WeightFileError(f"{path}: not a readable Keras HDF5 file (truncated or corrupted?): {e}") from None
+    return _to_model(str(path), weights, layers, names, name, _input_hw(layers), **options)
+
+
+def load_keras_zip(path, **options):
+    """A Keras 3 .keras file (a zip of config.json and model.weights.h5) as a Model, read in memory."""
+    h5py = _h5py()
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.namelist()
+            if "config.json" not in members or "model.weights.h5" not in members:
+                raise WeightFileError(f"expected config.json and model.weights.h5 in the .keras zip, found {members}")
+            config = json.loads(z.read("config.json"))  # z.read checks each member's CRC-32
+            blob = z.read("model.weights.h5")
+        layers = _config_layers(config)
+        with h5py.File(io.BytesIO(blob), "r") as f:
+            weights, names = _read_h5(f, layers)
+    except WeightFileError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    except (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightFileError(f"{path}: not a readable .keras file (truncated or corrupted?): {e}") from None
+    return _to_model(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
+
+
+def from_keras_model(model, **options):
+    """An in-memory keras.Model built by keras.applications.MobileNet / MobileNetV2 as a Model."""
+    weights, layers = {}, {}
+    for layer in model.layers:
+        layers[layer.name] = (type(layer).__name__, layer.get_config())
+        values = layer.get_weights()
+        if values:
+            weights[layer.name] = [(_short(w.name), np.asarray(v)) for w, v in zip(layer.weights, values)]
+    shape = tuple(model.input_shape)
+    hw = shape[1:3] if len(shape) == 4 else None
+    return _to_model(f"<keras model {model.name!r}>", weights, layers, list(layers), model.name, hw, **options)
+
+
+# --- Keras layers -> graph --------------------------------------------------------------------
+
+def _to_graph_layout(op, a):
+    """Keras' layout -> the graph's: depthwise (k, k, c, m) -> (k, k, c*m), whose channel c*m + j
+    is input channel c's j-th filter in both; 1x1 kernels (1, 1, ci, co) -> (ci, co). Anything
+    else stays as found, so check_params reports its shape."""
+    if op == "depthwise_conv2d" and a.ndim == 4:
+        return a.reshape(a.shape[0], a.shape[1], -1)
+    if op in ("pointwise_conv2d", "dense") and a.ndim == 4 and a.shape[:2] == (1, 1):
+        return a.reshape(a.shape[2:])
+    return a
+
+
+def _params(graph, weights):
+    """{"{node}.{param}": array}: by weight name when Keras recorded it, else by position in the
+    node's parameter order (which is Keras' own: kernel, bias; gamma, beta, mean, variance).
+    A tensor with no place in the graph keeps a key naming its layer, so it shows as unexpected."""
+    nodes = {n.name: n for n in graph.nodes}
+    params = {}
+    for layer, arrays in weights.items():
+        node = nodes.get(layer)
+        order = list(node.params) if node else []
+        for i, (wname, a) in enumerate(arrays):
+            p = _PARAM.get(wname) if wname else (order[i] if i < len(order) else None)
+            if node is None or p is None:
+                params[f"{layer}.{wname or i}"] = a
+            else:
+                params[f"{layer}.{p}"] = _to_graph_layout(node.op, a)
+    return params
+
+
+def _head_activation(layers, name):
+    cls, cfg = layers.get(name, (None, {}))
+    act = cfg.get("activation", "softmax") if cls in ("Activation", "Dense") else "softmax"
+    act = act.get("class_name", act) if isinstance(act, dict) else act
+    return "linear" if act is None else act
+
+
+def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
+    arch = next((a for a, spec in _ARCH.items() if spec["marker"] in weights), None)
+    if arch is None:
+        raise WeightFileError(f"{source}: not a Keras MobileNet or MobileNetV2: expected a layer named conv_dw_1 "
+                              f"(V1) or expanded_conv_depthwise (V2), found layers {sorted(weights)[:12]}")
+    spec = _ARCH[arch]
+    match = _NAME.match(model_name or "")
+    if resolution is None:
+        if input_hw and None not in input_hw:
+            if input_hw[0] != input_hw[1]:
+                raise WeightFileError(f"{source}: expected a square input, found {input_hw[0]}x{input_hw[1]}")
+            resolution = int(input_hw[0])
+        else:  # input_shape=None in Keras: the name's size, else Keras' default 224
+            resolution = int(match.group(2)) if match else 224
+    include_top = spec["head"] in weights
+    classes = weights[spec["head"]][0][1].shape[-1] if include_top else None
+    pooling = None
+    if not include_top:
+        kinds = [cls or name for name, (cls, _) in layers.items()] + list(names)
+        pooling = next((p for p, tag in (("avg", "average_pooling"), ("max", "max_pooling"))
+                        if any(tag in _snake(k) and "global" in _snake(k) for k in kinds)), None)
+    kwargs = dict(resolution=resolution, classes=classes, include_top=include_top, pooling=pooling,
+                  convention="keras")
+    if arch == "mobilenet_v1":
+        dw = weights["conv_dw_1"][0][1]
+        kwargs["depth_multiplier"] = int(dw.shape[-1]) if dw.ndim == 4 else 1
+
+    def build(a):
+        return spec["build"](a, **kwargs)
+
+    if alpha is not None:
+        graph = build(alpha)
+    else:
+        layer, width = spec["widest"]
+        estimate = weights[layer][0][1].shape[-1] / width if layer in weights else 1.0
+        params = _params(build(1.0), weights)  # node ops and names do not depend on alpha
+        graph = fit_alpha(build, {k: tuple(a.shape) for k, a in params.items()}, arch, estimate,
+                          float(match.group(1)) if match else None)
+    graph = _apply_layer_config(graph, layers, spec["activation"], source)
+    return Model(graph, _params(graph, weights), None, source=source)
+
+
+def _apply_layer_config(graph, layers, activation_layer, source):
+    """What the model config says beyond the tensors: each BN's epsilon, and a head without
+    softmax (classifier_activation=None in keras.applications)."""
+    nodes = []
+    for node in graph.nodes:
+        cls, cfg = layers.get(node.name, (None, {}))
+        if node.op == "batchnorm" and "epsilon" in cfg:
+            node = node._replace(attrs={**node.attrs, "eps": float(cfg["epsilon"])})
+        nodes.append(node)
+    config = dict(graph.config)
+    if graph.config["include_top"]:
+        act = _head_activation(layers, activation_layer)
+        if act == "linear":
+            nodes = [n for n in nodes if n.op != "softmax"]
+            config["softmax"] = False
+        elif act != "softmax":
+            raise WeightFileError(f"{source}: layer {activation_layer!r}: expected a softmax or linear "
+                                  f"classifier activation, found {act!r}")
+    eps = {n.attrs["eps"] for n in nodes if n.op == "batchnorm"}
+    if len(eps) == 1:
+        config["eps"] = eps.pop()
+    return type(graph)(nodes, graph.input_shape, config)

@@ -1,0 +1,136 @@
+"""A torchvision `mobilenet_v2` state_dict -> Model (convention="torch": symmetric padding, BN eps
+1e-5, logits out).
+
+torchvision's module tree, and the graph node (Keras' layer name) each of its layers becomes:
+
+    features.0.0 / .0.1                 Conv1 / bn_Conv1                     3x3 conv, stride 2
+    features.1.conv.0.0 / .0.1          expanded_conv_depthwise / _BN        block 0 (t = 1)
+    features.1.conv.1 / .2              expanded_conv_project / _BN
+    features.{b+1}.conv.0.0 / .0.1      block_{b}_expand / _BN               blocks 1..16 (t = 6)
+    features.{b+1}.conv.1.0 / .1.1      block_{b}_depthwise / _BN
+    features.{b+1}.conv.2 / .3          block_{b}_project / _BN
+    features.18.0 / .18.1               Conv_1 / Conv_1_bn                   last 1x1 conv
+    classifier.1                        predictions                          Linear (classifier.0 is dropout)
+
+A state_dict holds neither alpha nor the input size: alpha is the one whose graph needs exactly
+these shapes (_widths.fit_alpha), the resolution defaults to 224 (resolution= to change it).
+"""
+
+import numpy as np
+
+from ..model import Model
+from ..models import mobilenet_v2
+from ..weights import WeightFileError
+from ._widths import fit_alpha
+
+_BLOCKS = 17
+# torch parameter name -> graph parameter name, for a BN node and for a conv / linear node.
+_BN = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
+_LINEAR = {"weight": "w", "bias": "b"}
+
+
+def _module_names():
+    """{torchvision module path: graph node name}, the table in the module docstring."""
+    names = {"features.0.0": "Conv1", "features.0.1": "bn_Conv1"}
+    for b in range(_BLOCKS):
+        prefix = f"block_{b}_" if b else "expanded_conv_"
+        layers = (["expand", "expand_BN"] if b else []) + ["depthwise", "depthwise_BN", "project", "project_BN"]
+        paths = ["0.0", "0.1", "1.0", "1.1", "2", "3"] if b else ["0.0", "0.1", "1", "2"]
+        names.update({f"features.{b + 1}.conv.{p}": prefix + layer for p, layer in zip(paths, layers)})
+    names.update({"features.18.0": "Conv_1", "features.18.1": "Conv_1_bn", "classifier.1": "predictions"})
+    return names
+
+
+_MODULES = _module_names()
+
+
+def _to_graph_layout(op, a):
+    """torch's layout -> the graph's: conv OIHW -> HWIO; depthwise (c*m, 1, k, k) -> (k, k, c*m);
+    1x1 conv (co, ci, 1, 1) -> (ci, co); linear (out, in) -> (in, out). Anything else stays as
+    found, so check_params reports its shape."""
+    if op == "conv2d" and a.ndim == 4:
+        return a.transpose(2, 3, 1, 0)
+    if op == "depthwise_conv2d" and a.ndim == 4 and a.shape[1] == 1:
+        return a[:, 0].transpose(1, 2, 0)
+    if op == "pointwise_conv2d" and a.ndim == 4 and a.shape[2:] == (1, 1):
+        return a[:, :, 0, 0].T
+    if op == "dense" and a.ndim == 2:
+        return a.T
+    return a
+
+
+def _as_numpy(t):
+    if hasattr(t, "detach"):  # a torch.Tensor, without importing torch
+        t = t.detach().cpu()
+        if hasattr(t, "float") and not t.is_floating_point():
+            return t.numpy()
+        return t.float().numpy()
+    return np.asarray(t)
+
+
+def _params(graph, sd):
+    """{"{node}.{param}": array} in the graph's layout, and {graph key: state_dict key}. A key
+    with no place in the graph is kept under its own name, so it shows as unexpected."""
+    nodes = {n.name: n for n in graph.nodes}
+    params, origin = {}, {}
+    for key, value in sd.items():
+        module, _, pname = key.rpartition(".")
+        if pname == "num_batches_tracked":  # BN's training counter: not used at inference
+            continue
+        node = nodes.get(_MODULES.get(module))
+        p = (_BN if node is not None and node.op == "batchnorm" else _LINEAR).get(pname)
+        if node is None or p is None:
+            params[key] = value
+        else:
+            params[f"{node.name}.{p}"] = _to_graph_layout(node.op, value)
+            origin[f"{node.name}.{p}"] = key
+    return params, origin
+
+
+def from_state_dict(sd, *, resolution=224, alpha=None, source="<state_dict>"):
+    """A torchvision mobilenet_v2 state_dict (tensors or numpy arrays) as a Model."""
+    if not hasattr(sd, "items"):
+        raise WeightFileError(f"{source}: expected a state_dict (a mapping of tensor names to tensors), "
+                              f"found {type(sd).__name__}")
+    sd = {str(k): _as_numpy(v) for k, v in sd.items()}
+    if "features.0.0.weight" not in sd:
+        raise WeightFileError(f"{source}: not a torchvision mobilenet_v2 state_dict: expected the key "
+                              f"features.0.0.weight, found {sorted(sd)[:12]}")
+    head = sd.get("classifier.1.weight")
+    classes = int(head.shape[0]) if head is not None and head.ndim == 2 else 1000
+
+    def build(a):
+        return mobilenet_v2(a, resolution, classes, convention="torch")
+
+    if alpha is not None:
+        graph = build(alpha)
+    else:
+        last = sd.get(f"features.{_BLOCKS}.conv.2.weight")
+        estimate = last.shape[0] / 320 if last is not None and last.ndim >= 1 else 1.0
+        shapes = {k: tuple(a.shape) for k, a in _params(build(1.0), sd)[0].items()}
+        graph = fit_alpha(build, shapes, "mobilenet_v2", estimate)
+    params, origin = _params(graph, sd)
+    try:
+        return Model(graph, params, None, source=source)
+    except WeightFileError as e:  # add the state_dict's own names for the graph keys at fault
+        named = [f"{k} = {origin[k]}" for k in origin if f" {k}" in str(e) or f"{k}:" in str(e)]
+        raise WeightFileError(str(e) + ("\n  (state_dict names: " + ", ".join(named[:20]) + ")" if named else "")) from None
+
+
+def load_pth(path, **options):
+    """A state_dict saved with torch.save (.pth / .pt) as a Model. Reading the file needs torch;
+    it is loaded with weights_only=True, so no code in it runs. options: resolution=, alpha=."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("reading a .pth file needs torch (pip install torch); or convert it once where "
+                          "torch is installed: npmobile convert model.pth -o model.npz") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightFileError(f"{path}: not a readable torch state_dict (truncated, corrupted, or a pickle "
+                              f"that weights_only=True refuses to run): {type(e).__name__}: {first}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
+        sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
+    return from_state_dict(sd, source=str(path), **options)
