@@ -101,6 +101,21 @@ class Emitter:
                              (s[0], s[1], w.shape[-1]))
         return self._add("conv2d", name, inp, attrs, {"w": w, "b": b}, (h, wo, w.shape[-1]))
 
+    def affine(self, name, scale=None, shift=None):
+        """y -> scale * y + shift per output channel, folded into the linear node `name`'s
+        weights and bias (ONNX's Mul/Add after a conv: Keras' unfolded batch norm, a bias)."""
+        i = next(i for i, n in enumerate(self.b.nodes) if n.name == name)
+        node = self.b.nodes[i]
+        w = self.params[f"{name}.w"].astype(np.float64)
+        b = self.params.get(f"{name}.b", np.zeros(w.shape[-1])).astype(np.float64)
+        if scale is not None:
+            w, b = w * scale, b * scale
+        if shift is not None:
+            b = b + shift
+        self.params[f"{name}.w"] = w.astype(np.float32)
+        self.params[f"{name}.b"] = b.astype(np.float32)
+        self.b.nodes[i] = node._replace(params={"w": w.shape, "b": b.shape})
+
     def clamp(self, name, inp, lo, hi):
         return self._add("clamp", name, inp, {"lo": float(lo), "hi": float(hi)}, {}, self.shape(inp))
 
