@@ -55,9 +55,13 @@ def _global_pool_jit(x, use_max, y):
             for xx in range(w):
                 if yy == 0 and xx == 0:
                     continue
-                pix = x[i, yy, xx]  # the inner loop runs over channels: unit stride in NHWC
-                for k in range(c):
-                    acc[k] = max(acc[k], pix[k]) if use_max else acc[k] + pix[k]
+                pix = x[i, yy, xx]  # the inner loops run over channels: unit stride in NHWC
+                if use_max:  # the branch sits outside the channel loop, so that loop vectorises
+                    for k in range(c):
+                        acc[k] = max(acc[k], pix[k])
+                else:
+                    for k in range(c):
+                        acc[k] += pix[k]
         if not use_max:
             inv = np.float32(1) / np.float32(h * w)
             for k in range(c):
