@@ -186,7 +186,7 @@ class _Importer:
     def _fold(self, node, attrs):
         from onnx.reference import ReferenceEvaluator
 
-        if node.op_type == "Shape":
+        if node.op_type == "Shape" and node.input[0] in self.acts:
             s = np.array(self.shape(self.acts[node.input[0]]), dtype=np.int64)
             self.readers[self.acts[node.input[0]].value] -= 1  # reads the shape, not the values
             self.consts[node.output[0]] = s[attrs.get("start", 0):attrs.get("end", len(s))]
@@ -413,7 +413,8 @@ class _Importer:
         return self._fused_relu(node, name, self._binary(node, name + "_add", "Add", node.input[0], node.input[3]), 6, 7)
 
     def _op_Pad(self, node, name, attrs, x):
-        self._spatial(x, "Pad")
+        if len(self.em.shape(x.value)) != 3:
+            raise ValueError("pads a pooled vector")
         pads = attrs.get("pads") if self.opset < 11 else self.const(node, 1)
         value = attrs.get("value", 0.0) if self.opset < 11 else self.const(node, 2, False)
         if value is not None and np.any(np.asarray(value) != 0):
