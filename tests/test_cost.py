@@ -306,3 +306,19 @@ def test_summary_table_for_a_weight_file(tmp_path, capsys):
     assert "block_16_project (pointwise_conv2d)" in text
     assert main(["summary", str(path), "--alpha", "0.5"]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+# --- real files: an imported graph is counted as it is, and counts the same MACs -------------
+
+@pytest.mark.parametrize("name, built", [
+    ("mobilenetv2-12-int8.onnx", lambda: mobilenet_v2(1.0, 224, 1000)),
+    ("mobilenet_v2_1.0_224_quant.tflite", lambda: mobilenet_v2(1.0, 224, convention="tfslim")),
+    ("mobilenet_v1_0.25_224.h5", lambda: mobilenet_v1(0.25, 224, 1000)),
+])
+def test_imported_real_models_count_like_the_built_graph(assets, name, built):
+    from npmobile import load
+    imported, ours = cost.count(load(assets / "models" / name).graph), cost.count(built())
+    assert imported.macs == ours.macs
+    assert imported.params("weights") == ours.params("weights")
+    # A file with BN folded in (ONNX, TFLite) carries one bias per folded BN instead.
+    assert imported.params() in (ours.params(), ours.params("weights", "biases", "bn_shift"))
