@@ -92,7 +92,7 @@ def _attrs(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _static_problem(node, attrs, opset):
+def _static_problem(node, attrs):
     """Why this node can never run here, judged from the node alone (None if it may)."""
     op = node.op_type
     if op not in SUPPORTED or (node.domain not in ("", "ai.onnx") and op not in _MS) or \
@@ -208,7 +208,7 @@ class _Importer:
         layout, res = self._input()
         problems = []
         for i, n in enumerate(self.g.node):
-            reason = _static_problem(n, _attrs(n), self.opset)
+            reason = _static_problem(n, _attrs(n))
             if reason:
                 problems.append((n.name or f"#{i}", n.op_type, reason))
         if problems:
