@@ -71,6 +71,9 @@ def build_parser():
                    help="print JSON instead of the table: top-level keys macs, params, params_by_kind, config, layers")
     p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
     p.set_defaults(func=cmd_summary)
+
+    from .classify import add_parsers  # `classify` and `demo`
+    add_parsers(sub)
     return parser
 
 

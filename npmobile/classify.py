@@ -1,0 +1,305 @@
+"""`npmobile classify PATH...` and `npmobile demo`: label image files, streamed in batches.
+
+Memory stays bounded whatever the number of images: folders are walked lazily (os.scandir,
+one directory's names at a time), each image is decoded, cropped and resized to the model's
+input as soon as it is read (a 10,000 x 10,000 photo is never kept), batches hold at most
+--batch-size small arrays, and every result is written as soon as its batch has run (the JSON
+array too is streamed). An image that cannot be read is named on stderr with the reason and
+skipped; the exit code is 1 when any failed.
+
+Decoding needs Pillow (the "images" extra); the progress bar uses tqdm when it is installed
+(the "cli" extra) and shows only for folders on a terminal.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from .preprocess import center_crop_resize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Pillow refuses images over 2x this many pixels as decompression bombs; its default (89.5M)
+# would warn about a real 10,000 x 10,000 photo. Above 2 * 144M pixels (over 800 MB decoded)
+# the image is reported and skipped.
+MAX_IMAGE_PIXELS = 12_000 * 12_000
+
+
+def _pil():
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise ImportError("classifying image files needs Pillow: pip install 'npmobile[cli]'") from None
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return Image, ImageOps
+
+
+# --- finding and reading images -------------------------------------------------------------
+
+def iter_paths(paths):
+    """Yield (path, None) for every file to classify, or (path, reason) for a path that is
+    missing. Files named on the command line are always tried; folders are walked recursively
+    for image suffixes, skipping hidden entries, each directory in name order."""
+    for path in paths:
+        if os.path.isdir(path):
+            yield from ((p, None) for p in _walk(path))
+        elif os.path.isfile(path):
+            yield path, None
+        else:
+            yield path, "no such file or directory"
+
+
+def _walk(folder):
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e.name, e.is_dir()) for e in it if not e.name.startswith("."))
+    except OSError as e:
+        print(f"npmobile: {folder}: cannot list: {e.strerror or e}", file=sys.stderr)
+        return
+    for name, is_dir in entries:
+        path = os.path.join(folder, name)
+        if is_dir:
+            yield from _walk(path)
+        elif name.lower().endswith(IMAGE_SUFFIXES):
+            yield path
+
+
+def read_image(path, resolution, crop):
+    """Decode one image file into the model's (resolution, resolution, 3) uint8 RGB input.
+
+    Large JPEGs are decoded at a reduced scale (Pillow's draft mode, at least twice the size
+    the crop needs), the EXIF orientation is applied, and grayscale, palette, 16-bit, CMYK and
+    transparent images become RGB (transparency over white)."""
+    Image, ImageOps = _pil()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            need = int(np.ceil(2 * resolution / crop))
+            if im.format == "JPEG":
+                im.draft("RGB", (need, need))
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(_to_rgb(im, Image))
+    return center_crop_resize(rgb, resolution, crop)
+
+
+def _to_rgb(im, Image):
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit samples: keep the top 8 bits
+        a = np.asarray(im).astype(np.int64)
+        im = Image.fromarray(np.clip(a >> 8, 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def iter_inputs(paths, resolution, crop):
+    """Yield (path, image, None) for each readable image and (path, None, reason) for the rest."""
+    for path, missing in iter_paths(paths):
+        if missing:
+            yield path, None, missing
+            continue
+        try:
+            yield path, read_image(path, resolution, crop), None
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any decoder failure on untrusted bytes means "unreadable"
+            yield path, None, _reason(e)
+
+
+def _reason(e):
+    name = type(e).__name__
+    if name in ("DecompressionBombError", "DecompressionBombWarning"):
+        return f"decompression bomb refused: {e}"
+    if name == "UnidentifiedImageError":
+        return "not an image Pillow can decode (unknown format or not an image file)"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return f"{name}: {e}" if str(e) else name
+
+
+# --- running and reporting --------------------------------------------------------------------
+
+def probabilities(model, outputs):
+    """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
+    TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
+    if model.graph.nodes[-1].op == "softmax":
+        return outputs
+    z = outputs - outputs.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(model, probs, k):
+    """[[(label, index, probability), ...] per row], best first."""
+    labels = model.labels
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(labels[i] if labels else str(i), int(i), float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+
+class _Writer:
+    """Writes each result as it comes, as text lines, CSV rows or one streamed JSON array."""
+
+    def __init__(self, fmt, out, bar):
+        self.fmt, self.out, self.bar, self.count = fmt, out, bar, 0
+        if fmt == "csv":
+            self.csv = csv.writer(out, lineterminator="\n")
+            self.csv.writerow(["path", "rank", "label", "index", "probability"])
+        elif fmt == "json":
+            out.write("[")
+
+    def result(self, path, preds):
+        if self.fmt == "json":
+            record = {"path": path, "predictions": [{"label": lab, "index": i, "probability": round(p, 6)}
+                                                    for lab, i, p in preds]}
+            self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
+        elif self.fmt == "csv":
+            for rank, (lab, i, p) in enumerate(preds, start=1):
+                self.csv.writerow([path, rank, lab, i, f"{p:.6f}"])
+        else:
+            line = f"{path}: " + ", ".join(f"{lab} ({p:.1%})" for lab, _, p in preds)
+            self.bar.write(line, file=self.out) if self.bar else print(line, file=self.out)
+        self.count += 1
+
+    def error(self, path, reason):
+        line = f"npmobile: {path}: skipped: {reason}"
+        self.bar.write(line, file=sys.stderr) if self.bar else print(line, file=sys.stderr)
+
+    def close(self):
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+        self.out.flush()
+
+
+def _progress(paths):
+    """A tqdm bar on stderr when a folder is classified on a terminal; None otherwise."""
+    if not sys.stderr.isatty() or not any(os.path.isdir(p) for p in paths):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a convenience: no tqdm, no bar
+        return None
+    return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
+    """Classify every image under `paths`, writing results to `out` (stdout) as they come.
+    Returns (classified, failed) counts."""
+    out = out or sys.stdout
+    config = model.config
+    crop = config.get("preprocess", {}).get("crop", 1.0)
+    bar = _progress(paths)
+    writer = _Writer(fmt, out, bar)
+    batch, failed = [], 0
+
+    def flush():
+        probs = probabilities(model, model(model.preprocess([image for _, image in batch])))
+        for (path, _), preds in zip(batch, top_k(model, probs, top)):
+            writer.result(path, preds)
+        if bar:
+            bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for path, image, reason in iter_inputs(paths, config["resolution"], crop):
+            if reason:
+                writer.error(path, reason)
+                failed += 1
+                if bar:
+                    bar.update(1)
+                continue
+            batch.append((path, image))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        writer.close()
+        if bar:
+            bar.close()
+    return writer.count, failed
+
+
+# --- the subcommands --------------------------------------------------------------------------
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text}")
+    return value
+
+
+def _add_output_flags(p, top):
+    p.add_argument("--top", type=_positive, default=top, metavar="K", help=f"labels per image (default {top})")
+    p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per batch (default 16)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="write one JSON array")
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv",
+                     help="write CSV rows: path, rank, label, index, probability")
+    p.set_defaults(fmt="text")
+
+
+def add_parsers(sub):
+    """Add `classify` and `demo` to the CLI's subparsers."""
+    from .download import KERAS_ALPHAS
+
+    p = sub.add_parser(
+        "classify", help="label image files or folders (JPEG, PNG, BMP, WebP)",
+        description="Label images with a MobileNet. Folders are searched recursively. Without --weights, "
+                    "the official Keras ImageNet weights for --arch/--alpha/--resolution are downloaded once "
+                    "and cached ($NPMOBILE_CACHE, default ~/.cache/npmobile). Unreadable images are reported "
+                    "on stderr and skipped; the exit code is then 1.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    p.add_argument("--weights", metavar="FILE",
+                   help="a weight file npmobile.load reads (.npz, .h5, .keras, .pth, .onnx, .tflite)")
+    p.add_argument("--arch", choices=sorted(KERAS_ALPHAS), default="mobilenet_v2",
+                   help="without --weights: the ImageNet model to download (default mobilenet_v2)")
+    p.add_argument("--alpha", type=float, default=1.0, help="without --weights: width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, default=224, help="without --weights: input side (default 224)")
+    _add_output_flags(p, top=5)
+    p.set_defaults(func=cmd_classify)
+
+    d = sub.add_parser(
+        "demo", help="classify the bundled digit images with the bundled model (no network needed)",
+        description="Runs the embedded MobileNetV1 (alpha 0.25, 32x32, trained by scripts/train_digits.py on "
+                    "scikit-learn's digits) on the ten sample digits shipped in the package; each file name "
+                    "says its true label.")
+    _add_output_flags(d, top=3)
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_classify(args):
+    from .download import DownloadError, imagenet_model
+    from .io import load
+
+    if args.weights:
+        model = load(args.weights)
+    else:
+        try:
+            model = imagenet_model(args.arch, args.alpha, args.resolution)
+        except DownloadError as e:
+            print(f"npmobile classify: error: {e}", file=sys.stderr)
+            return 1
+    return _report(*classify(model, args.paths, top=args.top, batch_size=args.batch_size, fmt=args.fmt))
+
+
+def cmd_demo(args):
+    from .data import DIGITS_MODEL, SAMPLES
+    from .io import load
+
+    counts = classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size, fmt=args.fmt)
+    return _report(*counts)
+
+
+def _report(classified, failed):
+    if failed:
+        print(f"npmobile: {failed} of {classified + failed} images could not be classified", file=sys.stderr)
+        return 1
+    if classified == 0:
+        print("npmobile: no images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")", file=sys.stderr)
+        return 1
+    return 0
