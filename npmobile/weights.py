@@ -31,10 +31,11 @@ class WeightFileError(ValueError):
 def check_params(graph, params, source):
     """Raise one WeightFileError naming every tensor that does not fit `graph`."""
     expected = graph.param_shapes()
-    missing = sorted(set(expected) - set(params))
+    # in graph order, so the first layer at fault comes first
+    missing = [k for k in expected if k not in params]
     extra = sorted(set(params) - set(expected))
     wrong = []
-    for key in sorted(set(expected) & set(params)):
+    for key in (k for k in expected if k in params):
         a = params[key]
         if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
             wrong.append(f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}")
@@ -49,7 +50,7 @@ def check_params(graph, params, source):
             lines.append(f"  missing ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
         if extra:
             lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:20])}" + (" ..." if len(extra) > 20 else ""))
-        lines += [f"  {w}" for w in wrong[:20]]
+        lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
         raise WeightFileError("\n".join(lines))
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 

@@ -16,6 +16,8 @@ A state_dict holds neither alpha nor the input size: alpha is the one whose grap
 these shapes (_widths.fit_alpha), the resolution defaults to 224 (resolution= to change it).
 """
 
+import zipfile
+
 import numpy as np
 
 from ..model import Model
@@ -125,6 +127,13 @@ def load_pth(path, **options):
     except ImportError:
         raise ImportError("reading a .pth file needs torch (pip install torch); or convert it once where "
                           "torch is installed: npmobile convert model.pth -o model.npz") from None
+    try:  # torch's reader skips the zip's CRC-32s, so flipped bytes would load as other weights
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise WeightFileError(f"{path}: not a readable torch zip file (truncated or corrupted?): {e}") from None
+    if bad is not None:
+        raise WeightFileError(f"{path}: corrupted: member {bad!r} fails its CRC-32 check")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
