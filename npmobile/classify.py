@@ -186,9 +186,9 @@ def _progress(paths):
     return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
-    """Classify every image under `paths`, writing results to `out` (stdout) as they come.
-    Returns (classified, failed) counts."""
+def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relative_to=None):
+    """Classify every image under `paths`, writing results to `out` (stdout) as they come, each
+    named by its path (relative to `relative_to` when given). Returns (classified, failed) counts."""
     out = out or sys.stdout
     config = model.config
     crop = config.get("preprocess", {}).get("crop", 1.0)
@@ -199,7 +199,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
     def flush():
         probs = probabilities(model, model(model.preprocess([image for _, image in batch])))
         for (path, _), preds in zip(batch, top_k(model, probs, top)):
-            writer.result(path, preds)
+            writer.result(os.path.relpath(path, relative_to) if relative_to else path, preds)
         if bar:
             bar.update(len(batch))
         batch.clear()
@@ -217,8 +217,10 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
                 flush()
         if batch:
             flush()
-    finally:
         writer.close()
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
+    finally:
         if bar:
             bar.close()
     return writer.count, failed
@@ -291,7 +293,8 @@ def cmd_demo(args):
     from .data import DIGITS_MODEL, SAMPLES
     from .io import load
 
-    counts = classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size, fmt=args.fmt)
+    counts = classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size, fmt=args.fmt,
+                      relative_to=SAMPLES)
     return _report(*counts)
 
 
