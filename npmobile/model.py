@@ -1,10 +1,40 @@
 """`Model`: a graph, its weights and its conventions, callable on a batch."""
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import engine, weights
+
+_num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def set_num_threads(n):
+    """How many threads a model call may use: a batch of several images is split into that many
+    parts that run at once (the kernels release the GIL). Default: $NPMOBILE_NUM_THREADS, else
+    $NUMBA_NUM_THREADS, else 1. Splitting the batch costs nothing per layer, unlike splitting
+    each layer; a batch of one runs on one thread. Keep BLAS to one thread per part
+    (OPENBLAS_NUM_THREADS=1), or the two thread pools fight over the cores."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, found {n!r}")
+    _num_threads = n
+
+
+def get_num_threads():
+    return _num_threads
+
+
+def _executor():
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < _num_threads:
+            _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="npmobile")
+        return _pool
 
 
 class Model:
@@ -22,6 +52,7 @@ class Model:
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: {batch size: engine.Plan}
 
     @property
     def config(self):
@@ -39,9 +70,28 @@ class Model:
                 self._fused = engine.fuse(self.graph, self.params)
         return self._fused
 
+    def _plan(self, batch):
+        """This thread's Plan for this batch size (its buffers are reused call after call).
+        At most two batch sizes are kept per thread: a stream of full batches and its last one."""
+        plans = getattr(self._local, "plans", None)
+        if plans is None:
+            plans = self._local.plans = {}
+        if batch not in plans:
+            if len(plans) >= 2:
+                plans.pop(next(iter(plans)))
+            plans[batch] = engine.Plan(*self.fused(), batch)
+        return plans[batch]
+
     def __call__(self, x):
-        graph, params = self.fused()
-        return engine.run(graph, params, x)
+        """The fast engine on an NHWC float batch; returns a new float32 array."""
+        x = np.ascontiguousarray(engine.check_input(self.graph, x), dtype=np.float32)
+        n = len(x)
+        parts = min(_num_threads, n)
+        if parts <= 1:
+            return self._plan(n).run(x)
+        bounds = np.linspace(0, n, parts + 1).astype(int)
+        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate(list(_executor().map(lambda c: self._plan(len(c)).run(c), chunks)))
 
     def run(self, x, *, engine_name="fast", intermediates=False):
         """Run with the "fast" engine (fused graph, numba kernels) or the "oracle" engine

@@ -91,3 +91,13 @@ def test_fold_batchnorm_equals_conv_then_batchnorm(layer, with_bias):
     assert w_folded.dtype == b_folded.dtype == np.float32
     np.testing.assert_allclose(kernel.ref(x, w_folded, b_folded), unfused, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernel.fast(x.astype(f32), w_folded, b_folded), unfused, rtol=1e-4, atol=1e-4)
+
+
+def test_out_is_written_and_checked():
+    y = np.empty((1, 6, 6, 4), f32)
+    got = depthwise(X, W_DW, pad=(1, 1, 1, 1), out=y)
+    assert got is y
+    np.testing.assert_array_equal(y, depthwise(X, W_DW, pad=(1, 1, 1, 1)))
+    for bad in (np.empty((1, 6, 6, 5), f32), np.empty((1, 6, 6, 4), np.float64), np.empty((1, 6, 6, 8), f32)[..., ::2]):
+        with pytest.raises(ValueError, match="out: expected a C-contiguous float32 array of shape"):
+            depthwise(X, W_DW, pad=(1, 1, 1, 1), out=bad)

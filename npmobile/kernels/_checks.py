@@ -73,3 +73,15 @@ def conv_output_size(name, size, k, stride, pad_before, pad_after):
         raise ValueError(f"{name}: expected a kernel no larger than the padded input, "
                          f"found kernel {k} > padded input {padded} ({size} + pads {pad_before}, {pad_after})")
     return (padded - k) // stride + 1
+
+
+def output(out, shape):
+    """The array a fast kernel writes: a new one, or the caller's `out` (the engine passes
+    buffers it reuses across layers and calls) after checking it fits exactly."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != tuple(shape) \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous float32 array of shape {tuple(shape)}, found "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    return out

@@ -20,7 +20,7 @@ so at inference time the batch norm costs nothing: `fold_batchnorm` computes w',
 
 import numpy as np
 
-from ._checks import as_float32
+from ._checks import as_float32, output
 from ._jit import jit
 
 
@@ -43,7 +43,7 @@ def batchnorm_ref(x, gamma, beta, mean, var, *, eps):
     return f64(gamma) * (f64(x) - f64(mean)) / np.sqrt(f64(var) + eps) + f64(beta)
 
 
-def batchnorm(x, gamma, beta, mean, var, *, eps):
+def batchnorm(x, gamma, beta, mean, var, *, eps, out=None):
     """The fast kernel: scale and shift once per channel, then one multiply-add per element."""
     x = as_float32("x", x)
     if x.ndim < 1 or x.shape[-1] == 0:
@@ -53,7 +53,7 @@ def batchnorm(x, gamma, beta, mean, var, *, eps):
         raise ValueError(f"eps: expected a number >= 0, found {eps!r}")
     scale = gamma / np.sqrt(var + np.float32(eps))
     shift = beta - mean * scale
-    y = np.empty_like(x)
+    y = output(out, x.shape)
     c = x.shape[-1]
     _scale_shift_jit(x.reshape(-1, c), scale, shift, y.reshape(-1, c))
     return y

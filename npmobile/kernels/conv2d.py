@@ -16,7 +16,7 @@ every other one is split into a depthwise and a pointwise convolution.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size
+from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size, output
 from ._jit import jit
 from .pointwise import bias_clamp_rows
 
@@ -38,8 +38,9 @@ def conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
     return y
 
 
-def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
-    """The fast kernel: float32 in, float32 out; same arguments and result as the oracle.
+def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
+    """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
+    (plus `out`, a preallocated output the engine reuses).
 
     It lowers the convolution to one matrix product ("im2col"): each output pixel's window,
     k_h * k_w * c_in values, becomes a row of a patch matrix, and the product of that matrix
@@ -62,7 +63,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
     patches = np.empty((n, h_out, w_out, k_h, k_w, c_in), dtype=np.float32)
     _im2col_jit(x, stride, top, left, patches)
-    y = np.empty((n, h_out, w_out, c_out), dtype=np.float32)
+    y = output(out, (n, h_out, w_out, c_out))
     rows = y.reshape(-1, c_out)
     np.matmul(patches.reshape(rows.shape[0], -1), w.reshape(-1, c_out), out=rows)
     bias_clamp_rows(rows, b, has_clamp, lo, hi)

@@ -12,7 +12,7 @@ MACs, so this is where inference time goes.
 
 import numpy as np
 
-from ._checks import as_bias, as_float32, check_clamp
+from ._checks import as_bias, as_float32, check_clamp, output
 from ._jit import jit
 
 
@@ -26,8 +26,9 @@ def pointwise_conv2d_ref(x, w, b=None, *, clamp=None):
     return y
 
 
-def pointwise_conv2d(x, w, b=None, *, clamp=None):
-    """The fast kernel: one float32 matrix product, then bias and clamp in one pass."""
+def pointwise_conv2d(x, w, b=None, *, clamp=None, out=None):
+    """The fast kernel: one float32 matrix product, then bias and clamp in one pass
+    (`out`: a preallocated output the engine reuses)."""
     x = as_float32("x", x, ndim=4)
     w = as_float32("w", w, ndim=2)
     n, h, width, c_in = x.shape
@@ -37,7 +38,7 @@ def pointwise_conv2d(x, w, b=None, *, clamp=None):
     c_out = w.shape[1]
     b = as_bias(b, c_out)
     has_clamp, lo, hi = check_clamp(clamp)
-    y = np.empty((n, h, width, c_out), dtype=np.float32)
+    y = output(out, (n, h, width, c_out))
     rows = y.reshape(-1, c_out)  # a view: the matrix product writes straight into y
     np.matmul(x.reshape(-1, c_in), w, out=rows)
     bias_clamp_rows(rows, b, has_clamp, lo, hi)

@@ -11,7 +11,7 @@ Cost: no MACs; one add (or compare) per element of x.
 
 import numpy as np
 
-from ._checks import as_float32
+from ._checks import as_float32, output
 from ._jit import jit
 
 
@@ -20,12 +20,12 @@ def global_avg_pool_ref(x):
     return np.asarray(x, dtype=np.float64).mean(axis=(1, 2))
 
 
-def global_avg_pool(x):
+def global_avg_pool(x, *, out=None):
     """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
     x = as_float32("x", x, ndim=4)
     if x.shape[1] * x.shape[2] == 0:
         raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
-    y = np.empty((x.shape[0], x.shape[3]), dtype=np.float32)
+    y = output(out, (x.shape[0], x.shape[3]))
     _global_pool_jit(x, False, y)
     return y
 
@@ -35,12 +35,12 @@ def global_max_pool_ref(x):
     return np.asarray(x, dtype=np.float64).max(axis=(1, 2))
 
 
-def global_max_pool(x):
+def global_max_pool(x, *, out=None):
     """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
     x = as_float32("x", x, ndim=4)
     if x.shape[1] * x.shape[2] == 0:
         raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
-    y = np.empty((x.shape[0], x.shape[3]), dtype=np.float32)
+    y = output(out, (x.shape[0], x.shape[3]))
     _global_pool_jit(x, True, y)
     return y
 
