@@ -162,12 +162,12 @@ class _Writer:
                 self.csv.writerow([path, rank, lab, i, f"{p:.6f}"])
         else:
             line = f"{path}: " + ", ".join(f"{lab} ({p:.1%})" for lab, _, p in preds)
-            self.bar.write(line, file=self.out) if self.bar else print(line, file=self.out)
+            self.bar.write(line, file=self.out) if self.bar is not None else print(line, file=self.out)
         self.count += 1
 
     def error(self, path, reason):
         line = f"npmobile: {path}: skipped: {reason}"
-        self.bar.write(line, file=sys.stderr) if self.bar else print(line, file=sys.stderr)
+        self.bar.write(line, file=sys.stderr) if self.bar is not None else print(line, file=sys.stderr)
 
     def close(self):
         if self.fmt == "json":
@@ -200,7 +200,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
         probs = probabilities(model, model(model.preprocess([image for _, image in batch])))
         for (path, _), preds in zip(batch, top_k(model, probs, top)):
             writer.result(os.path.relpath(path, relative_to) if relative_to else path, preds)
-        if bar:
+        if bar is not None:
             bar.update(len(batch))
         batch.clear()
 
@@ -209,7 +209,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
             if reason:
                 writer.error(path, reason)
                 failed += 1
-                if bar:
+                if bar is not None:
                     bar.update(1)
                 continue
             batch.append((path, image))
@@ -221,7 +221,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     return writer.count, failed
 
