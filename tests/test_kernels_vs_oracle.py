@@ -147,3 +147,20 @@ def test_registry_pairs_every_kernel_with_an_oracle():
         assert kernel.ref.__name__ == name + "_ref"
         assert kernel.fast.__module__ == kernel.ref.__module__, f"{name}: oracle and kernel in one file"
     assert U == 2.0 ** -24
+
+
+def test_pointwise_on_more_rows_than_one_block():
+    """pointwise_conv2d runs its product in blocks of 65536 // c_out rows; draw past that."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 37, 41, 24)).astype(np.float32)  # 3034 rows, blocks of 1638
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    check_linear("pointwise_conv2d", x, w, b, {"clamp": (0.0, 6.0)}, terms=24)
+
+
+def test_depthwise_on_a_mobilenet_sized_layer():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 56, 56, 144)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 144)).astype(np.float32)
+    for stride, pad in ((1, (1, 1, 1, 1)), (2, (0, 1, 0, 1)), (2, (1, 1, 1, 1))):
+        check_linear("depthwise_conv2d", x, w, None, dict(stride=stride, pad=pad, clamp=(0.0, 6.0)), terms=9)

@@ -75,13 +75,28 @@ def _im2col_jit(x, stride, top, left, patches):
     """patches[i, oy, ox, p, q, :] = x_pad[i, oy*s + p, ox*s + q, :] (zeros in the padding)."""
     n, h, width, c_in = x.shape
     h_out, w_out, k_h, k_w = patches.shape[1:5]
+    # In NHWC the k_w taps of one window row are k_w * c_in consecutive floats of x: copy them as
+    # one run when the whole row is inside the image, tap by tap only at the border. Flat arrays
+    # and explicit offsets keep this inner copy free of per-element bookkeeping.
+    run = k_w * c_in
+    src = x.reshape(-1)
+    dst = patches.reshape(-1)
+    d = 0  # offset of the current window row in dst
     for i in range(n):
         for oy in range(h_out):
             for ox in range(w_out):
+                ix0 = ox * stride - left
                 for p in range(k_h):
                     iy = oy * stride - top + p
-                    for q in range(k_w):
-                        ix = ox * stride - left + q
-                        inside = 0 <= iy < h and 0 <= ix < width
-                        for c in range(c_in):
-                            patches[i, oy, ox, p, q, c] = x[i, iy, ix, c] if inside else np.float32(0)
+                    if iy < 0 or iy >= h:
+                        dst[d:d + run] = 0
+                    elif ix0 >= 0 and ix0 + k_w <= width:
+                        s = ((i * h + iy) * width + ix0) * c_in
+                        for j in range(run):
+                            dst[d + j] = src[s + j]
+                    else:
+                        for q in range(k_w):
+                            ix = ix0 + q
+                            for c in range(c_in):
+                                dst[d + q * c_in + c] = x[i, iy, ix, c] if 0 <= ix < width else np.float32(0)
+                    d += run

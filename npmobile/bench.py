@@ -1,0 +1,306 @@
+"""End-to-end benchmark: whole MobileNets, npmobile against the runtimes people use.
+
+For MobileNetV1-1.0 and MobileNetV2-1.0 at 224 (torchvision's convention), batch 1 and 8, on 1
+and 2 threads, it times on the *same weights*:
+- npmobile's fast engine (median of repeated calls after a warm-up),
+- npmobile's oracle engine (one call),
+- ONNX Runtime and PyTorch eager (medians), on a torch module built from the same graph and the
+  ONNX file torch.onnx exports from it,
+- the ONNX reference evaluator (onnx.reference, one call, batch 1).
+Every peer's output is checked against npmobile's first; each thread count runs in its own
+process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THREADS,
+OPENBLAS_NUM_THREADS=1 (npmobile splits a batch across its threads instead), OMP_NUM_THREADS,
+MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime intra_op_num_threads=t. The ratio
+npmobile / ONNX Runtime of each row comes from that same process.
+
+    npmobile bench [--quick] [--out results.json] [--plot results.png]
+    python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ARCHS = ("mobilenet_v1", "mobilenet_v2")
+
+
+def _median(fn, repeats, min_seconds):
+    fn()  # warm-up
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - t_start) < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), len(times)
+
+
+def torch_module(graph, params):
+    """The graph as a torch module with the same weights (NCHW, BN unfolded, as torchvision
+    runs it). Only the ops MobileNet graphs use."""
+    import numpy as np
+    import torch
+
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleDict()
+            self.nodes = graph.nodes
+            for node in graph.nodes:
+                p = {k: torch.from_numpy(np.ascontiguousarray(params[f"{node.name}.{k}"])) for k in node.params}
+                if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d"):
+                    top, bottom, left, right = node.attrs.get("pad", (0, 0, 0, 0))
+                    if (top, left) != (bottom, right):
+                        raise ValueError(f"{node.name}: torch_module takes symmetric padding only")
+                    w = p["w"]
+                    if node.op == "conv2d":
+                        w = w.permute(3, 2, 0, 1)
+                    elif node.op == "depthwise_conv2d":
+                        w = w.permute(2, 0, 1)[:, None]
+                    else:
+                        w = w.T[:, :, None, None]
+                    c_out, c_in_g, k_h, k_w = w.shape
+                    groups = c_out // c_in_g if node.op == "depthwise_conv2d" else 1
+                    m = nn.Conv2d(c_in_g * groups, c_out, (k_h, k_w), stride=node.attrs.get("stride", 1),
+                                  padding=(top, left), groups=groups, bias="b" in p)
+                    m.weight.data = w.contiguous()
+                    if "b" in p:
+                        m.bias.data = p["b"]
+                elif node.op == "batchnorm":
+                    m = nn.BatchNorm2d(p["gamma"].shape[0], eps=node.attrs["eps"])
+                    m.weight.data, m.bias.data = p["gamma"], p["beta"]
+                    m.running_mean.data, m.running_var.data = p["mean"], p["var"]
+                elif node.op == "clamp":
+                    m = nn.Hardtanh(node.attrs["lo"], node.attrs["hi"])
+                elif node.op == "dense":
+                    m = nn.Linear(*p["w"].shape)
+                    m.weight.data, m.bias.data = p["w"].T.contiguous(), p["b"]
+                elif node.op == "global_avg_pool":
+                    m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                elif node.op == "softmax":
+                    m = nn.Softmax(dim=-1)
+                elif node.op == "add":
+                    m = None
+                else:
+                    raise ValueError(f"{node.name}: torch_module has no op {node.op!r}")
+                if m is not None:
+                    self.layers[node.name] = m
+
+        def forward(self, x):
+            values = {"input": x}
+            for node in self.nodes:
+                args = [values[i] for i in node.inputs]
+                values[node.name] = args[0] + args[1] if node.op == "add" else self.layers[node.name](args[0])
+            return values[self.nodes[-1].name]
+
+    return Net().eval()
+
+
+def worker(threads, quick):
+    """One thread count, in a process whose thread settings were pinned before numpy loaded."""
+    import numpy as np
+
+    import npmobile
+    from npmobile.models import ARCHITECTURES, random_params
+
+    npmobile.set_num_threads(threads)
+    rows = []
+    for arch in ARCHS:
+        graph = ARCHITECTURES[arch](1.0, 224, convention="torch")
+        params = random_params(graph, seed=1)
+        model = npmobile.Model(graph, params)
+        peers = _peers(graph, params, threads)
+        for batch in (1, 8):
+            x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(np.float32)
+            ours = model(x)
+            row = dict(arch=arch, batch=batch, threads=threads)
+            t, runs = _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
+            row["npmobile_ms"], row["npmobile_runs"] = 1e3 * t, runs
+            for name, (call, max_batch, one_call) in peers.items():
+                if batch > max_batch:
+                    continue
+                out = call(x)
+                err = float(np.abs(out - ours).max() / max(1.0, np.abs(out).max()))
+                if err > 1e-4:
+                    raise AssertionError(f"{name} disagrees with npmobile on {arch}: {err:.3g}")
+                t0 = time.perf_counter()
+                if one_call:
+                    call(x)
+                    row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+                else:
+                    t, runs = _median(lambda: call(x), 3 if quick else 10, 0.5 if quick else 3.0)
+                    row[f"{name}_ms"], row[f"{name}_runs"] = 1e3 * t, runs
+            if not quick or batch == 1:
+                t0 = time.perf_counter()
+                model.run(x, engine_name="oracle")
+                row["oracle_ms"] = 1e3 * (time.perf_counter() - t0)
+            if "onnxruntime_ms" in row:
+                row["npmobile_over_onnxruntime"] = row["npmobile_ms"] / row["onnxruntime_ms"]
+            if "onnx_reference_ms" in row:
+                row["onnx_reference_over_npmobile"] = row["onnx_reference_ms"] / row["npmobile_ms"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _peers(graph, params, threads):
+    """name -> (call on an NHWC batch returning NHWC-comparable output, max batch, timed once)."""
+    import tempfile
+
+    import numpy as np
+
+    peers = {}
+    try:
+        import torch
+    except ImportError:
+        print("# torch not installed: no PyTorch, ONNX Runtime or reference-evaluator rows", file=sys.stderr)
+        return peers
+    torch.set_num_threads(threads)
+    net = torch_module(graph, params)
+
+    def torch_call(x):
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    peers["pytorch"] = (torch_call, 8, False)
+
+    path = os.path.join(tempfile.mkdtemp(prefix="npmobile-bench-"), f"{graph.config['arch']}.onnx")
+    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    try:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        peers["onnxruntime"] = (lambda x: session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
+                                8, False)
+    except ImportError:
+        print("# onnxruntime not installed", file=sys.stderr)
+    try:
+        from onnx.reference import ReferenceEvaluator
+        evaluator = ReferenceEvaluator(path)
+        peers["onnx_reference"] = (lambda x: evaluator.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
+                                   1, True)
+    except ImportError:
+        print("# onnx not installed", file=sys.stderr)
+    return peers
+
+
+def first_inference_seconds():
+    """Seconds from `import npmobile` returning to the first inference finishing, in a new process
+    (after a first run that fills numba's cache)."""
+    code = ("import time, numpy as np\n"
+            "import npmobile\n"
+            "t = time.perf_counter()\n"
+            "g = npmobile.mobilenet_v2()\n"
+            "from npmobile.models import random_params\n"
+            "m = npmobile.Model(g, random_params(g))\n"
+            "m(np.zeros((1, 224, 224, 3), np.float32))\n"
+            "print(time.perf_counter() - t)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # fills the cache
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def run_all(thread_counts=(1, 2), quick=False):
+    rows = []
+    for t in thread_counts:
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(t), NPMOBILE_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS="1",
+                   OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+        cmd = [sys.executable, "-m", "npmobile.bench", "--worker", str(t)] + (["--quick"] if quick else [])
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    by_key = {(r["arch"], r["batch"], r["threads"]): r for r in rows}
+    for r in rows:
+        one = by_key.get((r["arch"], r["batch"], 1))
+        if r["threads"] > 1 and one:
+            r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
+    return dict(rows=rows, first_inference_s=first_inference_seconds(),
+                threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1 (a batch is "
+                         "split across t threads); torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, "
+                         "inter_op_num_threads=1"),
+                machine=_machine())
+
+
+def _machine():
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor()} ({os.cpu_count()} cores), Python {platform.python_version()}"
+
+
+def format_table(result):
+    lines = [f"# {result['machine']}", f"# threads: {result['threads']}",
+             f"# first inference in a new process: {result['first_inference_s']:.2f} s after import",
+             f"{'model':14s} {'batch':>5s} {'thr':>3s} {'npmobile':>9s} {'onnxrt':>8s} {'pytorch':>8s} "
+             f"{'oracle':>9s} {'onnx-ref':>9s} {'npm/ort':>8s} {'ref/npm':>8s} {'x1thr':>6s}"]
+    for r in result["rows"]:
+        def ms(k):
+            return f"{r[k]:.1f}" if k in r else "-"
+        lines.append(f"{r['arch']:14s} {r['batch']:5d} {r['threads']:3d} {ms('npmobile_ms'):>9s} "
+                     f"{ms('onnxruntime_ms'):>8s} {ms('pytorch_ms'):>8s} {ms('oracle_ms'):>9s} "
+                     f"{ms('onnx_reference_ms'):>9s} "
+                     f"{r.get('npmobile_over_onnxruntime', float('nan')):8.2f} "
+                     f"{r.get('onnx_reference_over_npmobile', float('nan')):8.0f} "
+                     f"{r.get('speedup_vs_1_thread', float('nan')):6.2f}")
+    lines.append("(times in ms per batch; npm/ort = npmobile / ONNX Runtime; ref/npm = ONNX reference "
+                 "evaluator / npmobile; x1thr = throughput over 1 thread)")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    peers = [("npmobile_ms", "npmobile"), ("onnxruntime_ms", "ONNX Runtime"), ("pytorch_ms", "PyTorch")]
+    labels = [f"{r['arch'].replace('mobilenet_', '')}\nb{r['batch']} t{r['threads']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.27
+    for j, (key, name) in enumerate(peers):
+        ax.bar([i + (j - 1) * width for i in range(len(rows))],
+               [1e3 * r["batch"] / r[key] if key in r else 0 for r in rows], width, label=name)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("images per second")
+    ax.set_title("MobileNet 1.0-224 inference on the CPU, same weights, same run")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="npmobile bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke test")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--plot", help="write a PNG plot to this file (needs matplotlib)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.quick)
+        return 0
+    result = run_all(tuple(args.threads), args.quick)
+    print(format_table(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
