@@ -287,6 +287,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot to this file (needs matplotlib)")
+    parser.add_argument("--markdown", help="write the table as a markdown code block to this file")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -299,6 +300,9 @@ def main(argv=None):
             json.dump(result, f, indent=1)
     if args.plot:
         plot(result, args.plot)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("```\n" + format_table(result) + "\n```\n")
     return 0
 
 

@@ -52,6 +52,11 @@ def cmd_summary(args):
     return 0
 
 
+def cmd_bench(args):
+    from . import bench
+    return bench.main(args.rest)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="npmobile", description="MobileNetV1 and V2 inference with numpy and numba only.")
     parser.add_argument("--version", action="version", version=f"npmobile {__version__}")
@@ -72,6 +77,11 @@ def build_parser():
     p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights)",
+                       description="The end-to-end benchmark (npmobile/bench.py): MobileNetV1/V2-1.0-224, "
+                                   "batch 1 and 8, 1 and 2 threads, ratios from the same run.", add_help=False)
+    p.set_defaults(func=cmd_bench)
+
     from .classify import add_parsers  # `classify` and `demo`
     add_parsers(sub)
     return parser
@@ -79,7 +89,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "bench":  # bench parses its own flags (and --help)
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

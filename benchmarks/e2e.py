@@ -1,0 +1,22 @@
+"""End-to-end benchmark, writing the figures the README quotes.
+
+    python benchmarks/e2e.py [--quick]
+
+Runs npmobile.bench (MobileNetV1/V2-1.0-224, batch 1 and 8, 1 and 2 threads; npmobile fast and
+oracle engines, ONNX Runtime, PyTorch, the ONNX reference evaluator, all on the same weights) and
+writes benchmarks/results/e2e.json, e2e.png and e2e.md. See npmobile/bench.py for the method and
+the thread settings.
+"""
+
+import sys
+from pathlib import Path
+
+from npmobile import bench
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+if __name__ == "__main__":
+    RESULTS.mkdir(exist_ok=True)
+    argv = sys.argv[1:] + ["--out", str(RESULTS / "e2e.json"), "--plot", str(RESULTS / "e2e.png"),
+                           "--markdown", str(RESULTS / "e2e.md")]
+    sys.exit(bench.main(argv))

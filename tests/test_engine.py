@@ -1,0 +1,146 @@
+"""The fast engine's machinery: fused graph, reused buffers, threads, memory, numba's cache."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import npmobile
+from npmobile import engine
+from npmobile.models import random_params
+
+
+@pytest.fixture(scope="module", params=["mobilenet_v1", "mobilenet_v2"])
+def small_model(request):
+    build = {"mobilenet_v1": npmobile.mobilenet_v1, "mobilenet_v2": npmobile.mobilenet_v2}[request.param]
+    graph = build(alpha=0.5, resolution=64, classes=20, convention="torch")
+    return npmobile.Model(graph, random_params(graph, seed=5))
+
+
+def test_buffers_reused_across_calls_give_fresh_correct_outputs(small_model):
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((3, 64, 64, 3)).astype(np.float32) for _ in range(2))
+    y1 = small_model(x1)
+    y1_copy = y1.copy()
+    y2 = small_model(x2)
+    np.testing.assert_array_equal(y1, y1_copy)  # the second call did not write into the first result
+    np.testing.assert_array_equal(small_model(x1), y1)  # same input, same buffers, same bits
+    graph, params = small_model.fused()
+    np.testing.assert_allclose(y2, engine.run(graph, params, x2), rtol=0, atol=0)
+    oracle = small_model.run(x2, engine_name="oracle")
+    assert np.abs(y2 - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
+
+
+def test_plan_never_writes_a_node_over_its_own_input(small_model):
+    plan = small_model._plan(2)
+    for node in plan.graph.nodes:
+        out_buf = plan.slots[node.name][0]
+        for name in node.inputs:
+            if name != "input":
+                assert plan.slots[name][0] != out_buf, f"{node.name} writes over its input {name}"
+    assert len(plan.buffers) <= 4  # a handful of buffers, not one per layer
+
+
+def test_many_python_threads_get_the_single_thread_answer(small_model):
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((2, 64, 64, 3)).astype(np.float32) for _ in range(4)]
+    expected = [small_model(x) for x in inputs]
+    failures = []
+
+    def worker(k):
+        for j in range(12):
+            i = (k + j) % len(inputs)
+            if not np.array_equal(small_model(inputs[i]), expected[i]):
+                failures.append((k, j))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_batch_split_across_threads_matches_one_thread(small_model):
+    x = np.random.default_rng(2).standard_normal((5, 64, 64, 3)).astype(np.float32)
+    one = small_model(x)
+    npmobile.set_num_threads(2)
+    try:
+        two = small_model(x)
+    finally:
+        npmobile.set_num_threads(1)
+    # Parts of a split batch are separate matrix products: equal within float32 rounding.
+    assert two.shape == one.shape
+    assert np.abs(two - one).max() <= 1e-5 * max(1.0, np.abs(one).max())
+    with pytest.raises(ValueError, match="n: expected an integer >= 1, found 0"):
+        npmobile.set_num_threads(0)
+
+
+def _run_python(code):
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+MEMORY_LOOP = """
+import json, resource, numpy as np, npmobile
+from npmobile.models import random_params
+g = npmobile.mobilenet_v2(alpha=0.35, resolution=32, classes=10)
+m = npmobile.Model(g, random_params(g))
+x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+def rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+for _ in range(1000):
+    m(x)
+before = rss_kb()
+for _ in range(9000):
+    m(x)
+print(json.dumps({"before_kb": before, "after_kb": rss_kb()}))
+"""
+
+
+def test_ten_thousand_inferences_do_not_grow_memory():
+    r = _run_python(MEMORY_LOOP)
+    assert r["after_kb"] - r["before_kb"] < 4 * 1024, r  # less than 4 MB over 9,000 more calls
+
+
+CACHE_CHECK = """
+import json, numpy as np, npmobile
+from npmobile.models import random_params
+from npmobile import kernels
+g = npmobile.mobilenet_v2(alpha=0.35, resolution=32, classes=10)
+npmobile.Model(g, random_params(g))(np.zeros((1, 32, 32, 3), np.float32))
+import importlib
+stats = {}
+for name in ("conv2d", "depthwise", "pointwise", "elementwise", "pooling", "activation", "batchnorm", "padding"):
+    module = importlib.import_module("npmobile.kernels." + name)
+    for name, f in vars(module).items():
+        if hasattr(f, "stats") and f.signatures:
+            stats[module.__name__ + "." + name] = [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
+print(json.dumps(stats))
+"""
+
+
+def test_second_process_compiles_nothing():
+    _run_python(CACHE_CHECK)  # fills numba's cache if this checkout has none yet
+    stats = _run_python(CACHE_CHECK)
+    assert {"npmobile.kernels.depthwise._depthwise_conv2d_jit", "npmobile.kernels.conv2d._im2col_jit",
+            "npmobile.kernels.pointwise.bias_clamp_rows"} <= set(stats), stats
+    recompiled = {k: v for k, v in stats.items() if v[1] or not v[0]}
+    assert not recompiled, f"compiled again instead of loading from the cache: {recompiled}"
+
+
+def test_peak_memory_of_classifying_one_image_with_mobilenet_v2(assets):
+    code = f"""
+import json, resource, subprocess, sys
+p = subprocess.run([sys.executable, "-m", "npmobile", "classify", "--top", "1", "--weights",
+                    {str(assets / "models" / "mobilenet_v2_1.0_224_quant.tflite")!r},
+                    {str(assets / "photos" / "chelsea.png")!r}], capture_output=True, text=True, check=True)
+print(json.dumps({{"out": p.stdout, "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+"""
+    r = _run_python(code)
+    assert "cat" in r["out"], r
+    assert r["peak_mb"] < 300, r
