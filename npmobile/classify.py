@@ -258,10 +258,10 @@ def add_parsers(sub):
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
     p.add_argument("--weights", metavar="FILE",
                    help="a weight file npmobile.load reads (.npz, .h5, .keras, .pth, .onnx, .tflite)")
-    p.add_argument("--arch", choices=sorted(KERAS_ALPHAS), default="mobilenet_v2",
+    p.add_argument("--arch", choices=sorted(KERAS_ALPHAS),
                    help="without --weights: the ImageNet model to download (default mobilenet_v2)")
-    p.add_argument("--alpha", type=float, default=1.0, help="without --weights: width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="without --weights: input side (default 224)")
+    p.add_argument("--alpha", type=float, help="without --weights: width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, help="without --weights: input side (default 224)")
     _add_output_flags(p, top=5)
     p.set_defaults(func=cmd_classify)
 
@@ -278,11 +278,15 @@ def cmd_classify(args):
     from .download import DownloadError, imagenet_model
     from .io import load
 
+    chosen = [f"--{k}" for k in ("arch", "alpha", "resolution") if getattr(args, k) is not None]
     if args.weights:
+        if chosen:  # a weight file carries its own architecture; silently ignoring the flags would mislead
+            raise ValueError(f"{', '.join(chosen)} choose the ImageNet weights to download; "
+                             f"the file given with --weights ({args.weights}) carries its own architecture")
         model = load(args.weights)
     else:
         try:
-            model = imagenet_model(args.arch, args.alpha, args.resolution)
+            model = imagenet_model(args.arch or "mobilenet_v2", args.alpha or 1.0, args.resolution or 224)
         except DownloadError as e:
             print(f"npmobile classify: error: {e}", file=sys.stderr)
             return 1

@@ -193,6 +193,8 @@ def test_empty_folder_and_bad_weights(tmp_path):
     (tmp_path / "w.npz").write_bytes(b"PK not really a zip")
     run = npmobile_cli("classify", "--weights", tmp_path / "w.npz", SAMPLES)
     assert run.returncode == 1 and "w.npz" in run.stderr and "Traceback" not in run.stderr
+    run = npmobile_cli("classify", "--weights", DIGITS_MODEL, "--alpha", "0.5", SAMPLES)
+    assert run.returncode == 1 and "--alpha choose the ImageNet weights to download" in run.stderr
 
 
 def test_missing_pillow_is_a_clear_error():
