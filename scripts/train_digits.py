@@ -101,21 +101,12 @@ def initial_params(graph, seed):
     return params
 
 
-def shifted(batch, max_shift, generator):
-    """Random translations by up to max_shift pixels, filling with the paper's white (+1)."""
-    n, _, h, w = batch.shape
-    padded = F.pad(batch, (max_shift,) * 4, value=1.0)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--shift", type=int, default=0, help="random translations up to this many pixels")
     ap.add_argument("--out", type=Path, default=DATA / "digits_mobilenet.npz")
     ap.add_argument("--samples", type=Path, default=DATA / "samples")
     args = ap.parse_args()
@@ -143,7 +134,7 @@ def main():
         total = 0.0
         for start in range(0, len(order), args.batch_size):
             batch = order[start:start + args.batch_size]
-            loss = F.cross_entropy(net(shifted(x_all[batch], args.shift, gen) if args.shift else x_all[batch]), y_all[batch])
+            loss = F.cross_entropy(net(x_all[batch]), y_all[batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
