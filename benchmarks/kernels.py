@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from npmobile.cost import node_macs  # noqa: E402
 from npmobile.kernels import KERNELS  # noqa: E402
 from npmobile.models import mobilenet_v1, mobilenet_v2, random_params  # noqa: E402
 
@@ -55,18 +56,12 @@ def layer_cases(graph):
 
 
 def macs(node, inputs):
-    """MACs of one call (the kernels' docstrings give the formulas)."""
-    n = inputs[0].shape[0]
-    if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d"):
-        h, w, c_out = node.shape
-        k_h, k_w = node.params["w"][:2] if node.op != "pointwise_conv2d" else (1, 1)
-        c_in = inputs[0].shape[-1] if node.op != "depthwise_conv2d" else 1
-        return n * h * w * c_out * k_h * k_w * c_in
-    if node.op == "dense":
-        return n * int(np.prod(node.params["w"]))
+    """MACs of one call: npmobile.cost's count for one sample, times the batch; batch norm, which
+    the papers count as free, is counted here as one multiply-add per element (so its GFLOP/s
+    means something)."""
     if node.op == "batchnorm":
         return int(inputs[0].size)
-    return 0
+    return inputs[0].shape[0] * node_macs(node, inputs[0].shape[1:])
 
 
 def median_time(fn, repeats, min_time=0.0):
@@ -190,7 +185,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three layers, few repeats (a smoke test)")
     parser.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2", "both"], default="both")
-    parser.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
+    parser.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/kernels.json, "
+                                                 "not written by --quick)")
     args = parser.parse_args(argv)
     import torch
     nets = {"mobilenet_v1": mobilenet_v1(1.0, 224), "mobilenet_v2": mobilenet_v2(1.0, 224)}
@@ -207,9 +203,11 @@ def main(argv=None):
     env = dict(threads="1 (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, "
                        "torch.set_num_threads)", numpy=np.__version__, torch=torch.__version__,
                machine=platform.processor() or platform.machine(), quick=args.quick)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(env=env, summary=summary, layers=rows), indent=1))
-    print(f"\nwrote {args.out}")
+    out = args.out or (None if args.quick else RESULTS / "kernels.json")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(env=env, summary=summary, layers=rows), indent=1))
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end (quick mode). They check each kernel and each peer
+against npmobile before timing, so a run that completes is itself a correctness check; the
+speed figures they print are reported, never asserted here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernel_benchmark_quick(tmp_path):
+    out = tmp_path / "kernels.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--quick", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900)
+    result = json.loads(out.read_text())
+    assert {r["op"] for r in result["layers"]} == {"conv2d", "depthwise_conv2d", "pointwise_conv2d"}
+    assert all(r["macs"] > 0 and r["fast_s"] > 0 and r["torch_s"] > 0 for r in result["layers"])
+
+
+def test_end_to_end_benchmark_quick(tmp_path):
+    out, png = tmp_path / "e2e.json", tmp_path / "e2e.png"
+    run = subprocess.run([sys.executable, "-m", "npmobile", "bench", "--quick", "--threads", "1",
+                          "--out", str(out), "--plot", str(png)],
+                         check=True, capture_output=True, text=True, timeout=1800)
+    result = json.loads(out.read_text())
+    rows = {(r["arch"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(a, b) for a in ("mobilenet_v1", "mobilenet_v2") for b in (1, 8)}
+    for r in rows.values():  # every peer ran, on outputs checked against npmobile's
+        assert {"npmobile_ms", "onnxruntime_ms", "pytorch_ms"} <= set(r), r
+    assert "onnx_reference_ms" in rows[("mobilenet_v2", 1)] and "oracle_ms" in rows[("mobilenet_v2", 1)]
+    assert png.stat().st_size > 10_000
+    assert "npm/ort" in run.stdout
