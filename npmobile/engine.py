@@ -167,15 +167,18 @@ class Plan:
             if node.name not in last_use and node.name != graph.output:
                 free.append(buf)
         self.buffers = [np.empty(s, dtype=np.float32) for s in sizes]
-        self.steps = [(KERNELS[node.op].fast, node.name, node.inputs,
-                       [params[f"{node.name}.{p}"] for p in node.params], node.attrs)
-                      for node in graph.nodes]
+        # Each step: the kernel, what it reads, its weights, its attributes and the view of a
+        # buffer it writes, all fixed here so that a call does no bookkeeping.
+        self.steps = []
+        for node in graph.nodes:
+            buf, size, shape = self.slots[node.name]
+            self.steps.append((KERNELS[node.op].fast, node.name, node.inputs,
+                               [params[f"{node.name}.{p}"] for p in node.params], node.attrs,
+                               self.buffers[buf][:size].reshape(shape)))
 
     def run(self, x):
         """Run on x (batch, h, w, c) float32; returns a new array (the buffers are reused)."""
         values = {"input": x}
-        for fast, name, inputs, tensors, attrs in self.steps:
-            buf, size, shape = self.slots[name]
-            out = self.buffers[buf][:size].reshape(shape)
+        for fast, name, inputs, tensors, attrs, out in self.steps:
             values[name] = fast(*[values[i] for i in inputs], *tensors, **attrs, out=out)
         return values[self.graph.output].copy()
