@@ -158,18 +158,6 @@ def mobilenet_v2(alpha=1.0, resolution=224, classes=None, *, include_top=True, p
 ARCHITECTURES = {"mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2}
 
 
-def build(config):
-    """Rebuild a graph from its config (as stored in a weight file)."""
-    arch = config.get("arch")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch: expected one of {sorted(ARCHITECTURES)}, found {arch!r}")
-    kwargs = dict(alpha=config["alpha"], resolution=config["resolution"], classes=config["classes"],
-                  include_top=config["include_top"], pooling=config["pooling"], convention=config["convention"])
-    if arch == "mobilenet_v1":
-        kwargs["depth_multiplier"] = config.get("depth_multiplier", 1)
-    return ARCHITECTURES[arch](**kwargs)
-
-
 def random_params(graph, seed=0):
     """Random weights for `graph`: He-scaled convolutions and *randomised* batch-norm statistics.
 
