@@ -9,14 +9,16 @@ and 2 threads, it times on the *same weights*:
 - the ONNX reference evaluator (onnx.reference, one call, batch 1).
 Every peer's output is checked against npmobile's first; each thread count runs in its own
 process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THREADS,
-OPENBLAS_NUM_THREADS=1 (npmobile splits a batch across its threads instead), OMP_NUM_THREADS,
-MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime intra_op_num_threads=t. The ratio
+OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime
+intra_op_num_threads=t. npmobile splits a batch across its t threads, BLAS on one thread per
+part; a single image gets its t threads inside the matrix products, BLAS on t threads. The ratio
 npmobile / ONNX Runtime of each row comes from that same process.
 
     npmobile bench [--quick] [--out results.json] [--plot results.png]
     python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -119,8 +121,11 @@ def worker(threads, quick):
             x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(np.float32)
             ours = model(x)
             row = dict(arch=arch, batch=batch, threads=threads)
-            t, runs = _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
-            row["npmobile_ms"], row["npmobile_runs"] = 1e3 * t, runs
+            # npmobile uses its threads by splitting a batch (BLAS on one thread per part); a
+            # single image can use them only inside the matrix products, through BLAS's threads.
+            with _blas_threads(threads if batch == 1 else 1) as blas:
+                t, runs = _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
+            row["npmobile_ms"], row["npmobile_runs"], row["npmobile_blas_threads"] = 1e3 * t, runs, blas
             for name, (call, max_batch, one_call) in peers.items():
                 if batch > max_batch:
                     continue
@@ -146,6 +151,19 @@ def worker(threads, quick):
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _blas_threads(n):
+    """Run the block with BLAS on n threads (threadpoolctl, a benchmark dependency), yielding
+    the count in force: the process's own setting when threadpoolctl is not installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield int(os.environ.get("OPENBLAS_NUM_THREADS", "0")) or None
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield n
 
 
 def _peers(graph, params, threads):
@@ -222,9 +240,9 @@ def run_all(thread_counts=(1, 2), quick=False):
         if r["threads"] > 1 and one:
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
     return dict(rows=rows, first_inference_s=first_inference_seconds(),
-                threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1 (a batch is "
-                         "split across t threads); torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, "
-                         "inter_op_num_threads=1"),
+                threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; a batch is split across t threads "
+                         "with BLAS on 1 thread each, a single image gets BLAS on t threads (threadpoolctl); "
+                         "torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, inter_op_num_threads=1"),
                 machine=_machine())
 
 
