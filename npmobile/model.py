@@ -9,7 +9,7 @@ import numpy as np
 from . import engine, weights
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
-_pool = None
+_pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
 
@@ -30,10 +30,12 @@ def get_num_threads():
 
 
 def _executor():
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < _num_threads:
-            _pool = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="npmobile")
+        if _pool_size < _num_threads:  # grown, never shrunk: extra idle workers cost nothing
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its running parts finish; no new work goes to it
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=_num_threads, thread_name_prefix="npmobile"), _num_threads
         return _pool
 
 
