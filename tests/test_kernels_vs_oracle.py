@@ -164,3 +164,13 @@ def test_depthwise_on_a_mobilenet_sized_layer():
     w = rng.standard_normal((3, 3, 144)).astype(np.float32)
     for stride, pad in ((1, (1, 1, 1, 1)), (2, (0, 1, 0, 1)), (2, (1, 1, 1, 1))):
         check_linear("depthwise_conv2d", x, w, None, dict(stride=stride, pad=pad, clamp=(0.0, 6.0)), terms=9)
+
+
+def test_conv2d_on_the_first_mobilenet_layer():
+    """3x3 taps of 3 channels, stride 2: the shape conv2d's im2col copies with a fixed trip count."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 33, 34, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    for pad in ((0, 1, 0, 1), (1, 1, 1, 1), (0, 0, 0, 0)):
+        check_linear("conv2d", x, w, b, dict(stride=2, pad=pad, clamp=(0.0, 6.0)), terms=27)

@@ -92,8 +92,14 @@ def _im2col_jit(x, stride, top, left, patches):
                         dst[d:d + run] = 0
                     elif ix0 >= 0 and ix0 + k_w <= width:
                         s = ((i * h + iy) * width + ix0) * c_in
-                        for j in range(run):
-                            dst[d + j] = src[s + j]
+                        if run == 9:
+                            # MobileNet's first conv (3 taps of 3 channels): with a constant
+                            # trip count LLVM unrolls the copy, a quarter off this function.
+                            for j in range(9):
+                                dst[d + j] = src[s + j]
+                        else:
+                            for j in range(run):
+                                dst[d + j] = src[s + j]
                     else:
                         for q in range(k_w):
                             ix = ix0 + q
