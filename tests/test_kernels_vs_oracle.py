@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from bounds import U, assert_within
 from npmobile.kernels import KERNELS
+from npmobile.kernels.pointwise import BLOCK_FLOATS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -150,9 +151,10 @@ def test_registry_pairs_every_kernel_with_an_oracle():
 
 
 def test_pointwise_on_more_rows_than_one_block():
-    """pointwise_conv2d runs its product in blocks of 65536 // c_out rows; draw past that."""
+    """pointwise_conv2d runs its product in blocks of BLOCK_FLOATS // c_out rows; draw past two."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 37, 41, 24)).astype(np.float32)  # 3034 rows, blocks of 1638
+    rows = 2 * (BLOCK_FLOATS // 40) + 37  # two whole blocks and a partial one
+    x = rng.standard_normal((1, 1, rows, 24)).astype(np.float32)
     w = rng.standard_normal((24, 40)).astype(np.float32)
     b = rng.standard_normal(40).astype(np.float32)
     check_linear("pointwise_conv2d", x, w, b, {"clamp": (0.0, 6.0)}, terms=24)
