@@ -12,8 +12,8 @@ Cost: n * h_out * w_out * c_out * k_h * k_w MACs, where h_out = (h + top + botto
 That is the "D_K * D_K * M * D_F * D_F" of the MobileNet paper: a standard convolution costs c_out
 times more (every output channel reads every input channel), which is where the
 1/N + 1/D_K^2 saving of a depthwise-separable convolution comes from. Each input value is read
-k_h * k_w times but used in a single multiply each time: the kernel is memory-bound, not
-compute-bound, so its time ratio to a standard convolution is worse than its MAC ratio.
+k_h * k_w times but used in a single multiply each time: the kernel is bound by its loads, not
+by its multiplies, so its time ratio to a standard convolution is worse than its MAC ratio.
 
 Read the oracle first (what is computed), then the fast kernel (how it is computed quickly).
 """
@@ -74,15 +74,41 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
     k_h, k_w, c_out = w.shape
     m = c_out // c_in
     h_out, w_out = y.shape[1], y.shape[2]
-    # MobileNet's depthwise convolutions are all 3x3 with m = 1. Away from the border their
-    # window needs no bounds checks, and they take the specialised branch below.
+    # MobileNet's depthwise convolutions are all 3x3 with m = 1, and take the first three
+    # branches below: two pixels at a time at stride 1, one pixel inside the image, one pixel
+    # at the border. Every other k and m takes the last, general one.
     fast_3x3 = k_h == 3 and k_w == 3 and m == 1
     for i in range(n):
         for oy in range(h_out):
             iy = oy * stride - top  # the window's top-left corner in x
-            for ox in range(w_out):
+            rows_inside = fast_3x3 and 0 <= iy and iy + 3 <= h
+            ox = 0
+            while ox < w_out:
                 ix = ox * stride - left
-                if fast_3x3 and 0 <= iy and iy + 3 <= h and 0 <= ix and ix + 3 <= width:
+                if rows_inside and stride == 1 and 0 <= ix and ix + 4 <= width and ox + 1 < w_out:
+                    # Two neighbouring outputs at stride 1 share two of their three columns:
+                    # computed together they load 12 input values instead of 18, and each
+                    # weight once for both. A quarter off the stride-1 layers.
+                    for c in range(c_out):
+                        w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                        w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                        w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                        a1, a2 = x[i, iy, ix + 1, c], x[i, iy, ix + 2, c]
+                        b1, b2 = x[i, iy + 1, ix + 1, c], x[i, iy + 1, ix + 2, c]
+                        c1, c2 = x[i, iy + 2, ix + 1, c], x[i, iy + 2, ix + 2, c]
+                        v0 = (b[c] + x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02
+                              + x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12
+                              + x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22)
+                        v1 = (b[c] + a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02
+                              + b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12
+                              + c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22)
+                        if has_clamp:
+                            v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
+                        y[i, oy, ox, c] = v0
+                        y[i, oy, ox + 1, c] = v1
+                    ox += 2
+                    continue
+                if rows_inside and 0 <= ix and ix + 3 <= width:
                     # The general loop below reads and writes y once per tap, 9 times. Here the
                     # 9 taps of a channel are one expression, so the running sum stays in a SIMD
                     # register and y is written once (the idea of XNNPACK's 3x3 micro-kernels).
@@ -99,6 +125,34 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
                         if has_clamp:
                             v = min(max(v, lo), hi)
                         y[i, oy, ox, c] = v
+                    ox += 1
+                    continue
+                if fast_3x3:
+                    # The border of a 3x3 layer: the taps inside the image form a rectangle of
+                    # rows p0..p1 and columns q0..q1. Each row is one pass over the channels, so a
+                    # border pixel costs at most three passes instead of nine.
+                    p0, p1 = max(0, -iy), min(3, h - iy)
+                    q0, q1 = max(0, -ix), min(3, width - ix)
+                    for c in range(c_out):
+                        y[i, oy, ox, c] = b[c]
+                    for p in range(p0, p1):
+                        r = iy + p
+                        if q1 - q0 == 3:
+                            for c in range(c_out):
+                                y[i, oy, ox, c] += (x[i, r, ix, c] * w[p, 0, c] + x[i, r, ix + 1, c] * w[p, 1, c]
+                                                    + x[i, r, ix + 2, c] * w[p, 2, c])
+                        elif q1 - q0 == 2:
+                            for c in range(c_out):
+                                y[i, oy, ox, c] += (x[i, r, ix + q0, c] * w[p, q0, c]
+                                                    + x[i, r, ix + q0 + 1, c] * w[p, q0 + 1, c])
+                        else:
+                            for q in range(q0, q1):
+                                for c in range(c_out):
+                                    y[i, oy, ox, c] += x[i, r, ix + q, c] * w[p, q, c]
+                    if has_clamp:
+                        for c in range(c_out):
+                            y[i, oy, ox, c] = min(max(y[i, oy, ox, c], lo), hi)
+                    ox += 1
                     continue
                 # Any k and m, near the border too. A tap that lands in the zero padding adds
                 # nothing, so it is skipped instead of materialising a padded copy.
@@ -123,3 +177,4 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
                 if has_clamp:
                     for c in range(c_out):
                         out[c] = min(max(out[c], lo), hi)
+                ox += 1
