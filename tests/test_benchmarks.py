@@ -32,3 +32,12 @@ def test_end_to_end_benchmark_quick(tmp_path):
     assert "onnx_reference_ms" in rows[("mobilenet_v2", 1)] and "oracle_ms" in rows[("mobilenet_v2", 1)]
     assert png.stat().st_size > 10_000
     assert "npm/ort" in run.stdout
+
+
+def test_layer_benchmark_quick(tmp_path):
+    out = tmp_path / "layers.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers.py"), "--runs", "3", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900)
+    rows = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()[2:8] if line.strip()}
+    for kind in ("first", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
+        assert float(rows[kind][-3]) > 0 and float(rows[kind][-2]) > 0, rows

@@ -1,0 +1,142 @@
+"""Where the time goes: MobileNet-1.0-224 at batch 1, layer by layer, npmobile against ONNX Runtime.
+
+npmobile's side times each step of the fast engine's plan on its own (the fused graph: BN folded,
+bias and ReLU6 in the kernel); ONNX Runtime's side comes from its own profiler, on the ONNX file
+torch.onnx exports from the same weights (the module npmobile.bench builds). Both on one thread
+(NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, intra_op_num_threads = 1), medians
+over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the rest.
+ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
+under pointwise; npmobile's are under "other".
+
+    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--out FILE]
+
+writes benchmarks/results/layers-{arch}.md unless told otherwise.
+"""
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from npmobile import Model, engine  # noqa: E402
+from npmobile.bench import torch_module  # noqa: E402
+from npmobile.models import ARCHITECTURES, random_params  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}
+
+
+def layer_kinds(graph):
+    """Every node name of the unfused graph -> the kind of the linear layer it belongs to (a BN or
+    clamp belongs to the convolution before it)."""
+    kinds, current = {}, "other"
+    for node in graph.nodes:
+        if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense"):
+            current = KIND.get(node.op, "other")
+        elif node.op not in ("batchnorm", "clamp"):
+            current = "other"
+        kinds[node.name] = current
+    return kinds
+
+
+def npmobile_layers(model, x, runs):
+    """(name, kind, ms) for every step of the batch-1 plan, each timed on its own."""
+    graph, _ = model.fused()
+    plan = engine.Plan(*model.fused(), 1)
+    for _ in range(10):
+        plan.run(x)
+    times = [[] for _ in plan.steps]
+    for _ in range(runs):
+        values = {"input": x}
+        for k, (fast, name, inputs, tensors, attrs, out) in enumerate(plan.steps):
+            t = time.perf_counter()
+            values[name] = fast(*[values[i] for i in inputs], *tensors, **attrs, out=out)
+            times[k].append(time.perf_counter() - t)
+    return [(node.name, node.op, 1e3 * statistics.median(t)) for node, t in zip(graph.nodes, times)]
+
+
+def onnxruntime_layers(graph, params, x, runs, expected):
+    """(ONNX node name, ms) from ONNX Runtime's profiler, one thread, after checking that its
+    output matches npmobile's (`expected`): the two time the same network."""
+    import onnxruntime as ort
+    import torch
+
+    torch.set_num_threads(1)
+    folder = tempfile.mkdtemp(prefix="npmobile-layers-")
+    path = os.path.join(folder, "model.onnx")
+    torch.onnx.export(torch_module(graph, params), torch.zeros(1, 3, *graph.input_shape[:2]), path,
+                      input_names=["input"], output_names=["output"], opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(folder, "profile")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    output = session.run(None, {"input": nchw})[0]
+    err = float(np.abs(output - expected).max() / max(1.0, np.abs(output).max()))
+    if err > 1e-4:
+        raise AssertionError(f"ONNX Runtime disagrees with npmobile: {err:.3g}")
+    for _ in range(runs + 9):
+        session.run(None, {"input": nchw})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    per_node = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node.setdefault(e["name"][:-len("_kernel_time")], []).append(e["dur"])
+    return [(name, 1e-3 * statistics.median(d[10:])) for name, d in per_node.items()]  # past warm-up
+
+
+def ort_kind(name, kinds):
+    """An ONNX node's kind: the layer whose name appears in its path ("/block_1_expand/Conv")."""
+    matches = [n for n in kinds if f"/{n}/" in name]
+    return kinds[max(matches, key=len)] if matches else "other"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--out", help="markdown file to write (default: benchmarks/results/layers-ARCH.md)")
+    args = parser.parse_args(argv)
+    graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
+    params = random_params(graph, seed=1)
+    x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    model = Model(graph, params)
+    ours = npmobile_layers(model, x, args.runs)
+    theirs = onnxruntime_layers(graph, params, x, args.runs, model(x))
+    kinds = layer_kinds(graph)
+    kinds_fused = {name: KIND.get(op, "other") for name, op, _ in ours}
+    lines = [f"# {args.arch}-1.0-224, batch 1, one thread; ms per layer kind (median of {args.runs} runs)",
+             f"{'kind':12s} {'npmobile':>9s} {'onnxrt':>8s} {'ratio':>6s}"]
+    totals = {}
+    for name, _, ms in ours:
+        totals.setdefault(kinds_fused[name], [0.0, 0.0])[0] += ms
+    for name, ms in theirs:
+        totals.setdefault(ort_kind(name, kinds), [0.0, 0.0])[1] += ms
+    for kind in ("first conv", "depthwise", "pointwise", "other"):
+        a, b = totals.get(kind, (0.0, 0.0))
+        lines.append(f"{kind:12s} {a:9.2f} {b:8.2f} {a / b if b else float('nan'):6.2f}")
+    a, b = (sum(t[i] for t in totals.values()) for i in (0, 1))
+    lines.append(f"{'total':12s} {a:9.2f} {b:8.2f} {a / b:6.2f}")
+    lines += ["", f"{'npmobile layer':36s} {'op':18s} {'ms':>6s}"]
+    lines += [f"{name:36s} {op:18s} {ms:6.3f}" for name, op, ms in ours]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out) if args.out else RESULTS / f"layers-{args.arch}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("```\n" + text + "\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
