@@ -88,7 +88,8 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
                 if rows_inside and stride == 1 and 0 <= ix and ix + 4 <= width and ox + 1 < w_out:
                     # Two neighbouring outputs at stride 1 share two of their three columns:
                     # computed together they load 12 input values instead of 18, and each
-                    # weight once for both. A quarter off the stride-1 layers.
+                    # weight once for both. A quarter off the stride-1 layers. (Each output is
+                    # one expression over its 9 taps, as in the single-pixel branch below.)
                     for c in range(c_out):
                         w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
                         w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
