@@ -49,17 +49,16 @@ def layer_kinds(graph):
 
 
 def npmobile_layers(model, x, runs):
-    """(name, kind, ms) for every step of the batch-1 plan, each timed on its own."""
+    """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
     graph, _ = model.fused()
     plan = engine.Plan(*model.fused(), 1)
     for _ in range(10):
         plan.run(x)
     times = [[] for _ in plan.steps]
     for _ in range(runs):
-        values = {"input": x}
-        for k, (fast, name, inputs, tensors, attrs, out) in enumerate(plan.steps):
+        for k, step in enumerate(plan.steps):  # one step per node of the fused graph, in order
             t = time.perf_counter()
-            values[name] = fast(*[values[i] for i in inputs], *tensors, **attrs, out=out)
+            step(x)
             times[k].append(time.perf_counter() - t)
     return [(node.name, node.op, 1e3 * statistics.median(t)) for node, t in zip(graph.nodes, times)]
 

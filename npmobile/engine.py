@@ -11,6 +11,8 @@ is how one finds the first layer that disagrees. A fused node carries the name o
 absorbed, so its value is comparable with the oracle's value of that name.
 """
 
+import functools
+
 import numpy as np
 
 from .graph import Graph, Node
@@ -167,18 +169,26 @@ class Plan:
             if node.name not in last_use and node.name != graph.output:
                 free.append(buf)
         self.buffers = [np.empty(s, dtype=np.float32) for s in sizes]
-        # Each step: the kernel, what it reads, its weights, its attributes and the view of a
-        # buffer it writes, all fixed here so that a call does no bookkeeping.
+        self.views = {name: self.buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in self.slots.items()}
+        # Each step is bound once, here, to the buffers it reads and writes (`kernel.bind` checks
+        # the arguments and returns the loop), so that a call runs loops and nothing else. A step
+        # that reads the caller's array is bound again on every call instead.
         self.steps = []
         for node in graph.nodes:
-            buf, size, shape = self.slots[node.name]
-            self.steps.append((KERNELS[node.op].fast, node.name, node.inputs,
-                               [params[f"{node.name}.{p}"] for p in node.params], node.attrs,
-                               self.buffers[buf][:size].reshape(shape)))
+            bind = KERNELS[node.op].fast.bind
+            tensors = [params[f"{node.name}.{p}"] for p in node.params]
+            out = self.views[node.name]
+            if "input" in node.inputs:
+                self.steps.append(functools.partial(self._bind_and_run, bind, node.inputs, tensors, node.attrs, out))
+            else:
+                run = bind(*[self.views[i] for i in node.inputs], *tensors, **node.attrs, out=out)
+                self.steps.append(lambda x, run=run: run())
+
+    def _bind_and_run(self, bind, inputs, tensors, attrs, out, x):
+        return bind(*[x if name == "input" else self.views[name] for name in inputs], *tensors, **attrs, out=out)()
 
     def run(self, x):
         """Run on x (batch, h, w, c) float32; returns a new array (the buffers are reused)."""
-        values = {"input": x}
-        for fast, name, inputs, tensors, attrs, out in self.steps:
-            values[name] = fast(*[values[i] for i in inputs], *tensors, **attrs, out=out)
-        return values[self.graph.output].copy()
+        for step in self.steps:
+            step(x)
+        return self.views[self.graph.output].copy()

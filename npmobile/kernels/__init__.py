@@ -5,7 +5,9 @@ convolution that MobileNet is built from. `conv2d.py` is the standard convolutio
 
 `KERNELS` lists every op once: tests check each fast kernel against its oracle by iterating over
 it, and benchmarks time them from it. Oracle and fast kernel share one signature: tensors
-positional, attributes keyword-only.
+positional, attributes keyword-only. Each fast kernel is written as the half that checks its
+arguments and returns the loop to run (`_jit.fast_kernel`): `kernel(...)` does both,
+`kernel.bind(...)` only the first, which is how the engine prepares a layer once and then runs it.
 """
 
 from typing import Callable, NamedTuple

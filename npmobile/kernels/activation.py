@@ -13,7 +13,7 @@ convolution kernels), so this kernel only runs on its own in the oracle engine.
 import numpy as np
 
 from ._checks import as_float32, output
-from ._jit import jit
+from ._jit import fast_kernel, jit
 
 
 def clamp_ref(x, *, lo=0.0, hi=6.0):
@@ -21,14 +21,19 @@ def clamp_ref(x, *, lo=0.0, hi=6.0):
     return np.clip(np.asarray(x, dtype=np.float64), lo, hi)
 
 
+@fast_kernel
 def clamp(x, *, lo=0.0, hi=6.0, out=None):
     """The fast kernel: float32 in, float32 out."""
     x = as_float32("x", x)
     if not float(lo) <= float(hi):
         raise ValueError(f"lo, hi: expected lo <= hi, found ({lo}, {hi})")
     y = output(out, x.shape)
-    _clamp_jit(x.reshape(-1), np.float32(lo), np.float32(hi), y.reshape(-1))
-    return y
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+
+    def run():
+        _clamp_jit(x.reshape(-1), lo32, hi32, y.reshape(-1))
+        return y
+    return run
 
 
 @jit
@@ -44,6 +49,7 @@ def softmax_ref(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@fast_kernel
 def softmax(x, *, out=None):
     """The fast kernel: one row at a time, float32."""
     x = as_float32("x", x)
@@ -51,8 +57,11 @@ def softmax(x, *, out=None):
         raise ValueError(f"x: expected at least one class on the last axis, found shape {x.shape}")
     y = output(out, x.shape)
     k = x.shape[-1]
-    _softmax_jit(x.reshape(-1, k), y.reshape(-1, k))
-    return y
+
+    def run():
+        _softmax_jit(x.reshape(-1, k), y.reshape(-1, k))
+        return y
+    return run
 
 
 @jit

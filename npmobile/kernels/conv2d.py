@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size, output
-from ._jit import jit
+from ._jit import fast_kernel, jit
 from .pointwise import bias_clamp_rows
 
 
@@ -38,6 +38,7 @@ def conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
     return y
 
 
+@fast_kernel
 def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
     (plus `out`, a preallocated output the engine reuses).
@@ -68,17 +69,21 @@ def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
     y = output(out, (n, h_out, w_out, c_out))
-    rows = y.reshape(-1, c_out)
-    if k_w * c_in <= 16:  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
-        patches_t = np.empty((k_h * k_w * c_in, rows.shape[0]), dtype=np.float32)
-        _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches_t)
-        np.matmul(patches_t.T, w.reshape(-1, c_out), out=rows)
-    else:
-        patches = np.empty((n, h_out, w_out, k_h, k_w, c_in), dtype=np.float32)
-        _im2col_jit(x, stride, top, left, patches)
-        np.matmul(patches.reshape(rows.shape[0], -1), w.reshape(-1, c_out), out=rows)
-    bias_clamp_rows(rows, b, has_clamp, lo, hi)
-    return y
+    rows, w_rows = y.reshape(-1, c_out), w.reshape(-1, c_out)
+    by_tap = k_w * c_in <= 16  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
+
+    def run():
+        if by_tap:
+            patches_t = np.empty((k_h * k_w * c_in, rows.shape[0]), dtype=np.float32)
+            _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches_t)
+            np.matmul(patches_t.T, w_rows, out=rows)
+        else:
+            patches = np.empty((n, h_out, w_out, k_h, k_w, c_in), dtype=np.float32)
+            _im2col_jit(x, stride, top, left, patches)
+            np.matmul(patches.reshape(rows.shape[0], -1), w_rows, out=rows)
+        bias_clamp_rows(rows, b, has_clamp, lo, hi)
+        return y
+    return run
 
 
 @jit

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size, output
-from ._jit import jit
+from ._jit import fast_kernel, jit
 
 
 def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -47,6 +47,7 @@ def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None
     return y
 
 
+@fast_kernel
 def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
     (plus `out`, a preallocated output the engine reuses)."""
@@ -64,8 +65,11 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
     h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
     y = output(out, (n, h_out, w_out, c_out))
-    _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
-    return y
+
+    def run():
+        _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
+        return y
+    return run
 
 
 @jit

@@ -15,7 +15,7 @@ import glob
 import numpy as np
 
 from ._checks import as_bias, as_float32, check_clamp, output
-from ._jit import jit
+from ._jit import fast_kernel, jit
 
 
 def _l2_cache_bytes(default=1 << 20):
@@ -47,6 +47,7 @@ def pointwise_conv2d_ref(x, w, b=None, *, clamp=None):
     return y
 
 
+@fast_kernel
 def pointwise_conv2d(x, w, b=None, *, clamp=None, out=None):
     """The fast kernel: one float32 matrix product, then bias and clamp in one pass
     (`out`: a preallocated output the engine reuses)."""
@@ -66,14 +67,14 @@ def pointwise_conv2d(x, w, b=None, *, clamp=None, out=None):
     # saves a trip through main memory. Smaller blocks cost more than they save: every sgemm
     # call packs w again, and a 14x14 layer split in two runs 5% slower.
     block = max(1, BLOCK_FLOATS // c_out)
-    if y_rows.shape[0] <= block:
-        np.matmul(x_rows, w, out=y_rows)
-        bias_clamp_rows(y_rows, b, has_clamp, lo, hi)
+    blocks = [(x_rows[r:r + block], y_rows[r:r + block]) for r in range(0, y_rows.shape[0], block)]
+
+    def run():
+        for x_block, y_block in blocks:
+            np.matmul(x_block, w, out=y_block)
+            bias_clamp_rows(y_block, b, has_clamp, lo, hi)
         return y
-    for r in range(0, y_rows.shape[0], block):
-        np.matmul(x_rows[r:r + block], w, out=y_rows[r:r + block])
-        bias_clamp_rows(y_rows[r:r + block], b, has_clamp, lo, hi)
-    return y
+    return run
 
 
 @jit
