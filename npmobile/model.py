@@ -12,6 +12,12 @@ _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUM
 _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
+# A batch runs through a Plan at most CHUNK images at a time. Two images keep the activations of
+# MobileNet-224's large layers closer to the cache than eight do: measured 2.5-6% faster per image
+# than whole batches of 8 or 32 on V1/V2-224. And a Plan's buffers stay the size of two images
+# however large the batch (8.4 MB per image for V2-224: 270 MB at Keras' predict batch of 32).
+CHUNK = 2
+
 
 def set_num_threads(n):
     """How many threads a model call may use: a batch of several images is split into that many
@@ -90,10 +96,15 @@ class Model:
         n = len(x)
         parts = min(_num_threads, n)
         if parts <= 1:
-            return self._plan(n).run(x)
+            return self._run_part(x)
         bounds = np.linspace(0, n, parts + 1).astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        return np.concatenate(list(_executor().map(lambda c: self._plan(len(c)).run(c), chunks)))
+        return np.concatenate(list(_executor().map(self._run_part, chunks)))
+
+    def _run_part(self, x):
+        """One thread's images, through this thread's Plan, CHUNK images at a time."""
+        outs = [self._plan(len(x[i:i + CHUNK])).run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def run(self, x, *, engine_name="fast", intermediates=False):
         """Run with the "fast" engine (fused graph, numba kernels) or the "oracle" engine

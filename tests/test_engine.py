@@ -10,6 +10,7 @@ import pytest
 
 import npmobile
 from npmobile import engine
+from npmobile.model import CHUNK
 from npmobile.models import random_params
 
 
@@ -29,7 +30,10 @@ def test_buffers_reused_across_calls_give_fresh_correct_outputs(small_model):
     np.testing.assert_array_equal(y1, y1_copy)  # the second call did not write into the first result
     np.testing.assert_array_equal(small_model(x1), y1)  # same input, same buffers, same bits
     graph, params = small_model.fused()
-    np.testing.assert_allclose(y2, engine.run(graph, params, x2), rtol=0, atol=0)
+    # The model runs a batch CHUNK images at a time; the plain engine on the same chunks must give
+    # the same bits (a matrix product with another number of rows may round differently).
+    plain = [engine.run(graph, params, x2[i:i + CHUNK]) for i in range(0, len(x2), CHUNK)]
+    np.testing.assert_array_equal(y2, np.concatenate(plain))
     oracle = small_model.run(x2, engine_name="oracle")
     assert np.abs(y2 - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
 
@@ -144,3 +148,14 @@ print(json.dumps({{"out": p.stdout, "peak_mb": resource.getrusage(resource.RUSAG
     r = _run_python(code)
     assert "cat" in r["out"], r
     assert r["peak_mb"] < 300, r
+
+
+def test_a_batch_runs_in_chunks_with_the_answers_of_single_images(small_model):
+    """model(x) runs a batch CHUNK images at a time through plans of that size; every image must
+    come out as it does alone, whatever chunk it falls in."""
+    x = np.random.default_rng(3).standard_normal((2 * CHUNK + 1, 64, 64, 3)).astype(np.float32)
+    batch = small_model(x)
+    alone = np.concatenate([small_model(x[i:i + 1]) for i in range(len(x))])
+    assert batch.shape == alone.shape
+    assert np.abs(batch - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max())
+    assert {len(x) % CHUNK or CHUNK, CHUNK} <= set(small_model._local.plans)  # the plans it used
