@@ -11,8 +11,6 @@ is how one finds the first layer that disagrees. A fused node carries the name o
 absorbed, so its value is comparable with the oracle's value of that name.
 """
 
-import functools
-
 import numpy as np
 
 from .graph import Graph, Node
@@ -41,10 +39,7 @@ def run(graph, params, x, *, oracle=False, intermediates=False):
     (and "input") when intermediates=True."""
     x = check_input(graph, x)
     values = {"input": x if oracle else x.astype(np.float32, copy=False)}
-    last_use = {}
-    for i, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            last_use[name] = i
+    last_use = _last_use(graph.nodes)
     for i, node in enumerate(graph.nodes):
         kernel = KERNELS[node.op]
         fn = kernel.ref if oracle else kernel.fast
@@ -55,6 +50,11 @@ def run(graph, params, x, *, oracle=False, intermediates=False):
                 if last_use[name] == i:
                     del values[name]
     return values if intermediates else values[graph.output]
+
+
+def _last_use(nodes):
+    """value name -> index of the last node that reads it."""
+    return {name: i for i, node in enumerate(nodes) for name in node.inputs}
 
 
 def _consumers(nodes):
@@ -143,10 +143,7 @@ class Plan:
 
     def __init__(self, graph, params, batch):
         self.graph, self.batch = graph, batch
-        last_use = {}
-        for i, node in enumerate(graph.nodes):
-            for name in node.inputs:
-                last_use[name] = i
+        last_use = _last_use(graph.nodes)
         sizes, free, self.slots = [], [], {}
         for i, node in enumerate(graph.nodes):
             size = batch * int(np.prod(node.shape))
@@ -170,25 +167,18 @@ class Plan:
                 free.append(buf)
         self.buffers = [np.empty(s, dtype=np.float32) for s in sizes]
         self.views = {name: self.buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in self.slots.items()}
-        # Each step is bound once, here, to the buffers it reads and writes (`kernel.bind` checks
-        # the arguments and returns the loop), so that a call runs loops and nothing else. A step
-        # that reads the caller's array is bound again on every call instead.
-        self.steps = []
-        for node in graph.nodes:
-            bind = KERNELS[node.op].fast.bind
-            tensors = [params[f"{node.name}.{p}"] for p in node.params]
-            out = self.views[node.name]
-            if "input" in node.inputs:
-                self.steps.append(functools.partial(self._bind_and_run, bind, node.inputs, tensors, node.attrs, out))
-            else:
-                run = bind(*[self.views[i] for i in node.inputs], *tensors, **node.attrs, out=out)
-                self.steps.append(lambda x, run=run: run())
-
-    def _bind_and_run(self, bind, inputs, tensors, attrs, out, x):
-        return bind(*[x if name == "input" else self.views[name] for name in inputs], *tensors, **attrs, out=out)()
+        # The caller's batch is copied into a buffer of its own (17 µs at 224x224), so that every
+        # step can be bound once, here, to the buffers it reads and writes: `kernel.bind` checks
+        # the arguments and returns the loop, and a call runs loops and nothing else.
+        self.views["input"] = np.empty((batch, *graph.input_shape), dtype=np.float32)
+        self.steps = [KERNELS[node.op].fast.bind(*[self.views[i] for i in node.inputs],
+                                                 *[params[f"{node.name}.{p}"] for p in node.params],
+                                                 **node.attrs, out=self.views[node.name])
+                      for node in graph.nodes]
 
     def run(self, x):
         """Run on x (batch, h, w, c) float32; returns a new array (the buffers are reused)."""
-        for step in self.steps:
-            step(x)
+        np.copyto(self.views["input"], x)
+        for run in self.steps:
+            run()
         return self.views[self.graph.output].copy()

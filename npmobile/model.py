@@ -103,7 +103,7 @@ class Model:
 
     def _run_part(self, x):
         """One thread's images, through this thread's Plan, CHUNK images at a time."""
-        outs = [self._plan(len(x[i:i + CHUNK])).run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]
+        outs = [self._plan(len(c)).run(c) for c in (x[i:i + CHUNK] for i in range(0, len(x), CHUNK))]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def run(self, x, *, engine_name="fast", intermediates=False):

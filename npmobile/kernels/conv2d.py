@@ -71,14 +71,15 @@ def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     y = output(out, (n, h_out, w_out, c_out))
     rows, w_rows = y.reshape(-1, c_out), w.reshape(-1, c_out)
     by_tap = k_w * c_in <= 16  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
+    # The patch matrix is allocated here, once per binding: a Plan reuses it on every call.
+    patches = np.empty((k_h * k_w * c_in, rows.shape[0]) if by_tap else (n, h_out, w_out, k_h, k_w, c_in),
+                       dtype=np.float32)
 
     def run():
         if by_tap:
-            patches_t = np.empty((k_h * k_w * c_in, rows.shape[0]), dtype=np.float32)
-            _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches_t)
-            np.matmul(patches_t.T, w_rows, out=rows)
+            _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches)
+            np.matmul(patches.T, w_rows, out=rows)
         else:
-            patches = np.empty((n, h_out, w_out, k_h, k_w, c_in), dtype=np.float32)
             _im2col_jit(x, stride, top, left, patches)
             np.matmul(patches.reshape(rows.shape[0], -1), w_rows, out=rows)
         bias_clamp_rows(rows, b, has_clamp, lo, hi)
