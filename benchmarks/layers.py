@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from npmobile import Model, engine  # noqa: E402
-from npmobile.bench import torch_module  # noqa: E402
+from npmobile.bench import check_agrees, export_onnx, torch_module  # noqa: E402
 from npmobile.models import ARCHITECTURES, random_params  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,19 +72,14 @@ def onnxruntime_layers(graph, params, x, runs, expected):
 
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp(prefix="npmobile-layers-")
-    path = os.path.join(folder, "model.onnx")
-    torch.onnx.export(torch_module(graph, params), torch.zeros(1, 3, *graph.input_shape[:2]), path,
-                      input_names=["input"], output_names=["output"], opset_version=17, dynamo=False)
+    path = export_onnx(torch_module(graph, params), graph, folder)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(folder, "profile")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    output = session.run(None, {"input": nchw})[0]
-    err = float(np.abs(output - expected).max() / max(1.0, np.abs(output).max()))
-    if err > 1e-4:
-        raise AssertionError(f"ONNX Runtime disagrees with npmobile: {err:.3g}")
+    check_agrees("ONNX Runtime", session.run(None, {"input": nchw})[0], expected)
     for _ in range(runs + 9):
         session.run(None, {"input": nchw})
     with open(session.end_profiling()) as f:

@@ -129,10 +129,7 @@ def worker(threads, quick):
             for name, (call, max_batch, one_call) in peers.items():
                 if batch > max_batch:
                     continue
-                out = call(x)
-                err = float(np.abs(out - ours).max() / max(1.0, np.abs(out).max()))
-                if err > 1e-4:
-                    raise AssertionError(f"{name} disagrees with npmobile on {arch}: {err:.3g}")
+                check_agrees(f"{name} on {arch}", call(x), ours)
                 t0 = time.perf_counter()
                 if one_call:
                     call(x)
@@ -186,10 +183,7 @@ def _peers(graph, params, threads):
             return net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
     peers["pytorch"] = (torch_call, 8, False)
 
-    path = os.path.join(tempfile.mkdtemp(prefix="npmobile-bench-"), f"{graph.config['arch']}.onnx")
-    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    path = export_onnx(net, graph, tempfile.mkdtemp(prefix="npmobile-bench-"))
     try:
         import onnxruntime as ort
         options = ort.SessionOptions()
@@ -208,6 +202,28 @@ def _peers(graph, params, threads):
     except ImportError:
         print("# onnx not installed", file=sys.stderr)
     return peers
+
+
+def export_onnx(net, graph, folder):
+    """Write the torch module `net` (torch_module(graph, ...)) as folder/{arch}.onnx with a free
+    batch axis; returns the path. The input is NCHW and named "input"."""
+    import torch
+
+    path = os.path.join(folder, f"{graph.config['arch']}.onnx")
+    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def check_agrees(what, out, ours, bound=1e-4):
+    """A peer's output against npmobile's, relative to the peer's largest value: a benchmark
+    times the same network or nothing."""
+    import numpy as np
+
+    err = float(np.abs(out - ours).max() / max(1.0, np.abs(out).max()))
+    if err > bound:
+        raise AssertionError(f"{what} disagrees with npmobile: {err:.3g}")
 
 
 def first_inference_seconds():
