@@ -257,7 +257,7 @@ class _Importer:
         return self.acts[t]
 
     def _translate(self, node, name, attrs):
-        op, em = node.op_type, self.em
+        op = node.op_type
         x = self._act(node, 0) if node.input[0] in self.acts else None
         out = node.output[0]
         if op in ALIAS:
