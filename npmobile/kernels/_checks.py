@@ -36,8 +36,6 @@ def as_bias(b, c_out):
 
 
 def check_stride(stride):
-    if type(stride) is int and stride >= 1:
-        return stride  # the common case first: these checks run once per layer per call
     if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
     return int(stride)
@@ -45,10 +43,6 @@ def check_stride(stride):
 
 def check_pad(pad):
     """pad is (top, bottom, left, right), each an integer >= 0."""
-    if type(pad) is tuple and len(pad) == 4:
-        top, bottom, left, right = pad
-        if type(top) is type(bottom) is type(left) is type(right) is int and min(pad) >= 0:
-            return pad
     try:
         values = tuple(pad)
     except TypeError:
@@ -63,9 +57,7 @@ def check_pad(pad):
 def check_clamp(clamp):
     """clamp is None (no clamp) or (lo, hi) with lo <= hi; returned as (flag, lo, hi)."""
     if clamp is None:
-        return False, _ZERO, _ZERO
-    if type(clamp) is tuple and clamp in _checked_clamps:
-        return _checked_clamps[clamp]
+        return False, np.float32(0), np.float32(0)
     try:
         lo, hi = clamp
         lo, hi = float(lo), float(hi)
@@ -73,14 +65,7 @@ def check_clamp(clamp):
         raise ValueError(f"clamp: expected None or (lo, hi), found {clamp!r}") from None
     if not lo <= hi:
         raise ValueError(f"clamp: expected lo <= hi, found ({lo}, {hi})")
-    checked = True, np.float32(lo), np.float32(hi)
-    if type(clamp) is tuple and len(_checked_clamps) < 64:
-        _checked_clamps[clamp] = checked  # a network uses one or two clamps: remember them
-    return checked
-
-
-_ZERO = np.float32(0)
-_checked_clamps = {}
+    return True, np.float32(lo), np.float32(hi)
 
 
 def conv_output_size(name, size, k, stride, pad_before, pad_after):
