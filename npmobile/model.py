@@ -90,11 +90,13 @@ class Model:
             plans[batch] = engine.Plan(*self.fused(), batch)
         return plans[batch]
 
-    def __call__(self, x):
-        """The fast engine on an NHWC float batch; returns a new float32 array."""
+    def __call__(self, x, *, threads=None):
+        """The fast engine on an NHWC float batch; returns a new float32 array. The batch is
+        split over `threads` threads (default: set_num_threads); threads=1 runs it on the
+        calling thread only, as a pipeline that keeps one batch per core does."""
         x = np.ascontiguousarray(engine.check_input(self.graph, x), dtype=np.float32)
         n = len(x)
-        parts = min(_num_threads, n)
+        parts = min(threads or _num_threads, n)
         if parts <= 1:
             return self._run_part(x)
         bounds = np.linspace(0, n, parts + 1).astype(int)
