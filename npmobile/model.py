@@ -62,6 +62,14 @@ class Model:
         self._lock = threading.Lock()
         self._local = threading.local()  # per thread: {batch size: engine.Plan}
 
+    def __getstate__(self):
+        """What a pickle carries: the graph, its tensors, labels and source. Not the fused graph,
+        plans, lock or thread-local state: the receiving process rebuilds them on first use."""
+        return {"graph": self.graph, "params": self.params, "labels": self.labels, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
     @property
     def config(self):
         return self.graph.config

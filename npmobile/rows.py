@@ -77,3 +77,29 @@ class RowWriter:
             self._flush()
             self.parquet.close()
         self.out.flush()
+
+
+class PartWriter:
+    """Rows into output_dir/part-00000.<fmt>, part-00001..., a new file every rows_per_file rows;
+    counts the rows and the errors written."""
+
+    def __init__(self, output_dir, fmt, rows_per_file=ROWS_PER_GROUP):
+        self.dir, self.fmt, self.per_file = output_dir, fmt, rows_per_file
+        self.parts, self.writer, self.in_file, self.rows, self.errors = 0, None, 0, 0, 0
+
+    def write(self, rows):
+        if self.writer is None:
+            self.writer = RowWriter(self.fmt, open(f"{self.dir}/part-{self.parts:05d}.{self.fmt}", "wb"))
+            self.parts += 1
+        self.writer.write(rows)
+        self.in_file += len(rows)
+        self.rows += len(rows)
+        self.errors += sum(r["error"] is not None for r in rows)
+        if self.in_file >= self.per_file:
+            self.close()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer.out.close()
+            self.writer, self.in_file = None, 0

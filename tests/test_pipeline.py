@@ -33,15 +33,16 @@ def folder(tmp_path_factory):
     return folder
 
 
-def jsonl_rows(model, folder, **kwargs):
+def jsonl_rows(model, paths, **kwargs):
+    """The rows `classify` writes with --jsonl."""
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    classify(model, [str(folder)], fmt="jsonl", out=out, **kwargs)
+    classify(model, [str(p) for p in paths], fmt="jsonl", out=out, **kwargs)
     return [json.loads(line) for line in out.buffer.getvalue().decode().splitlines()]
 
 
 def test_rows_are_the_same_in_input_order_whatever_the_threads(model, folder):
-    one = jsonl_rows(model, folder, threads=1, batch_size=4)
-    three = jsonl_rows(model, folder, threads=3, batch_size=4)
+    one = jsonl_rows(model, [folder], threads=1, batch_size=4)
+    three = jsonl_rows(model, [folder], threads=3, batch_size=4)
     assert three == one  # probabilities bit for bit: each batch runs alone on one thread
     assert [r["path"] for r in one] == [p for p, _ in iter_paths([str(folder)])]
     errors = {r["path"].rsplit("/", 1)[1]: r["error"] for r in one if r["error"]}
