@@ -1,6 +1,6 @@
 """Throughput of `npmobile classify` on a folder of 1,000+ photos, against two separate processes.
 
-    python benchmarks/pipeline.py [--files 1150] [--repeat 3] [--weights FILE] [--save]
+    python benchmarks/pipeline.py [--files 1150] [--repeat 3] [--weights FILE] [--dask] [--save]
 
 The 115 photos of ../shared/assets (imagenet-dev-100 and photos) are linked (symlinks in a
 temporary folder, never in the repository) over and over up to --files names. Each peer is a
@@ -11,6 +11,10 @@ all in one run, interleaved, best of --repeat:
   full batch on the same thread (OPENBLAS_NUM_THREADS=1, the setting it needed);
 - classify --threads 1 and --threads 2: the pipeline, with no thread variable set (its defaults);
 - 2 processes: two `classify --threads 1` processes at once, each on half the files.
+
+With --dask, the same files through `npmobile.distributed.classify(engine="dask", workers=2)`
+(a local cluster started for it): seconds from starting the cluster to the first batch's rows,
+and images/s including the cluster's start.
 
 The model is MobileNetV2-1.0-224 from the TFLite file in the assets, run as float. Results go
 to stdout; --save writes benchmarks/results/pipeline.json and pipeline.md as well.
@@ -86,6 +90,17 @@ def peers(weights, folder, batch_size):
     }
 
 
+def run_dask(weights, folder, batch_size, tmp):
+    """The files on a 2-worker local Dask cluster: first-result latency and throughput."""
+    from npmobile.classify import iter_paths
+    from npmobile.distributed import classify
+
+    paths = [p for p, _ in iter_paths([str(folder)])]
+    start = time.perf_counter()
+    counts = classify(paths, weights, f"{tmp}/dask-out", engine="dask", workers=2, batch_size=batch_size)
+    return {"first_result_s": counts["first_result_s"], "images_per_s": len(paths) / (time.perf_counter() - start)}
+
+
 def measure(args):
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -99,7 +114,8 @@ def measure(args):
             for name, (commands, extra) in table.items():
                 seconds = timed(commands, {**env, **extra})
                 best[name] = min(best.get(name, float("inf")), seconds)
-    return {"files": args.files, "distinct_photos": distinct, "batch_size": args.batch_size,
+        dask = run_dask(args.weights, folder, args.batch_size, tmp) if args.dask else None
+    return {"dask": dask, "files": args.files, "distinct_photos": distinct, "batch_size": args.batch_size,
             "weights": Path(args.weights).name, "repeat": args.repeat, "cores": os.cpu_count(),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             "images_per_s": {name: args.files / s for name, s in best.items()}}
@@ -113,6 +129,10 @@ def markdown(r):
              f"{r['loadavg_before'][0]:.2f} before / {r['loadavg_after'][0]:.2f} after", "",
              "| run | images/s | vs 2 processes |", "|---|---:|---:|"]
     lines += [f"| {name} | {rate:.1f} | {rate / two_proc:.2f} |" for name, rate in rates.items()]
+    if r["dask"]:
+        d = r["dask"]
+        lines.append(f"| Dask, 2 workers (cluster start included; first rows after {d['first_result_s']:.1f} s) "
+                     f"| {d['images_per_s']:.1f} | {d['images_per_s'] / two_proc:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -122,6 +142,7 @@ def main(argv=None):
     p.add_argument("--files", type=int, default=1150)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--dask", action="store_true", help="also time a 2-worker local Dask cluster")
     p.add_argument("--save", action="store_true", help="write benchmarks/results/pipeline.{json,md}")
     p.add_argument("--serial-loop", metavar="FOLDER", help=argparse.SUPPRESS)  # one peer, run as its own process
     args = p.parse_args(argv)

@@ -21,7 +21,7 @@ __all__ = ["BatchClassifier", "classify"]
 ENGINES = ("dask", "ray")
 
 
-def classify(paths_or_uris, weights, output_dir, *, engine="dask", address=None, workers=None, batch_size=64,
+def classify(paths_or_uris, weights, output_dir, *, engine="dask", address=None, workers=None, batch_size=16,
              top=5, format="parquet", rows_per_file=rows.ROWS_PER_GROUP):
     """Classify every path on a Dask or Ray cluster; rows go into files in output_dir (Parquet
     or JSON lines, at most about rows_per_file rows each), one row per path, in no particular

@@ -3,6 +3,7 @@ process, loaded when the worker starts (and again when a restarted worker comes 
 are submitted as tasks, at most a few per worker in flight, and written as they complete.
 Retries, placement and restarts are Dask's."""
 
+import os
 import time
 
 from dask.distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
@@ -15,13 +16,13 @@ _ATTR = "_npmobile_classifiers"  # on the Worker object: {(weights, top): BatchC
 class ModelPlugin(WorkerPlugin):
     """Loads the model on every worker, present and future, once per worker process."""
 
-    def __init__(self, weights, top):
-        self.weights, self.top = str(weights), top
+    def __init__(self, weights, top, root):
+        self.weights, self.top, self.root = str(weights), top, root
         self.name = f"npmobile-{self.weights}-{top}"  # registering it twice replaces it
 
     def setup(self, worker):
         getattr(worker, _ATTR, None) or setattr(worker, _ATTR, {})
-        getattr(worker, _ATTR)[(self.weights, self.top)] = BatchClassifier(self.weights, self.top)
+        getattr(worker, _ATTR)[(self.weights, self.top)] = BatchClassifier(self.weights, self.top, self.root)
 
 
 def classify_batch(weights, top, paths):
@@ -48,7 +49,7 @@ def run(client, batches, weights, top, on_result):
     """Submit each batch (an (index, paths) pair), at most 2 per worker in flight, and call
     on_result(index, rows) as each completes, in completion order."""
     weights = str(weights)
-    client.register_plugin(ModelPlugin(weights, top))
+    client.register_plugin(ModelPlugin(weights, top, os.getcwd()))
     in_flight = 2 * max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     batches, pending, index_of = iter(batches), as_completed(), {}
 

@@ -1,7 +1,8 @@
 """The Ray Data adapter (`npmobile[ray]`): the paths become a dataset, `map_batches` runs a pool
 of actors each holding one BatchClassifier (the model loaded once per actor), each actor reads its
 paths itself, and the rows are written as Parquet files of at least rows_per_file rows (or
-streamed to JSON lines by this process). Retries and actor restarts are Ray's.
+streamed to JSON lines by this process). Retries and actor restarts are Ray's: Ray Data restarts
+a dead actor and retries its batch by default (max_restarts=-1, max_task_retries=-1).
 
 Two guards: every actor process starts with its threads pinned (BLAS, OpenMP, numba: one thread,
 set before numpy loads), and the actors leave room for Ray Data's other tasks: actors reserve one
@@ -23,8 +24,8 @@ OBJECT_STORE_BYTES = 128 * 2**20  # a local cluster's object store: rows and pat
 class RayClassifier:
     """The actor class: BatchClassifier on Ray Data's column batches."""
 
-    def __init__(self, weights, top):
-        self.classifier = BatchClassifier(weights, top)
+    def __init__(self, weights, top, root):
+        self.classifier = BatchClassifier(weights, top, root)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -50,9 +51,8 @@ def rows_dataset(paths, weights, top, batch_size):
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = max(1, cpus - 1) if cpus > 2 else cpus
     return ray.data.from_items([{"path": p} for p in paths]).map_batches(
-        RayClassifier, fn_constructor_args=(weights, top), batch_size=batch_size, batch_format="numpy",
-        concurrency=actors, num_cpus=1, runtime_env={"env_vars": {**PINNED, **_test_switches()}},
-        max_restarts=-1, max_task_retries=-1)
+        RayClassifier, fn_constructor_args=(weights, top, os.getcwd()), batch_size=batch_size, batch_format="numpy",
+        concurrency=actors, num_cpus=1, runtime_env={"env_vars": {**PINNED, **_test_switches()}})
 
 
 def _test_switches():

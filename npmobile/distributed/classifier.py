@@ -13,17 +13,19 @@ import os
 import threading
 
 from .. import pipeline, rows
-from ..classify import predictor, reader
+from ..classify import _reason, predictor, reader
 
 
 class BatchClassifier:
     """classifier(paths) -> rows; classifier(paths, data=[bytes, ...]) decodes the bytes and
-    names each row by its path."""
+    names each row by its path. A path with a scheme (s3://bucket/a.jpg, file:///x.png) is
+    fetched with pyarrow's filesystems (the engines' extras install pyarrow). Relative paths
+    are read from `root` when given (the folder the job was submitted from)."""
 
-    def __init__(self, weights, top=5):
+    def __init__(self, weights, top=5, root=None):
         from ..io import load
 
-        self.weights, self.top = str(weights), top
+        self.weights, self.top, self.root = str(weights), top, root  # root: where relative paths start
         self.model = load(self.weights)
         self._read, self._predict = reader(self.model), predictor(self.model, top)
         self._lock = threading.Lock()  # one batch at a time: the model call is pinned to one core
@@ -32,7 +34,7 @@ class BatchClassifier:
     def __call__(self, paths, data=None):
         paths = [str(p) for p in paths]
         if data is None:
-            read = self._read
+            read = self._read_path
         else:
             encoded = dict(zip(paths, data))
             read = lambda path: self._read(io.BytesIO(encoded[path]))  # noqa: E731 -- one line, one use
@@ -41,6 +43,21 @@ class BatchClassifier:
             self.batches += 1
             _test_hooks(self)
         return rows.to_rows(done, preds)
+
+    def _read_path(self, path):
+        """A local path, or a URI (s3://, gs://, file://...) fetched through pyarrow's filesystems."""
+        if "://" not in path:  # a row keeps the path as given; a worker's working folder may differ
+            return self._read(os.path.join(self.root, path) if self.root else path)
+        try:
+            from pyarrow import fs
+            filesystem, inner = fs.FileSystem.from_uri(path)
+            with filesystem.open_input_file(inner) as f:
+                data = f.read()
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure to fetch one file is that file's error row
+            return None, _reason(e)
+        return self._read(io.BytesIO(data))
 
     def info(self):
         """What this worker's classifier sees of its process: pid, batches run, BLAS threads
