@@ -127,7 +127,7 @@ def _reason(e):
 def probabilities(model, outputs):
     """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
     TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
-    if model.graph.nodes[-1].op == "softmax":
+    if model.config.output == "probabilities":
         return outputs
     z = outputs - outputs.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -226,7 +226,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
 
 def reader(model):
     """path -> (image, None) or (None, reason), at this model's resolution and crop."""
-    resolution, crop = model.config["resolution"], model.config.get("preprocess", {}).get("crop", 1.0)
+    resolution, crop = model.config.resolution, model.config.preprocess.crop
     return functools.partial(try_read, resolution=resolution, crop=crop)
 
 

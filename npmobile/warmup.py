@@ -7,8 +7,8 @@ when that is set or the source folder is read-only. A container image or a clust
 inference then takes milliseconds instead of seconds, on every worker.
 
 Warm-up runs small models that between them reach every loop (MobileNetV1 and V2 in each
-convention, with and without their classifier, batches of one and two, through the planned and
-the plain engine), then checks that no loop was left uncompiled.
+convention, with and without their classifier, batches of one and two, with and without
+intermediates), then checks that no loop was left uncompiled.
 
 A cache is only valid for the CPU it was compiled on: numba compiles for the host's instruction
 set and records it, and a process on another CPU model recompiles (or, sharing a writable cache,
@@ -73,7 +73,7 @@ def warmup():
     for model in _models():
         for batch in (x[:1], x):
             model(batch, threads=1)
-            model.run(batch)
+            model.run(batch, intermediates=True)
     _unfused_layers()
     loops = dispatchers()
     return len(loops), sorted(name for name, d in loops.items() if not d.signatures)
