@@ -17,22 +17,19 @@ and the same numba and npmobile versions, e.g. the nodes of one homogeneous clus
 CPU model a cache of its own otherwise.
 """
 
-import importlib
-import pkgutil
+import sys
 
 import numpy as np
 
 
 def dispatchers():
-    """Every numba loop in npmobile.kernels: {"module.function": dispatcher}."""
+    """Every numba loop in the kernel modules the engine imports: {"module.function": dispatcher}."""
     from numba.core.registry import CPUDispatcher
 
     from . import kernels
-    found = {}
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
-        found.update({f"{info.name}.{name}": f for name, f in vars(module).items() if isinstance(f, CPUDispatcher)})
-    return found
+    prefix = kernels.__name__ + "."
+    return {f"{name[len(prefix):]}.{attr}": f for name, module in list(sys.modules.items()) if name.startswith(prefix)
+            for attr, f in vars(module).items() if isinstance(f, CPUDispatcher)}
 
 
 def compiled_here():
