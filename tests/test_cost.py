@@ -18,7 +18,7 @@ from npmobile import Model, cost, engine, mobilenet_v1, mobilenet_v2
 from npmobile.cli import main
 from npmobile.graph import Builder, Graph, Node, pad_symmetric
 from npmobile.kernels import KERNELS
-from npmobile.models import random_params
+from npmobile.architectures import random_params
 
 M = 1e6
 
