@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
 
+from .errors import needs
+
 
 def default_threads():
     """The cores this process may run on (its CPU affinity, not the machine's core count)."""
@@ -32,11 +34,8 @@ def default_threads():
 @contextmanager
 def one_blas_thread():
     """BLAS on one thread inside the block, restored after it."""
-    try:
+    with needs("threadpoolctl", "limiting BLAS to one thread per batch", "cli"):
         from threadpoolctl import threadpool_limits
-    except ImportError:
-        raise ImportError("the classify pipeline limits BLAS threads with threadpoolctl: "
-                          "pip install 'npmobile[cli]'") from None
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 

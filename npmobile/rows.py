@@ -10,6 +10,8 @@ memory stays bounded whatever the number of files.
 
 import json
 
+from .errors import needs
+
 ROW_FORMATS = ("jsonl", "parquet")
 ROWS_PER_GROUP = 10_000
 
@@ -27,11 +29,9 @@ def to_rows(done, preds):
 
 
 def _pyarrow():
-    try:
+    with needs("pyarrow", "writing Parquet", "parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("writing Parquet needs pyarrow: pip install 'npmobile[parquet]'") from None
     return pa, pq
 
 

@@ -39,7 +39,7 @@ def compiled_here():
 
 def _models():
     from .model import Model
-    from .models import mobilenet_v1, mobilenet_v2
+    from .architectures import mobilenet_v1, mobilenet_v2
     rng = np.random.default_rng(0)
     for build in (mobilenet_v1, mobilenet_v2):
         for convention in ("keras", "torch", "tfslim"):
