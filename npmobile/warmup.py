@@ -8,7 +8,9 @@ inference then takes milliseconds instead of seconds, on every worker.
 
 Warm-up runs small models that between them reach every loop (MobileNetV1 and V2 in each
 convention, with and without their classifier, batches of one and two, with and without
-intermediates), then checks that no loop was left uncompiled.
+intermediates, and the layers an imported graph may keep unfused), then checks that no loop was
+left uncompiled: a new loop in npmobile/kernels that none of these reach is named, and the
+command fails (tests/test_travel.py runs it), until `_unfused_layers` reaches it too.
 
 A cache is only valid for the CPU it was compiled on: numba compiles for the host's instruction
 set and records it, and a process on another CPU model recompiles (or, sharing a writable cache,
@@ -54,7 +56,8 @@ def _models():
 
 def _unfused_layers():
     """The layers an imported graph may keep on their own (the fast engine fuses them into the
-    convolution before them in the built models), and a convolution with many input channels."""
+    convolution before them in the built models), a convolution with many input channels and a
+    depthwise window other than MobileNet's 3x3."""
     from .kernels import KERNELS
     x = np.ones((1, 6, 6, 16), dtype=np.float32)
     c = np.ones(16, dtype=np.float32)
@@ -62,6 +65,7 @@ def _unfused_layers():
     KERNELS["batchnorm"].fast(x, c, c, c, c, eps=1e-3)
     KERNELS["clamp"].fast(x, lo=0.0, hi=6.0)
     KERNELS["conv2d"].fast(x, np.ones((3, 3, 16, 8), dtype=np.float32), c[:8], stride=1, pad=(1, 1, 1, 1))
+    KERNELS["depthwise_conv2d"].fast(x, np.ones((5, 5, 16), dtype=np.float32), c, stride=1, pad=(2, 2, 2, 2))
 
 
 def warmup():
