@@ -107,7 +107,7 @@ def _im2col_jit(x, stride, top, left, patches):
                     iy = oy * stride - top + p
                     if iy < 0 or iy >= h:
                         dst[d:d + run] = 0
-                    elif ix0 >= 0 and ix0 + k_w <= width:
+                    elif 0 <= ix0 <= width - k_w:
                         s = ((i * h + iy) * width + ix0) * c_in
                         for j in range(run):
                             dst[d + j] = src[s + j]

@@ -85,11 +85,11 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
     for i in range(n):
         for oy in range(h_out):
             iy = oy * stride - top  # the window's top-left corner in x
-            rows_inside = fast_3x3 and 0 <= iy and iy + 3 <= h
+            rows_inside = fast_3x3 and 0 <= iy <= h - 3
             ox = 0
             while ox < w_out:
                 ix = ox * stride - left
-                if rows_inside and stride == 1 and 0 <= ix and ix + 4 <= width and ox + 1 < w_out:
+                if rows_inside and stride == 1 and 0 <= ix <= width - 4 and ox + 1 < w_out:
                     # Two neighbouring outputs at stride 1 share two of their three columns:
                     # computed together they load 12 input values instead of 18, and each
                     # weight once for both. A quarter off the stride-1 layers. (Each output is
@@ -113,7 +113,7 @@ def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
                         y[i, oy, ox + 1, c] = v1
                     ox += 2
                     continue
-                if rows_inside and 0 <= ix and ix + 3 <= width:
+                if rows_inside and 0 <= ix <= width - 3:
                     # The general loop below reads and writes y once per tap, 9 times. Here the
                     # 9 taps of a channel are one expression, so the running sum stays in a SIMD
                     # register and y is written once (the idea of XNNPACK's 3x3 micro-kernels).

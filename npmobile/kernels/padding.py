@@ -13,7 +13,7 @@ Cost: no MACs; one copy of x.
 
 import numpy as np
 
-from ._checks import as_float32, check_pad, output
+from ._checks import as_float32, check_pad, check_size, output
 from ._jit import fast_kernel, jit
 
 
@@ -29,7 +29,8 @@ def zero_pad(x, *, pad, out=None):
     x = as_float32("x", x, ndim=4)
     top, bottom, left, right = check_pad(pad)
     n, h, w, c = x.shape
-    y = output(out, (n, top + h + bottom, left + w + right, c))
+    y = output(out, (n, check_size("pad (padded height)", top + h + bottom),
+                     check_size("pad (padded width)", left + w + right), c))
 
     def run():
         _zero_pad_jit(x, top, left, y)
