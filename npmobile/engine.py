@@ -168,17 +168,19 @@ class Plan:
         self.buffers = [np.empty(s, dtype=np.float32) for s in sizes]
         self.views = {name: self.buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in self.slots.items()}
         # The caller's batch is copied into a buffer of its own (17 µs at 224x224), so that every
-        # step can be bound once, here, to the buffers it reads and writes: `kernel.bind` checks
-        # the arguments and returns the loop, and a call runs loops and nothing else.
+        # step can be bound once, here, to the buffers it reads and writes: `kernel.check` checks
+        # the arguments once and returns what `kernel.run` takes, and a call runs loops and
+        # nothing else.
         self.views["input"] = np.empty((batch, *graph.input_shape), dtype=np.float32)
-        self.steps = [KERNELS[node.op].fast.bind(*[self.views[i] for i in node.inputs],
-                                                 *[params[f"{node.name}.{p}"] for p in node.params],
-                                                 **node.attrs, out=self.views[node.name])
+        self.steps = [(KERNELS[node.op].run,
+                       KERNELS[node.op].check(*[self.views[i] for i in node.inputs],
+                                              *[params[f"{node.name}.{p}"] for p in node.params],
+                                              **node.attrs, out=self.views[node.name]))
                       for node in graph.nodes]
 
     def run(self, x):
         """Run on x (batch, h, w, c) float32; returns a new array (the buffers are reused)."""
         np.copyto(self.views["input"], x)
-        for run in self.steps:
-            run()
+        for run, args in self.steps:
+            run(*args)
         return self.views[self.graph.output].copy()

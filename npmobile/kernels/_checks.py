@@ -66,7 +66,7 @@ def check_pad(pad):
     return tuple(check_size("pad", int(p)) for p in values)
 
 
-def check_clamp(clamp):
+def check_fused_clamp(clamp):
     """clamp is None (no clamp) or (lo, hi) with lo <= hi; returned as (flag, lo, hi)."""
     if clamp is None:
         return False, np.float32(0), np.float32(0)
@@ -88,6 +88,16 @@ def conv_output_size(name, size, k, stride, pad_before, pad_after):
         raise ValueError(f"{name}: expected a kernel no larger than the padded input, "
                          f"found kernel {k} > padded input {padded} ({size} + pads {pad_before}, {pad_after})")
     return (padded - k) // stride + 1
+
+
+def check_window(x, k_h, k_w, stride, pad):
+    """A k_h x k_w window sliding over x (n, h, w, c) with this stride and padding: returns
+    (stride, top, left, h_out, w_out), all checked."""
+    stride = check_stride(stride)
+    top, bottom, left, right = check_pad(pad)
+    h_out = conv_output_size("w (kernel height)", x.shape[1], k_h, stride, top, bottom)
+    w_out = conv_output_size("w (kernel width)", x.shape[2], k_w, stride, left, right)
+    return stride, top, left, h_out, w_out
 
 
 def output(out, shape):
