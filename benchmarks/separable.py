@@ -212,7 +212,7 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def headline(rows, torch):
+def headline(rows, torch, threads):
     def med(key, source=None):
         vals = [r[key] for r in rows if source is None or r["source"] == source]
         return statistics.median(vals) if vals else None
@@ -253,7 +253,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(results, args.out / "separable.csv")
     plot(results, args.out / "separable.png")
-    summary = headline(results, torch) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
+    summary = headline(results, torch, threads) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
     (args.out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary["median"], indent=1))
     print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly; "

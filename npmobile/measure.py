@@ -31,21 +31,22 @@ def thread_env(n, blas=None):
 def pin_threads(n):
     """Run every pool of this process on n threads from now on (numba, BLAS and OpenMP through
     threadpoolctl, torch when loaded, npmobile's batch split), and its children through the
-    environment. Returns the settings, for the results file."""
+    environment. Returns the thread counts read back from each pool, for the results file."""
     import numba
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    from .model import set_num_threads
+    from .model import get_num_threads, set_num_threads
 
     os.environ.update({v: str(n) for v in THREAD_VARS})
     set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     global _limits
     _limits = threadpool_limits(limits=n)  # kept: the limits last as long as this object
-    settings = {"npmobile": n, "numba": numba.get_num_threads(), "blas/openmp (threadpoolctl)": n}
+    settings = {"npmobile": get_num_threads(), "numba": numba.get_num_threads()}
+    settings.update({f"{pool['internal_api']} ({pool['user_api']})": pool["num_threads"] for pool in threadpool_info()})
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
-        settings["torch"] = n
+        settings["torch"] = sys.modules["torch"].get_num_threads()
     return settings
 
 
