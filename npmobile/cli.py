@@ -85,6 +85,8 @@ def build_parser():
 
     from .classify import add_parsers  # `classify` and `demo`
     add_parsers(sub)
+    from .warmup import add_parser as add_warmup
+    add_warmup(sub)
     return parser
 
 
