@@ -214,8 +214,10 @@ def _labels(buf, path, classes):
     return labels
 
 
-def load_tflite(path):
-    """Read a .tflite file as a float Model (NHWC input; see the module docstring)."""
+def load_tflite(path, dequantize=False):
+    """Read a .tflite file (NHWC input; see the module docstring). A quantized file (every
+    activation 8-bit) becomes a QuantizedModel that runs its integers as the runtime does
+    (io/tflite_int.py); dequantize=True, or a float file, gives the float Model."""
     tfl = _import_tflite()
     path = Path(path)
     buf = path.read_bytes()
@@ -223,7 +225,7 @@ def load_tflite(path):
         raise WeightFileError(f"{path}: not a TFLite flatbuffer: expected the identifier b'TFL3' at byte 4, "
                               f"found {buf[4:8]!r}")
     try:
-        return _build(tfl, buf, path)
+        return _build(tfl, buf, path, dequantize)
     except WeightFileError:
         raise
     except ValueError as e:
@@ -233,7 +235,7 @@ def load_tflite(path):
                               f"{type(e).__name__}: {e}") from None
 
 
-def _build(tfl, buf, path):
+def _build(tfl, buf, path, dequantize=False):
     reader = _Reader(tfl, buf, path)
     g = reader.g
     _check_supported(reader)
@@ -243,6 +245,17 @@ def _build(tfl, buf, path):
     shape = reader.shape(inp)
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
         raise WeightFileError(f"{path}: expected a square NHWC RGB input (1, r, r, 3), found {shape}")
+
+    def config_for(classes, softmax):
+        return _config(reader, inp, shape, classes, softmax)
+
+    def labels_for(classes):
+        return _labels(buf, path, classes)
+
+    if not dequantize:
+        from .tflite_int import build_integer, is_integer_graph
+        if is_integer_graph(reader):
+            return build_integer(reader, path, inp, shape, config_for, labels_for)
     em = Emitter(shape[1:])
     values = {inp: "input"}
     for i in range(g.OperatorsLength()):
@@ -262,6 +275,19 @@ def _build(tfl, buf, path):
     output = values.get(int(g.Outputs(0)))
     if output is None:
         raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
+    classes = em.shape(output)[-1]
+    last_op = em.b.nodes[-1].op if em.b.nodes else None
+    try:
+        graph = em.graph(output, config_for(classes, last_op == "softmax"))
+    except ValueError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    return Model(graph, em.params, labels_for(classes), source=str(path))
+
+
+def _config(reader, inp, shape, classes, softmax):
+    """The imported config: the input quantization (real = scale * (q - zero_point)) becomes the
+    preprocessing, mean = zero_point and std = 1 / scale, so model.preprocess(uint8 images) gives
+    the float input whose quantization is the file's uint8 input."""
     q = reader.quant(inp)
     if q is not None and reader.tensor(inp).Type() in (3, 9):  # uint8 / int8 input
         mean, std = [float(q[1][0])] * 3, [1.0 / float(q[0][0])] * 3
@@ -269,13 +295,5 @@ def _build(tfl, buf, path):
             mean = [m + 128.0 for m in mean]
     else:
         mean, std = [127.5] * 3, [127.5] * 3
-    classes = em.shape(output)[-1]
-    last_op = em.b.nodes[-1].op if em.b.nodes else None
-    config = imported_config(arch=None, resolution=shape[1], classes=classes, convention="tfslim", mean=mean,
-                             std=std, crop=0.875, input_layout="NHWC", source_format="tflite",
-                             softmax=last_op == "softmax")
-    try:
-        graph = em.graph(output, config)
-    except ValueError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    return Model(graph, em.params, _labels(buf, path, classes), source=str(path))
+    return imported_config(arch=None, resolution=shape[1], classes=classes, convention="tfslim", mean=mean,
+                           std=std, crop=0.875, input_layout="NHWC", source_format="tflite", softmax=softmax)
