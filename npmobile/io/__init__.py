@@ -20,8 +20,15 @@ FORMATS = [
 ]
 
 
-def load(path, **options):
-    """Load any weight file npmobile reads, as a ready-to-run Model."""
+# Formats whose quantized files run as integers (npmobile.qmodel.QuantizedModel) unless loaded
+# with dequantize=True; every other format is float already and ignores the flag.
+QUANTIZED_FORMATS = {"npmobile.io.tflite:load_tflite"}
+
+
+def load(path, *, dequantize=False, **options):
+    """Load any weight file npmobile reads, as a ready-to-run Model. A quantized file (TFLite
+    uint8/int8) loads as a QuantizedModel that computes the runtime's integers; dequantize=True
+    loads its weights dequantized into a float Model instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -35,6 +42,8 @@ def load(path, **options):
                     raise WeightFileError(f"{path}: a {suffix} file must start with {magic!r}, found {head!r}: "
                                           "not what its extension says, or corrupted")
             module, function = target.split(":")
+            if target in QUANTIZED_FORMATS:
+                options["dequantize"] = dequantize
             import importlib
             return getattr(importlib.import_module(module), function)(path, **options)
     known = ", ".join(s for suffixes, _, _ in FORMATS for s in suffixes)

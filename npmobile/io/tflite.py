@@ -6,12 +6,14 @@ Supported: CONV_2D, DEPTHWISE_CONV_2D (any depth multiplier), AVERAGE_POOL_2D ov
 explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1 CONV_2D
 after the pool (TF-slim's 1001-class logits) becomes a dense node.
 
-Quantized models run as float: uint8/int8 weights become scale * (q - zero_point), per tensor or
-per output channel; int32 biases likewise with their own scale (input scale x weight scale).
-The quantization of the input (real = scale * (q - zero_point)) becomes the model's
+A quantized file (every activation uint8/int8) loads as a QuantizedModel that runs the runtime's
+integers, byte for byte (io/tflite_int.py, npmobile/kernels/quantized/). With dequantize=True it
+runs as float instead: uint8/int8 weights become scale * (q - zero_point), per tensor or per
+output channel; int32 biases likewise with their own scale (input scale x weight scale).
+Either way the quantization of the input (real = scale * (q - zero_point)) becomes the model's
 preprocessing (mean = zero_point, std = 1 / scale), so model.preprocess(uint8 images) gives the
-float input the quantized network approximates. Activations are not re-quantized, so the result
-is the float network the file was trained as, not a bit-exact copy of the uint8 runtime.
+float input whose quantization is the file's input. The float path does not re-quantize
+activations: it is the float network the file was trained as, not a copy of the uint8 runtime.
 
 Layouts: TFLite is NHWC like npmobile; weights are OHWI (conv, -> HWIO) and 1HWC (depthwise,
 -> HWC). Labels appended to the file as a zip (labels.txt) become Model.labels. The output is
