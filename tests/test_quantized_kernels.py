@@ -253,3 +253,14 @@ def test_exp_and_reciprocal_approximate_the_real_functions():
         assert abs(fp.one_over_one_plus_x(int(real * 2 ** 31)) / 2 ** 31 - 1 / (1 + real)) < 1e-8
     r, bits = fp.get_reciprocal(3 << 19, 12)  # 3.0 in Q12.19
     assert abs(r / 2 ** 31 / 2 ** bits - 1 / 3) < 1e-8
+
+
+@given(st.lists(INT32, min_size=1, max_size=40), st.integers(1 << 30, fp.INT32_MAX), st.integers(-31, 30),
+       st.integers(-128, 255))
+def test_requantize_without_branches_equals_the_runtime_rounding(acc, multiplier, shift, y_zero):
+    # the epilogue of every convolution kernel (SIMD-friendly form) against the oracle's form,
+    # over the whole int32 accumulator range, negative values and left shifts included
+    rq = fp.requantize_params(np.array([multiplier]), np.array([shift]))
+    fast = [fp.requantize(a, rq, 0, y_zero, -(1 << 40), 1 << 40) for a in acc]
+    np.testing.assert_array_equal(fast, fp.requantize_ref(np.array(acc), multiplier, shift, y_zero,
+                                                          -(1 << 40), 1 << 40))

@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import fast_kernel, jit
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .fixedpoint import requantize, requantize_ref
+from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
 def qconv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
@@ -66,16 +66,17 @@ def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
     y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
     ws = w.astype(np.int32) - w_zero
+    rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     acc = np.empty(c_out, dtype=np.int32)
 
     def run():
-        _qconv2d_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, top, left, acc, y)
+        _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
         return y
     return run
 
 
 @jit
-def _qconv2d_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, top, left, acc, y):
+def _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left, acc, y):
     n, h, width, c_in = x.shape
     k_h, k_w, _, c_out = ws.shape
     for i in range(n):
@@ -83,11 +84,11 @@ def _qconv2d_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, to
             for ox in range(y.shape[2]):
                 acc[:] = b
                 for p in range(k_h):
-                    iy = oy * stride - top + p
+                    iy = oy * stride - pad_top + p
                     if iy < 0 or iy >= h:
                         continue  # a tap in the padding adds (x_zero - x_zero) * w = 0
                     for q in range(k_w):
-                        ix = ox * stride - left + q
+                        ix = ox * stride - pad_left + q
                         if ix < 0 or ix >= width:
                             continue
                         for c in range(c_in):
@@ -96,4 +97,4 @@ def _qconv2d_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, to
                             for o in range(c_out):
                                 acc[o] += xv * w_row[o]
                 for o in range(c_out):
-                    y[i, oy, ox, o] = requantize(acc[o], multiplier[o], shift[o], y_zero, lo, hi)
+                    y[i, oy, ox, o] = requantize(acc[o], rq, o, y_zero, lo, hi)

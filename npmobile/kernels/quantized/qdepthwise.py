@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import fast_kernel, jit
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .fixedpoint import requantize, requantize_ref
+from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
 def qdepthwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1,
@@ -63,17 +63,18 @@ def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
     y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
     ws = w.astype(np.int32) - w_zero
+    rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     acc = np.empty(c_out, dtype=np.int32)
     xs = np.empty((h, width, c_in), dtype=np.int32)  # one image minus its zero point
 
     def run():
-        _qdepthwise_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, top, left, xs, acc, y)
+        _qdepthwise_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, xs, acc, y)
         return y
     return run
 
 
 @jit
-def _qdepthwise_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride, top, left, xs, acc, y):
+def _qdepthwise_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left, xs, acc, y):
     n, h, width, c_in = x.shape
     k_h, k_w, c_out = ws.shape
     m = c_out // c_in
@@ -87,11 +88,11 @@ def _qdepthwise_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride,
             for ox in range(y.shape[2]):
                 acc[:] = b
                 for p in range(k_h):
-                    iy = oy * stride - top + p
+                    iy = oy * stride - pad_top + p
                     if iy < 0 or iy >= h:
                         continue
                     for q in range(k_w):
-                        ix = ox * stride - left + q
+                        ix = ox * stride - pad_left + q
                         if ix < 0 or ix >= width:
                             continue
                         x_pix = xs[iy, ix]
@@ -103,4 +104,4 @@ def _qdepthwise_jit(x, x_zero, ws, b, multiplier, shift, y_zero, lo, hi, stride,
                             for o in range(c_out):
                                 acc[o] += x_pix[o // m] * w_tap[o]
                 for o in range(c_out):
-                    y[i, oy, ox, o] = requantize(acc[o], multiplier[o], shift[o], y_zero, lo, hi)
+                    y[i, oy, ox, o] = requantize(acc[o], rq, o, y_zero, lo, hi)

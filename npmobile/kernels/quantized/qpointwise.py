@@ -26,7 +26,7 @@ import numpy as np
 from .._jit import fast_kernel, jit
 from ..pointwise import BLOCK_FLOATS
 from ._qchecks import as_q8, check_zero, q_output, requant_args, type_range
-from .fixedpoint import requantize, requantize_ref
+from .fixedpoint import requantize, requantize_params, requantize_ref
 
 EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
 
@@ -73,6 +73,8 @@ def _bind_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y
     block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
     xf = np.empty((block, c_in), dtype=np.float32)
     partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
+    b64, rq = b.astype(np.int64), requantize_params(multiplier, shift)
+    acc = np.empty(c_out, dtype=np.int64)
 
     def run():
         for r in range(0, x_rows.shape[0], block):
@@ -80,7 +82,7 @@ def _bind_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y
             _minus_zero_jit(x_rows[r:r + rows], x_zero, xf[:rows])
             for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks)):
                 np.matmul(xf[:rows, k0:k1], w_chunk, out=partial[j, :rows])
-            _requantize_rows_jit(partial[:, :rows], b, multiplier, shift, y_zero, lo, hi, y_rows[r:r + rows])
+            _requantize_rows_jit(partial[:, :rows], b64, rq, y_zero, lo, hi, acc, y_rows[r:r + rows])
     return run
 
 
@@ -135,11 +137,14 @@ def _minus_zero_jit(x, x_zero, xf):
 
 
 @jit
-def _requantize_rows_jit(partial, b, multiplier, shift, y_zero, lo, hi, y):
-    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]): each partial is an exact integer."""
+def _requantize_rows_jit(partial, b, rq, y_zero, lo, hi, acc, y):
+    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]): each partial is an exact integer.
+    Every inner loop runs over the channels, so each compiles to SIMD instructions."""
     for r in range(y.shape[0]):
         for o in range(y.shape[1]):
-            acc = np.int64(b[o])
-            for j in range(partial.shape[0]):
-                acc += np.int64(partial[j, r, o])
-            y[r, o] = requantize(acc, multiplier[o], shift[o], y_zero, lo, hi)
+            acc[o] = np.int64(partial[0, r, o]) + b[o]
+        for j in range(1, partial.shape[0]):
+            for o in range(y.shape[1]):
+                acc[o] += np.int64(partial[j, r, o])
+        for o in range(y.shape[1]):
+            y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
