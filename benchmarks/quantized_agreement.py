@@ -105,7 +105,7 @@ def main(argv=None):
     for name in MODELS:
         from npmobile.io import load
         path = args.assets / "models" / name
-        results.append(compare(path, pixels_for(images, load(path).config["resolution"])))
+        results.append(compare(path, pixels_for(images, load(path).config.resolution)))
         print(summary_line(results[-1]), flush=True)
     table = markdown(results)
     if args.out:

@@ -19,8 +19,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .engine import _last_use
+from .engine import _last_use, check_input
 from .kernels.quantized import QKERNELS, dequantize, quantize
+from .preprocess import preprocess_batch
+
+
+class QuantizedImport(NamedTuple):
+    """What a reader of a quantized file returns; npmobile.load makes it a QuantizedModel."""
+    graph: object
+    params: dict
+    quant: dict
+    input_dtype: object
+    labels: list
+    source: str
 
 
 class QTensor(NamedTuple):
@@ -57,19 +68,17 @@ class QuantizedModel:
 
     def __repr__(self):
         c = self.config
-        return (f"QuantizedModel({c.get('arch')}, resolution={c.get('resolution')}, classes={c.get('classes')}, "
+        return (f"QuantizedModel({c.arch}, resolution={c.resolution}, classes={c.classes}, output={c.output!r}, "
                 f"input {self.input_dtype}, source={self.source!r})")
 
     def preprocess(self, images):
         """uint8 RGB images -> the float32 NHWC batch model(x) takes (as Model.preprocess):
         (pixel - mean) / std, mean and std being the input's zero point and 1 / scale."""
-        from .preprocess import preprocess_batch
-        pre = self.config["preprocess"]
-        return preprocess_batch(images, self.config["resolution"], pre["mean"], pre["std"], pre["crop"])
+        pre = self.config.preprocess
+        return preprocess_batch(images, self.config.resolution, pre.mean, pre.std, pre.crop)
 
     def quantize_input(self, x):
         """A float NHWC batch -> the graph's integer input (TFLite's QUANTIZE rounding)."""
-        from .engine import check_input
         x = check_input(self.graph, x)
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)

@@ -59,7 +59,7 @@ def _check_agreement(r):
 def test_every_intermediate_equals_litert_reference_kernels(assets, images, models, name):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     model = models[name]
-    pixels = qa.pixels_for([im for im in images if im[0] == "chelsea.png"], model.config["resolution"])
+    pixels = qa.pixels_for([im for im in images if im[0] == "chelsea.png"], model.config.resolution)
     it = Interpreter(model_path=str(assets / "models" / name), experimental_preserve_all_tensors=True,
                      experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     it.allocate_tensors()
@@ -114,7 +114,7 @@ def test_the_ends_and_the_float_path(assets, images, models):
     np.testing.assert_array_equal(probs, q.astype(np.float32) / 256)
     np.testing.assert_array_equal(model.run(pixels).values, q)
     np.testing.assert_array_equal(model.run(pixels, oracle=True).values, q)  # the int64 oracles
-    assert model.labels[0] == "background" and model.config["classes"] == 1001
+    assert model.labels[0] == "background" and model.config.classes == 1001
     float_model = load(assets / "models" / SMALL, dequantize=True)
     assert isinstance(float_model, Model) and "softmax" in [n.op for n in float_model.graph.nodes]
     # the float engine approximates the same network: same top-1 on most images, not all
