@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from npmobile.kernels.quantized import QKERNELS, add_multipliers, softmax_params
 from npmobile.kernels.quantized import fixedpoint as fp
-from npmobile.kernels.quantized.qpointwise import exact_chunks
+from npmobile.kernels.quantized.exact import exact_chunks
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])

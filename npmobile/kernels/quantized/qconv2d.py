@@ -17,6 +17,8 @@ Layout: x NHWC uint8/int8; w HWIO of the same kind of 8-bit type; b, w_zero, mul
 (c_out,) int32. The output has x's dtype.
 
 Cost: the float convolution's, n * h_out * w_out * c_out * k_h * k_w * c_in MACs, in integers.
+The fast kernel runs the float convolution (im2col + sgemm) on x - x_zero and w - w_zero when
+that is exact (exact.py: MobileNet's first layer, 27 taps), else its own integer loop.
 """
 
 import numpy as np
@@ -24,7 +26,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import fast_kernel, jit
+from ..conv2d import conv2d
 from ._qchecks import as_q8, check_zero, q_output, requant_args
+from .exact import exact_in_float32, minus_zero, requantize_rows, x_bound
 from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
@@ -48,8 +52,9 @@ def qconv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stri
 @fast_kernel
 def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
             out=None):
-    """The fast kernel: a numba loop over output pixels with an int32 accumulator per channel.
-    The weights minus their zero point are computed once, here, not per pixel."""
+    """The fast kernel: the float convolution on exact integers where exact.py's bound holds, else
+    a numba loop over output pixels with an int32 accumulator per channel. The weights minus
+    their zero point are computed once, here, not per pixel."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=4)
     n, h, width, c_in = x.shape
@@ -67,10 +72,27 @@ def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1
     y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
+    if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
+        return _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, (top, bottom, left, right), y)
     acc = np.empty(c_out, dtype=np.int32)
 
     def run():
         _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
+        return y
+    return run
+
+
+def _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad, y):
+    """The float convolution on x - x_zero and ws, whose sums are then exact integers."""
+    xf = np.empty(x.shape, dtype=np.float32)
+    yf = np.empty(y.shape, dtype=np.float32)
+    run_float = conv2d.bind(xf, ws.astype(np.float32), None, stride=stride, pad=pad, out=yf)
+    b64, acc, c_out = b.astype(np.int64), np.empty(y.shape[-1], dtype=np.int64), y.shape[-1]
+
+    def run():
+        minus_zero(x.reshape(-1), x_zero, xf.reshape(-1))
+        run_float()
+        requantize_rows(yf.reshape(1, -1, c_out), b64, rq, y_zero, lo, hi, acc, y.reshape(-1, c_out))
         return y
     return run
 

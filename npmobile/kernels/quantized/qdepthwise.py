@@ -12,7 +12,10 @@ x_pad is x padded with x_zero (a tap in the padding adds nothing). Rounding as i
 Layout: x NHWC; w HWC (k_h, k_w, c_out) of the same 8-bit kind; b, w_zero, multiplier, shift
 (c_out,) int32. The output has x's dtype.
 
-Cost: n * h_out * w_out * c_out * k_h * k_w MACs, as the float kernel.
+Cost: n * h_out * w_out * c_out * k_h * k_w MACs, as the float kernel. The fast kernel runs the
+float depthwise kernel on x - x_zero and w - w_zero when that is exact (exact.py: always for a
+3x3 filter, 9 * 255 * 255 < 2^24), then converts, adds the bias and requantizes; otherwise its own
+integer loop.
 """
 
 import numpy as np
@@ -20,7 +23,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import fast_kernel, jit
+from ..depthwise import depthwise_conv2d
 from ._qchecks import as_q8, check_zero, q_output, requant_args
+from .exact import exact_in_float32, minus_zero, requantize_rows, x_bound
 from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
@@ -46,7 +51,8 @@ def qdepthwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
 @fast_kernel
 def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
                       clamp=None, out=None):
-    """The fast kernel: int32 accumulators per pixel, unit stride over channels."""
+    """The fast kernel: the float kernel on exact integers where exact.py's bound holds (every
+    MobileNet layer), else an integer loop with int32 accumulators per pixel."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=3)
     n, h, width, c_in = x.shape
@@ -64,11 +70,28 @@ def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift
     y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
+    if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
+        return _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, (top, bottom, left, right), y)
     acc = np.empty(c_out, dtype=np.int32)
     xs = np.empty((h, width, c_in), dtype=np.int32)  # one image minus its zero point
 
     def run():
         _qdepthwise_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, xs, acc, y)
+        return y
+    return run
+
+
+def _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad, y):
+    """The float depthwise kernel on x - x_zero and ws, whose sums are then exact integers."""
+    xf = np.empty(x.shape, dtype=np.float32)
+    yf = np.empty(y.shape, dtype=np.float32)
+    run_float = depthwise_conv2d.bind(xf, ws.astype(np.float32), None, stride=stride, pad=pad, out=yf)
+    b64, acc, c_out = b.astype(np.int64), np.empty(y.shape[-1], dtype=np.int64), y.shape[-1]
+
+    def run():
+        minus_zero(x.reshape(-1), x_zero, xf.reshape(-1))
+        run_float()
+        requantize_rows(yf.reshape(1, -1, c_out), b64, rq, y_zero, lo, hi, acc, y.reshape(-1, c_out))
         return y
     return run
 
