@@ -47,20 +47,27 @@ def _bind_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y
     pairs = list(zip(chunks[:-1], chunks[1:]))
     w_chunks = [np.ascontiguousarray(ws[k0:k1]) for k0, k1 in pairs]
     # Rows go through in blocks whose float32 result fits half of L2 (as the float kernel), so
-    # the epilogue reads the sgemm output while it is still in cache.
+    # the epilogue reads the sgemm output while it is still in cache. Every view a block needs is
+    # made here, once: on a small layer making them per call costs more than the arithmetic.
     block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
     xf = np.empty((block, c_in), dtype=np.float32)
     partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
     b64, rq = b.astype(np.int64), requantize_params(multiplier, shift)
     acc = np.empty(c_out, dtype=np.int64)
+    blocks = []
+    for r in range(0, x_rows.shape[0], block):
+        rows = min(block, x_rows.shape[0] - r)
+        products = [(xf[:rows, k0:k1], w_chunk, partial[j, :rows])
+                    for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
+        blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
+                       y_rows[r:r + rows]))
 
     def run():
-        for r in range(0, x_rows.shape[0], block):
-            rows = min(block, x_rows.shape[0] - r)
-            minus_zero(x_rows[r:r + rows].reshape(-1), x_zero, xf[:rows].reshape(-1))
-            for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks)):
-                np.matmul(xf[:rows, k0:k1], w_chunk, out=partial[j, :rows])
-            requantize_rows(partial[:, :rows], b64, rq, y_zero, lo, hi, acc, y_rows[r:r + rows])
+        for x_flat, xf_flat, products, partial_rows, y_block in blocks:
+            minus_zero(x_flat, x_zero, xf_flat)
+            for xf_chunk, w_chunk, out in products:
+                np.matmul(xf_chunk, w_chunk, out=out)
+            requantize_rows(partial_rows, b64, rq, y_zero, lo, hi, acc, y_block)
     return run
 
 
