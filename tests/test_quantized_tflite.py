@@ -109,6 +109,8 @@ def test_the_ends_and_the_float_path(assets, images, models):
     assert isinstance(model, QuantizedModel) and model.input_dtype == np.uint8
     pixels = qa.pixels_for(images[:3], 128)
     q = model.run_integers(pixels)
+    # a batch runs in parts of PLAN_BATCH images: each image comes out as it does alone
+    np.testing.assert_array_equal(q, np.concatenate([model.run_integers(p[None]) for p in pixels]))
     # model(x) takes the float preprocessing and returns the dequantized integers (scale 1/256)
     probs = model(model.preprocess(pixels))
     np.testing.assert_array_equal(probs, q.astype(np.float32) / 256)
