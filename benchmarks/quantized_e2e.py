@@ -11,8 +11,10 @@ intra_op_num_threads=t. npmobile's output is first checked byte for byte against
 reference kernels (one call each), so the times are of the same integers.
 
 Each thread count runs in its own process whose settings are pinned before numpy loads:
-NUMBA_NUM_THREADS=t and, since a single image uses its threads only inside sgemm,
-OPENBLAS_NUM_THREADS=t. The ratio npmobile / LiteRT of each row comes from that same process.
+NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1. npmobile spreads a batch over
+its threads, so a single image runs on one thread whatever t is (OpenBLAS on 2 threads for these
+small products made a single image several times slower on this 2-core machine: its threads
+spin while they wait). The ratio npmobile / LiteRT of each row comes from that same process.
 Prints a table; --save writes benchmarks/results/quantized-e2e.json and .md (the README quotes
 the .md).
 """
@@ -110,13 +112,13 @@ def worker(threads, quick, assets):
 def run_all(thread_counts, quick, assets):
     rows = []
     for t in thread_counts:
-        env = dict(os.environ, NUMBA_NUM_THREADS=str(t), NPMOBILE_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t),
+        env = dict(os.environ, NUMBA_NUM_THREADS=str(t), NPMOBILE_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS="1",
                    OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
         cmd = [sys.executable, __file__, "--worker", str(t), "--assets", str(assets)] + (["--quick"] if quick else [])
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return dict(rows=rows, load=os.getloadavg(), threads=(
-        "per process: NUMBA_NUM_THREADS=OPENBLAS_NUM_THREADS=t; LiteRT num_threads=t; "
+        "per process: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1; LiteRT num_threads=t; "
         "ONNX Runtime intra_op_num_threads=t, inter_op_num_threads=1"))
 
 

@@ -111,6 +111,13 @@ def test_the_ends_and_the_float_path(assets, images, models):
     q = model.run_integers(pixels)
     # a batch runs in parts of PLAN_BATCH images: each image comes out as it does alone
     np.testing.assert_array_equal(q, np.concatenate([model.run_integers(p[None]) for p in pixels]))
+    import npmobile
+    threads = npmobile.get_num_threads()
+    try:  # and a batch split across two threads, each with its own buffers, too
+        npmobile.set_num_threads(2)
+        np.testing.assert_array_equal(model.run_integers(pixels), q)
+    finally:
+        npmobile.set_num_threads(threads)
     # model(x) takes the float preprocessing and returns the dequantized integers (scale 1/256)
     probs = model(model.preprocess(pixels))
     np.testing.assert_array_equal(probs, q.astype(np.float32) / 256)
