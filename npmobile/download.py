@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .models import PUBLISHED_ALPHAS
+from .architectures import PUBLISHED_ALPHAS
 from .weights import WeightFileError, save
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"

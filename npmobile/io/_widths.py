@@ -8,7 +8,7 @@ alphas, then the shortest decimal near an estimate, and keep the first whose gra
 the shapes found.
 """
 
-from ..models import PUBLISHED_ALPHAS
+from ..architectures import PUBLISHED_ALPHAS
 
 
 def _near(estimate):

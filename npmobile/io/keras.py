@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from ..models import mobilenet_v1, mobilenet_v2
+from ..architectures import mobilenet_v1, mobilenet_v2
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported
 from ._widths import fit_alpha

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import WeightFileError, needs, reading
 from ..graph import LINEAR_OPS, Imported, pad_same
-from ..models import CONVENTIONS
+from ..architectures import CONVENTIONS
 from . import _layout
 from ._common import Emitter, dequantize, from_torch, refuse_unsupported
 from ._layout import Act

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, check_params
-from ..models import mobilenet_v2
+from ..architectures import mobilenet_v2
 from ._common import from_torch
 from ._widths import fit_alpha
 
