@@ -112,8 +112,8 @@ class QuantizedModel:
             part = q[i:i + PLAN_BATCH]
             buffers, steps = self._bound(len(part))
             np.copyto(buffers["input"], part)
-            for run in steps:
-                run()
+            for run, args in steps:
+                run(*args)
             outs.append(buffers[self.graph.output].copy())
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
@@ -164,7 +164,9 @@ class QuantizedModel:
             steps = []
             for node in self.graph.nodes:
                 buffers[node.name] = np.empty((batch, *node.shape), dtype=self.input_dtype)
-                steps.append(QKERNELS[node.op].fast.bind(*[buffers[name] for name in node.inputs], **self._tensors(node),
-                                                         **node.attrs, out=buffers[node.name]))
+                kernel = QKERNELS[node.op]
+                args = kernel.check(*[buffers[name] for name in node.inputs], **self._tensors(node), **node.attrs,
+                                    out=buffers[node.name])
+                steps.append((kernel.run, args))
             cache[batch] = buffers, steps
         return cache[batch]

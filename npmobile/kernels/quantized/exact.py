@@ -70,3 +70,24 @@ def requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y):
                 acc[o] += np.int64(partial[j, r, o])
         for o in range(y.shape[1]):
             y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
+
+
+def check_on_float32(check_float, run_float, x, x_zero, ws, b, rq, y_zero, lo, hi, y, **attrs):
+    """The arguments of run_on_float32: the float kernel (check_float / run_float, e.g. the float
+    depthwise convolution) checked once on float32 buffers for x - x_zero and the weights ws
+    (already minus their zero points), plus the epilogue's."""
+    xf = np.empty(x.shape, dtype=np.float32)
+    yf = np.empty(y.shape, dtype=np.float32)
+    float_args = check_float(xf, ws.astype(np.float32), None, **attrs, out=yf)
+    c = y.shape[-1]
+    return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(1, -1, c), b.astype(np.int64),
+            rq, y_zero, lo, hi, np.empty(c, dtype=np.int64), y.reshape(-1, c), y)
+
+
+def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, rq, y_zero, lo, hi, acc, y_rows, y):
+    """x - x_zero into float32, the float kernel (exact: every sum an integer within 2^24), then
+    the integer epilogue: bias and requantization."""
+    minus_zero(x_flat, x_zero, xf_flat)
+    run_float(*float_args)
+    requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y_rows)
+    return y

@@ -19,7 +19,7 @@ element.
 
 import numpy as np
 
-from .._jit import fast_kernel, jit
+from .._jit import jit
 from ._qchecks import as_q8, check_int_clamp, check_zero, q_output
 from .fixedpoint import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_ref, quantize_multiplier
 
@@ -47,10 +47,9 @@ def qadd_ref(a, b, *, a_zero, b_zero, y_zero, a_multiplier, a_shift, b_multiplie
     return np.clip(y, lo, hi).astype(a.dtype)
 
 
-@fast_kernel
-def qadd(a, b, *, a_zero, b_zero, y_zero, a_multiplier, a_shift, b_multiplier, b_shift, y_multiplier, y_shift,
-         left_shift=20, clamp=None, out=None):
-    """The fast kernel: one numba pass over the elements."""
+def check_qadd(a, b, *, a_zero, b_zero, y_zero, a_multiplier, a_shift, b_multiplier, b_shift, y_multiplier,
+               y_shift, left_shift=20, clamp=None, out=None):
+    """The arguments of run_qadd, checked."""
     a = as_q8("a", a)
     b = as_q8("b", b)
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -66,11 +65,21 @@ def qadd(a, b, *, a_zero, b_zero, y_zero, a_multiplier, a_shift, b_multiplier, b
         ints.append(int(v))
     lo, hi = check_int_clamp(clamp, a.dtype)
     y = q_output(out, a.shape, a.dtype)
+    return (a.reshape(-1), b.reshape(-1), *zeros, *ints, lo, hi, y.reshape(-1), y)
 
-    def run():
-        _qadd_jit(a.reshape(-1), b.reshape(-1), *zeros, *ints, lo, hi, y.reshape(-1))
-        return y
-    return run
+
+def run_qadd(a, b, a_zero, b_zero, y_zero, a_m, a_s, b_m, b_s, y_m, y_s, left_shift, lo, hi, y_flat, y):
+    _qadd_jit(a, b, a_zero, b_zero, y_zero, a_m, a_s, b_m, b_s, y_m, y_s, left_shift, lo, hi, y_flat)
+    return y
+
+
+def qadd(a, b, *, a_zero, b_zero, y_zero, a_multiplier, a_shift, b_multiplier, b_shift, y_multiplier, y_shift,
+         left_shift=20, clamp=None, out=None):
+    """The fast kernel: one numba pass over the elements."""
+    return run_qadd(*check_qadd(a, b, a_zero=a_zero, b_zero=b_zero, y_zero=y_zero, a_multiplier=a_multiplier,
+                                a_shift=a_shift, b_multiplier=b_multiplier, b_shift=b_shift,
+                                y_multiplier=y_multiplier, y_shift=y_shift, left_shift=left_shift, clamp=clamp,
+                                out=out))
 
 
 @jit

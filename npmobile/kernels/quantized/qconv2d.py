@@ -25,10 +25,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_pad, check_stride, conv_output_size
-from .._jit import fast_kernel, jit
-from ..conv2d import conv2d
+from .._jit import jit
+from ..conv2d import check_conv2d, run_conv2d
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import exact_in_float32, minus_zero, requantize_rows, x_bound
+from .exact import check_on_float32, exact_in_float32, run_on_float32, x_bound
 from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
@@ -49,12 +49,9 @@ def qconv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stri
     return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
 
 
-@fast_kernel
-def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
-            out=None):
-    """The fast kernel: the float convolution on exact integers where exact.py's bound holds, else
-    a numba loop over output pixels with an int32 accumulator per channel. The weights minus
-    their zero point are computed once, here, not per pixel."""
+def check_qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
+                  out=None):
+    """The arguments of run_qconv2d, checked: (exact, args), exact choosing the loop."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=4)
     n, h, width, c_in = x.shape
@@ -73,28 +70,28 @@ def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
-        return _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, (top, bottom, left, right), y)
+        return True, check_on_float32(check_conv2d, run_conv2d, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
+                                      stride=stride, pad=(top, bottom, left, right))
     acc = np.empty(c_out, dtype=np.int32)
-
-    def run():
-        _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
-        return y
-    return run
+    return False, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
 
 
-def _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad, y):
-    """The float convolution on x - x_zero and ws, whose sums are then exact integers."""
-    xf = np.empty(x.shape, dtype=np.float32)
-    yf = np.empty(y.shape, dtype=np.float32)
-    run_float = conv2d.bind(xf, ws.astype(np.float32), None, stride=stride, pad=pad, out=yf)
-    b64, acc, c_out = b.astype(np.int64), np.empty(y.shape[-1], dtype=np.int64), y.shape[-1]
+def run_qconv2d(exact, args):
+    """This layer's loop, chosen once at check: the float kernel on exact integers, or the
+    integer loop."""
+    if exact:
+        return run_on_float32(*args)
+    _qconv2d_jit(*args)
+    return args[-1]
 
-    def run():
-        minus_zero(x.reshape(-1), x_zero, xf.reshape(-1))
-        run_float()
-        requantize_rows(yf.reshape(1, -1, c_out), b64, rq, y_zero, lo, hi, acc, y.reshape(-1, c_out))
-        return y
-    return run
+
+def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
+            out=None):
+    """The fast kernel: the float convolution on exact integers where exact.py's bound holds, else
+    a numba loop over output pixels with an int32 accumulator per channel. The weights minus
+    their zero point are computed once, here, not per pixel."""
+    return run_qconv2d(*check_qconv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                      shift=shift, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
 @jit

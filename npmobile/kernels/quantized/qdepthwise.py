@@ -22,10 +22,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_pad, check_stride, conv_output_size
-from .._jit import fast_kernel, jit
-from ..depthwise import depthwise_conv2d
+from .._jit import jit
+from ..depthwise import check_depthwise_conv2d, run_depthwise_conv2d
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import exact_in_float32, minus_zero, requantize_rows, x_bound
+from .exact import check_on_float32, exact_in_float32, run_on_float32, x_bound
 from .fixedpoint import requantize, requantize_params, requantize_ref
 
 
@@ -48,11 +48,9 @@ def qdepthwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
     return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
 
 
-@fast_kernel
-def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
-                      clamp=None, out=None):
-    """The fast kernel: the float kernel on exact integers where exact.py's bound holds (every
-    MobileNet layer), else an integer loop with int32 accumulators per pixel."""
+def check_qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
+                            clamp=None, out=None):
+    """The arguments of run_qdepthwise_conv2d, checked: (exact, args), exact choosing the loop."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=3)
     n, h, width, c_in = x.shape
@@ -71,29 +69,28 @@ def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
-        return _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, (top, bottom, left, right), y)
+        return True, check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
+                                      stride=stride, pad=(top, bottom, left, right))
     acc = np.empty(c_out, dtype=np.int32)
     xs = np.empty((h, width, c_in), dtype=np.int32)  # one image minus its zero point
-
-    def run():
-        _qdepthwise_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, xs, acc, y)
-        return y
-    return run
+    return False, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, xs, acc, y)
 
 
-def _bind_on_float32(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad, y):
-    """The float depthwise kernel on x - x_zero and ws, whose sums are then exact integers."""
-    xf = np.empty(x.shape, dtype=np.float32)
-    yf = np.empty(y.shape, dtype=np.float32)
-    run_float = depthwise_conv2d.bind(xf, ws.astype(np.float32), None, stride=stride, pad=pad, out=yf)
-    b64, acc, c_out = b.astype(np.int64), np.empty(y.shape[-1], dtype=np.int64), y.shape[-1]
+def run_qdepthwise_conv2d(exact, args):
+    """This layer's loop, chosen once at check: the float kernel on exact integers, or the
+    integer loop."""
+    if exact:
+        return run_on_float32(*args)
+    _qdepthwise_jit(*args)
+    return args[-1]
 
-    def run():
-        minus_zero(x.reshape(-1), x_zero, xf.reshape(-1))
-        run_float()
-        requantize_rows(yf.reshape(1, -1, c_out), b64, rq, y_zero, lo, hi, acc, y.reshape(-1, c_out))
-        return y
-    return run
+
+def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
+                      clamp=None, out=None):
+    """The fast kernel: the float kernel on exact integers where exact.py's bound holds (every
+    MobileNet layer), else an integer loop with int32 accumulators per pixel."""
+    return run_qdepthwise_conv2d(*check_qdepthwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                                          shift=shift, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
 @jit

@@ -16,8 +16,7 @@ is exact and how the input channels are split into chunks where one float32 sum 
 
 import numpy as np
 
-from .._jit import fast_kernel
-from ..pointwise import BLOCK_FLOATS
+from .._epilogue import BLOCK_FLOATS
 from ._qchecks import as_q8, check_zero, q_output, requant_args
 from .exact import exact_chunks, minus_zero, requantize_rows, x_bound
 from .fixedpoint import requantize_params, requantize_ref
@@ -36,8 +35,9 @@ def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
     return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
 
 
-def _bind_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows):
-    """The shared body of qpointwise_conv2d and qdense: x_rows (r, c_in) -> y_rows (r, c_out)."""
+def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
+    """The checks shared by qpointwise_conv2d and qdense, x_rows (r, c_in) -> y_rows (r, c_out):
+    the arguments of run_rows."""
     c_in, c_out = w.shape
     x_zero = check_zero("x_zero", x_zero, x_rows.dtype)
     b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
@@ -61,19 +61,22 @@ def _bind_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y
                     for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
         blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
                        y_rows[r:r + rows]))
-
-    def run():
-        for x_flat, xf_flat, products, partial_rows, y_block in blocks:
-            minus_zero(x_flat, x_zero, xf_flat)
-            for xf_chunk, w_chunk, out in products:
-                np.matmul(xf_chunk, w_chunk, out=out)
-            requantize_rows(partial_rows, b64, rq, y_zero, lo, hi, acc, y_block)
-    return run
+    return blocks, x_zero, b64, rq, y_zero, lo, hi, acc, y
 
 
-@fast_kernel
-def qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
-    """The fast kernel: exact integer products on float32 sgemm (see the module docstring)."""
+def run_rows(blocks, x_zero, b, rq, y_zero, lo, hi, acc, y):
+    """Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the
+    integer epilogue."""
+    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
+        minus_zero(x_flat, x_zero, xf_flat)
+        for xf_chunk, w_chunk, out in products:
+            np.matmul(xf_chunk, w_chunk, out=out)
+        requantize_rows(partial_rows, b, rq, y_zero, lo, hi, acc, y_block)
+    return y
+
+
+def check_qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The arguments of run_qpointwise_conv2d, checked."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=2)
     n, h, width, c_in = x.shape
@@ -81,13 +84,17 @@ def qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift
         raise ValueError(f"w: expected input channels (axis 0) = {c_in} to match x of shape {x.shape}, "
                          f"found w of shape {w.shape}")
     y = q_output(out, (n, h, width, w.shape[1]), x.dtype)
-    run_rows = _bind_rows(x.reshape(-1, c_in), w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp,
-                          y.reshape(-1, w.shape[1]))
+    return check_rows(x.reshape(-1, c_in), w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp,
+                      y.reshape(-1, w.shape[1]), y)
 
-    def run():
-        run_rows()
-        return y
-    return run
+
+run_qpointwise_conv2d = run_rows
+
+
+def qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The fast kernel: exact integer products on float32 sgemm (see the module docstring)."""
+    return run_rows(*check_qpointwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
+                                             multiplier=multiplier, shift=shift, clamp=clamp, out=out))
 
 
 def qdense_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
@@ -96,18 +103,21 @@ def qdense_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp
                                  shift=shift, clamp=clamp)
 
 
-@fast_kernel
-def qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
-    """FULLY_CONNECTED: (n, c_in) -> (n, c_out), the pointwise kernel's rows."""
+def check_qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The arguments of run_qdense, checked."""
     x = as_q8("x", x, ndim=2)
     w = as_q8("w", w, ndim=2)
     if w.shape[0] != x.shape[1]:
         raise ValueError(f"w: expected input channels (axis 0) = {x.shape[1]} to match x of shape {x.shape}, "
                          f"found w of shape {w.shape}")
     y = q_output(out, (x.shape[0], w.shape[1]), x.dtype)
-    run_rows = _bind_rows(x, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y)
+    return check_rows(x, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y, y)
 
-    def run():
-        run_rows()
-        return y
-    return run
+
+run_qdense = run_rows
+
+
+def qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """FULLY_CONNECTED: (n, c_in) -> (n, c_out), the pointwise kernel's rows."""
+    return run_rows(*check_qdense(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                  shift=shift, clamp=clamp, out=out))

@@ -13,7 +13,7 @@ Layout: x NHWC 8-bit -> y (n, c) of the same dtype. Cost: no MACs; one add per e
 
 import numpy as np
 
-from .._jit import fast_kernel, jit
+from .._jit import jit
 from ._qchecks import as_q8, check_int_clamp, q_output
 
 
@@ -28,20 +28,24 @@ def qglobal_avg_pool_ref(x, *, clamp=None):
     return np.clip(y, lo, hi).astype(x.dtype)
 
 
-@fast_kernel
-def qglobal_avg_pool(x, *, clamp=None, out=None):
-    """The fast kernel: (n, h, w, c) 8-bit -> (n, c), int32 sums over the pixels."""
+def check_qglobal_avg_pool(x, *, clamp=None, out=None):
+    """The arguments of run_qglobal_avg_pool, checked."""
     x = as_q8("x", x, ndim=4)
     if x.shape[1] * x.shape[2] == 0:
         raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
     lo, hi = check_int_clamp(clamp, x.dtype)
     y = q_output(out, (x.shape[0], x.shape[3]), x.dtype)
-    acc = np.empty(x.shape[3], dtype=np.int32)
+    return x, lo, hi, np.empty(x.shape[3], dtype=np.int32), y
 
-    def run():
-        _qavg_jit(x, lo, hi, acc, y)
-        return y
-    return run
+
+def run_qglobal_avg_pool(x, lo, hi, acc, y):
+    _qavg_jit(x, lo, hi, acc, y)
+    return y
+
+
+def qglobal_avg_pool(x, *, clamp=None, out=None):
+    """The fast kernel: (n, h, w, c) 8-bit -> (n, c), int32 sums over the pixels."""
+    return run_qglobal_avg_pool(*check_qglobal_avg_pool(x, clamp=clamp, out=out))
 
 
 @jit

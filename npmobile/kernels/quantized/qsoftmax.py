@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from .._jit import fast_kernel, jit
+from .._jit import jit
 from ._qchecks import as_q8, q_output
 from .fixedpoint import (INT32_MAX, INT32_MIN, _EXP_MULTIPLIERS, exp_on_negative_values, get_reciprocal,
                          multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_ref,
@@ -103,9 +103,8 @@ def qsoftmax_ref(x, *, multiplier, left_shift, diff_min):
 
 # --- the fast kernel: one row at a time, scalar fixed point --------------------------------------
 
-@fast_kernel
-def qsoftmax(x, *, multiplier, left_shift, diff_min, out=None):
-    """The fast kernel: the same steps per row, with fixedpoint.py's scalar helpers."""
+def check_qsoftmax(x, *, multiplier, left_shift, diff_min, out=None):
+    """The arguments of run_qsoftmax, checked."""
     x = as_q8("x", x)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x: expected at least one class on the last axis, found shape {x.shape}")
@@ -118,13 +117,18 @@ def qsoftmax(x, *, multiplier, left_shift, diff_min, out=None):
     y = q_output(out, x.shape, x.dtype)
     info = np.iinfo(x.dtype)
     k = x.shape[-1]
-    e = np.empty(k, dtype=np.int64)
+    return (x.reshape(-1, k), int(multiplier), int(left_shift), int(diff_min), int(info.min), int(info.max),
+            np.empty(k, dtype=np.int64), y.reshape(-1, k), y)
 
-    def run():
-        _qsoftmax_jit(x.reshape(-1, k), int(multiplier), int(left_shift), int(diff_min), info.min, info.max, e,
-                      y.reshape(-1, k))
-        return y
-    return run
+
+def run_qsoftmax(x, multiplier, left_shift, diff_min, lo, hi, e, y_rows, y):
+    _qsoftmax_jit(x, multiplier, left_shift, diff_min, lo, hi, e, y_rows)
+    return y
+
+
+def qsoftmax(x, *, multiplier, left_shift, diff_min, out=None):
+    """The fast kernel: the same steps per row, with fixedpoint.py's scalar helpers."""
+    return run_qsoftmax(*check_qsoftmax(x, multiplier=multiplier, left_shift=left_shift, diff_min=diff_min, out=out))
 
 
 @jit

@@ -13,7 +13,7 @@ Cost: one divide (or multiply) per element.
 import numpy as np
 
 from .._checks import as_float32, output
-from .._jit import fast_kernel, jit
+from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output
 
 _ROUNDING = {"away": 0, "even": 1}
@@ -35,9 +35,8 @@ def quantize_ref(x, *, scale, zero_point, dtype, rounding="away"):
     return np.clip(r + zero_point, info.min, info.max).astype(dtype)
 
 
-@fast_kernel
-def quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
-    """The fast kernel: float32 -> uint8/int8, one numba pass."""
+def check_quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
+    """The arguments of run_quantize, checked."""
     x = as_float32("x", x)
     dtype = np.dtype(dtype)
     if dtype not in (np.uint8, np.int8):
@@ -50,11 +49,18 @@ def quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
         raise ValueError("x: expected finite values to quantize, found NaN or infinity")
     info = np.iinfo(dtype)
     y = q_output(out, x.shape, dtype)
+    return x.reshape(-1), scale, zero_point, int(info.min), int(info.max), _ROUNDING[rounding], y.reshape(-1), y
 
-    def run():
-        _quantize_jit(x.reshape(-1), scale, zero_point, info.min, info.max, _ROUNDING[rounding], y.reshape(-1))
-        return y
-    return run
+
+def run_quantize(x, scale, zero_point, lo, hi, even, y_flat, y):
+    _quantize_jit(x, scale, zero_point, lo, hi, even, y_flat)
+    return y
+
+
+def quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
+    """The fast kernel: float32 -> uint8/int8, one numba pass."""
+    return run_quantize(*check_quantize(x, scale=scale, zero_point=zero_point, dtype=dtype, rounding=rounding,
+                                        out=out))
 
 
 @jit
@@ -74,18 +80,23 @@ def dequantize_ref(q, *, scale, zero_point):
     return (np.float64(np.float32(scale)) * (np.asarray(q).astype(np.float64) - zero_point)).astype(np.float32)
 
 
-@fast_kernel
-def dequantize(q, *, scale, zero_point, out=None):
-    """The fast kernel: uint8/int8 -> float32."""
+def check_dequantize(q, *, scale, zero_point, out=None):
+    """The arguments of run_dequantize, checked."""
     q = as_q8("q", q)
     scale = _check_scale(scale)
     zero_point = check_zero("zero_point", zero_point, q.dtype)
     y = output(out, q.shape)
+    return q.reshape(-1), np.float64(scale), zero_point, y.reshape(-1), y
 
-    def run():
-        _dequantize_jit(q.reshape(-1), np.float64(scale), zero_point, y.reshape(-1))
-        return y
-    return run
+
+def run_dequantize(q, scale, zero_point, y_flat, y):
+    _dequantize_jit(q, scale, zero_point, y_flat)
+    return y
+
+
+def dequantize(q, *, scale, zero_point, out=None):
+    """The fast kernel: uint8/int8 -> float32."""
+    return run_dequantize(*check_dequantize(q, scale=scale, zero_point=zero_point, out=out))
 
 
 @jit
