@@ -287,6 +287,9 @@ def add_parsers(sub):
                    help="without --weights: the ImageNet model to download (default mobilenet_v2)")
     p.add_argument("--alpha", type=float, help="without --weights: width multiplier (default 1.0)")
     p.add_argument("--resolution", type=int, help="without --weights: input side (default 224)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="run a quantized --weights file (TFLite uint8/int8) as float instead of as the runtime's "
+                        "integers")
     _add_output_flags(p, top=5)
     _add_engine_flags(p)
     p.set_defaults(func=cmd_classify)
@@ -312,7 +315,7 @@ def cmd_classify(args):
         if chosen:  # a weight file carries its own architecture; silently ignoring the flags would mislead
             raise ValueError(f"{', '.join(chosen)} choose the ImageNet weights to download; "
                              f"the file given with --weights ({args.weights}) carries its own architecture")
-        model = load(args.weights)
+        model = load(args.weights, dequantize=args.dequantize)
     else:
         try:
             model = imagenet_model(args.arch or "mobilenet_v2", args.alpha or 1.0, args.resolution or 224)
