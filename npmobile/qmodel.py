@@ -94,8 +94,8 @@ class QuantizedModel:
         self.__init__(**state)
 
     def __call__(self, x, *, threads=None):
-        """Float batch in, the output dequantized to float32 out (probabilities for a softmax).
-        threads: as Model's (default set_num_threads; 1 keeps the batch on the calling thread)."""
+        """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
+        threads as in Model.__call__."""
         q = self.run_integers(self.quantize_input(x), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)
