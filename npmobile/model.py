@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import engine, weights
+from . import engine, validate, weights
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
 _pool, _pool_size = None, 0
@@ -55,7 +55,8 @@ class Model:
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
-        self.params = weights.check_params(graph, params, source)
+        # Every reader ends here: the one validation step, before anything runs or is allocated.
+        self.params = validate.check_model(graph, params, labels, source)
         self.labels = list(labels) if labels is not None else None
         self.source = source
         self._fused = None
@@ -118,7 +119,9 @@ class Model:
 
     def predict(self, x, batch_size=32):
         """model(x) in batches of batch_size, concatenated (Keras' predict)."""
-        x = np.asarray(x)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+        x = engine.check_input(self.graph, x)
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def preprocess(self, images):

@@ -31,6 +31,7 @@ as an ONNX file does not record it: "torch" (ImageNet mean/std) for NCHW inputs,
 (127.5/127.5) for NHWC ones, unless load_onnx(path, convention=...) says otherwise.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,9 @@ ACTIVATION_OPS = {"Conv", "QLinearConv", "BatchNormalization", "Relu", "Clip", "
                   "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Gemm", "MatMul",
                   "QLinearMatMul", "Softmax"}
 SUPPORTED = CONST_ONLY | ALIAS | ACTIVATION_OPS
+# Folding a constant node computes its output at import: a 1.5 KB file with a ConstantOfShape or a
+# Range could ask for gigabytes. Shape arithmetic and per-channel constants need a few thousand.
+FOLD_BUDGET = 1 << 20  # elements of one folded output
 _MS = {"QLinearAdd", "QLinearGlobalAveragePool"}  # com.microsoft contrib ops
 
 
@@ -143,7 +147,10 @@ class _Importer:
     def _input(self):
         from onnx import numpy_helper
         for init in self.g.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            try:
+                self.consts[init.name] = numpy_helper.to_array(init)
+            except Exception as e:  # noqa: BLE001 -- protobuf and numpy fail many ways on damaged tensors
+                self.fail(f"initializer {init.name!r}: not a readable tensor: {type(e).__name__}: {e}")
         inputs = [i for i in self.g.input if i.name not in self.consts]
         if len(inputs) != 1:
             self.fail(f"expected one graph input, found {len(inputs)}: {[i.name for i in inputs]}")
@@ -193,6 +200,9 @@ class _Importer:
             return
         from onnx import helper
         feeds = {t: self.consts[t] for t in node.input if t}
+        size = _fold_size(node.op_type, [feeds.get(t) for t in node.input])
+        if size > FOLD_BUDGET:
+            raise ValueError(f"folding this constant would make up to {size:,} elements (at most {FOLD_BUDGET:,})")
         # A one-node model, so the evaluator runs the op at the file's opset (Unsqueeze's axes
         # moved from an attribute to an input at 13, and so on).
         graph = helper.make_graph([node], "fold", [helper.make_empty_tensor_value_info(t) for t in feeds],
@@ -532,6 +542,25 @@ class _Importer:
         if not ok or len(self.em.shape(x.value)) != 1:
             raise ValueError(f"softmax over axis {axis} of layout {x.layout} (only over the channels of a vector)")
         return _Act(self.em.softmax(name, x.value), x.layout)
+
+
+def _fold_size(op, inputs):
+    """An upper bound on the elements a folded node outputs, from its inputs alone: ops that make
+    a shape from values (ConstantOfShape, Range, Expand) are bounded by those values, the rest
+    by their inputs (Gather by the product of two)."""
+    sizes = [int(np.size(a)) for a in inputs if a is not None]
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(max(int(d), 0) for d in np.ravel(inputs[0]))
+        if op == "Range":
+            start, limit, delta = (float(np.ravel(a)[0]) for a in inputs[:3])
+            return 0 if delta == 0 else max(math.ceil((limit - start) / delta), 0)
+        if op == "Expand":
+            target = [max(int(d), 1) for d in np.ravel(inputs[1])]
+            return max(math.prod(target), sizes[0]) * max(sizes[0], 1)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return math.inf  # NaN or inf bounds, a missing input: not something to compute
+    return math.prod(sizes) if op == "Gather" else sum(sizes)
 
 
 def _f32(a):

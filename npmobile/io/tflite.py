@@ -27,10 +27,11 @@ import numpy as np
 from ..graph import pad_same
 from ..model import Model
 from ..weights import WeightFileError
-from ._common import Emitter, dequantize, imported_config, refuse_unsupported
+from ._common import Emitter, dequantize, imported_config, read_member, refuse_unsupported
 
 SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX"}
 _ACTIVATIONS = {0: None, 1: "relu", 3: "relu6"}  # ActivationFunctionType: NONE, RELU, RELU6
+MAX_LABELS_BYTES = 4 << 20  # an appended labels.txt: 1001 ImageNet names are 11 kB
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
 
@@ -199,19 +200,36 @@ def _check_supported(reader):
 
 
 def _labels(buf, path, classes):
-    """The label file TF-slim appends to the model as a zip, or None when there is none."""
+    """The label file TF-slim appends to the model as a zip, or None when there is none. A zip
+    that is there but cannot be read (truncated, corrupted) is an error, not "no labels"."""
     try:
         with zipfile.ZipFile(io.BytesIO(buf)) as z:
             txt = [n for n in z.namelist() if n.endswith(".txt")]
             if not txt:
                 return None
-            labels = z.read(txt[0]).decode("utf-8").splitlines()
-    except zipfile.BadZipFile:
+            labels = read_member(z, txt[0], MAX_LABELS_BYTES, path).decode("utf-8").splitlines()
+    except zipfile.BadZipFile as e:
+        if _appended_txt(buf):
+            raise WeightFileError(f"{path}: the appended labels zip is truncated or corrupted: {e}") from None
         return None
+    except (zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError, UnicodeDecodeError) as e:
+        raise WeightFileError(f"{path}: the appended labels zip cannot be read: {type(e).__name__}: {e}") from None
     labels = [s for s in labels if s.strip()]
     if len(labels) != classes:
         raise WeightFileError(f"{path}: the embedded {txt[0]} has {len(labels)} labels, the model {classes} outputs")
     return labels
+
+
+def _appended_txt(buf):
+    """Whether a zip local file header for a .txt member is in buf (what is left of a labels
+    zip whose central directory was cut off)."""
+    at = buf.find(b"PK\x03\x04")
+    while at >= 0:
+        name_len = int.from_bytes(buf[at + 26:at + 28], "little")
+        if buf[at + 30:at + 30 + name_len].endswith(b".txt"):
+            return True
+        at = buf.find(b"PK\x03\x04", at + 4)
+    return False
 
 
 def load_tflite(path):
