@@ -24,6 +24,8 @@ def load(path, **options):
     """Load any weight file npmobile reads, as a ready-to-run Model."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO (reading it would block), a device...
+            raise WeightFileError(f"{path}: not a regular file: expected a weight file")
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     for suffixes, magic, target in FORMATS:

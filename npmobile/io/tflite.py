@@ -282,6 +282,9 @@ def _build(tfl, buf, path):
         raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
     q = reader.quant(inp)
     if q is not None and reader.tensor(inp).Type() in (3, 9):  # uint8 / int8 input
+        if not float(q[0][0]) > 0:  # NaN, 0 or negative: (pixel - mean) / std would be NaN or inf
+            raise WeightFileError(f"{path}: input {reader.name(inp)!r}: expected a quantization scale > 0, "
+                                  f"found {float(q[0][0])}")
         mean, std = [float(q[1][0])] * 3, [1.0 / float(q[0][0])] * 3
         if reader.tensor(inp).Type() == 9:  # int8 stores pixel - 128
             mean = [m + 128.0 for m in mean]
