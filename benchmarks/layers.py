@@ -50,13 +50,13 @@ def layer_kinds(graph):
 
 def npmobile_layers(model, x, runs):
     """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    graph, _ = model.fused()
-    plan = engine.Plan(*model.fused(), 1)
+    plan = engine.Plan(*engine.fuse(model.graph, model.params), 1)
+    graph = plan.graph
     for _ in range(10):
         plan.run(x)
     times = [[] for _ in plan.steps]
     for _ in range(runs):
-        np.copyto(plan.views["input"], x)  # what plan.run does first (not timed here)
+        np.copyto(plan.values["input"], x)  # what plan.run does first (not timed here)
         for k, run in enumerate(plan.steps):  # one bound step per node of the fused graph, in order
             t = time.perf_counter()
             run()

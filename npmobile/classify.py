@@ -170,7 +170,7 @@ def _reason(e):
 def probabilities(model, outputs):
     """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
     TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
-    if model.graph.nodes[-1].op == "softmax":
+    if model.config.output == "probabilities":
         return outputs
     z = outputs - outputs.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -245,7 +245,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
     named by its path (relative to `relative_to` when given). Returns (classified, failed) counts."""
     out = out or sys.stdout
     config = model.config
-    crop = config.get("preprocess", {}).get("crop", 1.0)
+    crop = config.preprocess.crop
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
     batch, failed = [], 0
@@ -259,7 +259,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
         batch.clear()
 
     try:
-        for path, image, reason in iter_inputs(paths, config["resolution"], crop):
+        for path, image, reason in iter_inputs(paths, config.resolution, crop):
             if reason:
                 writer.error(path, reason)
                 failed += 1

@@ -14,8 +14,13 @@ another (cost.py), and a graph can be compared with a framework layer by layer b
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
+
+from .config import Config
+from .errors import WeightFileError
 
 
 class Node(NamedTuple):
@@ -31,7 +36,14 @@ class Node(NamedTuple):
 class Graph:
     nodes: list
     input_shape: tuple  # (h, w, c) of one sample
-    config: dict = field(default_factory=dict)  # architecture and conventions, JSON-serialisable
+    config: Config = None  # architecture and conventions; None for a bare graph (tests, cost tables)
+
+    def __post_init__(self):
+        ends_in_softmax = bool(self.nodes) and self.nodes[-1].op == "softmax"
+        if self.config is not None and ends_in_softmax != (self.config.output == "probabilities"):
+            raise ValueError(f"config.output is {self.config.output!r} but the graph's last node is "
+                             f"{self.nodes[-1].op if self.nodes else None!r}: probabilities come from a softmax, "
+                             "and only from one")
 
     @property
     def output(self):
@@ -46,6 +58,56 @@ class Graph:
     def param_shapes(self):
         """Every weight tensor the graph needs: {"{node}.{param}": shape}."""
         return {f"{n.name}.{p}": tuple(s) for n in self.nodes for p, s in n.params.items()}
+
+
+def check_params(graph, params, source):
+    """The weights as C-contiguous float32 arrays, after one WeightFileError naming every tensor
+    that does not fit `graph`: missing, unexpected, not float, mis-shaped, not finite (or a
+    negative variance, which a folded batch norm would turn into NaN)."""
+    if not hasattr(params, "items"):
+        raise WeightFileError(f"{source}: expected the weights as a mapping of names to arrays, "
+                              f"found {type(params).__name__}")
+    expected = graph.param_shapes()
+    # in graph order, so the first layer at fault comes first
+    missing = [k for k in expected if k not in params]
+    extra = set(params) - set(expected)
+    wrong = [p for p in (_tensor_problem(k, params[k], expected[k]) for k in expected if k in params) if p]
+    error = tensor_error(graph, source, missing, extra, wrong)
+    if error:
+        raise error
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+def _tensor_problem(key, a, shape):
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
+        return f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}"
+    if tuple(a.shape) != shape:
+        return f"{key}: expected shape {shape}, found {tuple(a.shape)}"
+    if not np.isfinite(a).all():
+        return f"{key}: expected finite values, found NaN or inf"
+    if key.endswith(".var") and (a < 0).any():
+        return f"{key}: expected a variance >= 0, found {float(a.min())}"
+    return None
+
+
+def tensor_error(graph, source, missing=(), extra=(), wrong=()):
+    """One WeightFileError naming every missing, unexpected and wrong tensor (None if none)."""
+    if not (missing or extra or wrong):
+        return None
+    arch = graph.config.arch if graph.config else "the graph"
+    lines = [f"{source}: the tensors do not fit {arch} {_describe(graph.config)}:"]
+    for what, names in (("missing", list(missing)), ("unexpected", sorted(extra))):
+        if names:
+            lines.append(f"  {what} ({len(names)}): {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
+    lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
+    return WeightFileError("\n".join(lines))
+
+
+def _describe(config):
+    if config is None:
+        return ""
+    keys = ("alpha", "resolution", "classes", "convention")
+    return "(" + ", ".join(f"{k}={getattr(config, k)}" for k in keys if getattr(config, k) is not None) + ")"
 
 
 # --- padding, resolved once when a graph is built -------------------------------------------
@@ -175,3 +237,11 @@ def graph_from_json(data, config):
         nodes.append(Node(d["op"], d["name"], tuple(d["inputs"]), attrs,
                           {p: tuple(s) for p, s in d["params"].items()}, tuple(d["shape"])))
     return Graph(nodes, tuple(data["input_shape"]), config)
+
+
+class Imported(NamedTuple):
+    """What every reader returns (the native one and each importer); `Model(*imported)` is the model."""
+    graph: Graph
+    params: dict
+    labels: list = None
+    source: str = "<memory>"

@@ -13,7 +13,8 @@ may trust their arguments (their own checks stay as a second line):
 - the activation memory one image needs (values alive at once, plus a convolution's patch
   matrix) stays under `max_activation_bytes()` ($NPMOBILE_MAX_ACTIVATION_BYTES, default 2 GiB),
   the weights under `max_weight_bytes()` ($NPMOBILE_MAX_WEIGHT_BYTES, default 512 MiB);
-- the config's preprocessing is finite with std > 0, and labels (if any) match the classes.
+- the config agrees with the graph (resolution, classes), its preprocessing is finite with
+  std > 0, and labels (if any) are one per class.
 
 A new op is one entry in `OPS`: its inputs, its attributes and the function that computes its
 output shape and weight shapes from its inputs. Patterns: TFLite's flatbuffer verifier, ONNX's
@@ -28,16 +29,15 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .errors import WeightFileError
+from .graph import check_params
+
 MAX_STRIDE = 16
 MAX_KERNEL = 64
 MAX_PAD = 64  # a zero_pad node's side; a convolution's own pads are < its kernel side
 MAX_DIM = 1 << 24  # any one axis of a value
 MAX_JSON_DEPTH = 64
 MAX_NODES = 100_000
-
-
-class WeightFileError(ValueError):
-    """A weight file that cannot be read, or does not fit the model it describes."""
 
 
 def _env_bytes(name, default):
@@ -331,74 +331,25 @@ def _check_memory(graph, source):
 
 # --- tensors, config and labels --------------------------------------------------------------------
 
-def tensor_error(graph, source, missing=(), extra=(), wrong=()):
-    """One WeightFileError naming every missing, unexpected and wrong tensor (None if none)."""
-    if not (missing or extra or wrong):
-        return None
-    config = graph.config
-    keys = ("alpha", "resolution", "classes", "convention")
-    described = "(" + ", ".join(f"{k}={config[k]}" for k in keys if k in config) + ")"
-    lines = [f"{source}: the tensors do not fit {config.get('arch', 'the graph')} {described}:"]
-    for what, names in (("missing", list(missing)), ("unexpected", sorted(extra))):
-        if names:
-            lines.append(f"  {what} ({len(names)}): {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
-    lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
-    return WeightFileError("\n".join(lines))
-
-
-def _tensor_problem(key, a, shape):
-    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
-        return f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}"
-    if tuple(a.shape) != shape:
-        return f"{key}: expected shape {shape}, found {tuple(a.shape)}"
-    if not np.isfinite(a).all():
-        return f"{key}: expected finite values, found NaN or inf"
-    if key.endswith(".var") and (a < 0).any():
-        return f"{key}: expected a variance >= 0, found {float(a.min())}"
-    return None
-
-
-def check_params(graph, params, source="<memory>"):
-    """The weights as C-contiguous float32 arrays, after one WeightFileError naming every tensor
-    that does not fit `graph` (missing, unexpected, not float, mis-shaped, not finite)."""
-    if not hasattr(params, "items"):
-        raise WeightFileError(f"{source}: expected the weights as a mapping of names to arrays, "
-                              f"found {type(params).__name__}")
-    expected = graph.param_shapes()
-    missing = [k for k in expected if k not in params]  # in graph order: the first layer at fault first
-    extra = set(params) - set(expected)
-    wrong = [p for p in (_tensor_problem(k, params[k], expected[k]) for k in expected if k in params) if p]
-    error = tensor_error(graph, source, missing, extra, wrong)
-    if error:
-        raise error
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-
-
-def _finite_list(value, positive):
-    return isinstance(value, (list, tuple)) and len(value) in (1, 3) and all(
-        _is_real(v) and math.isfinite(v) and (v > 0 or not positive) for v in value)
+def _finite(values, positive):
+    return all(_is_real(v) and math.isfinite(v) and (v > 0 or not positive) for v in values)
 
 
 def check_config(graph, labels, source="<memory>"):
-    """The config is a dict; preprocessing (when given) finite with std > 0 and crop in (0, 1];
-    labels (when given) one string per output class."""
-    config = graph.config
-    if not isinstance(config, dict):
-        raise WeightFileError(f"{source}: expected the config as a dict, found {type(config).__name__}")
-    pre = config.get("preprocess")
-    if pre is not None:
-        if not isinstance(pre, dict) or not _finite_list(pre.get("mean"), False) or \
-                not _finite_list(pre.get("std"), True) or not _is_real(pre.get("crop")) or not 0 < pre["crop"] <= 1:
-            raise WeightFileError(f"{source}: config preprocess: expected mean (finite), std (finite, > 0) as 1 or 3 "
-                                  f"numbers and crop in (0, 1], found {pre!r}"[:500])
-    if "resolution" in config and config["resolution"] != graph.input_shape[0]:
-        raise WeightFileError(f"{source}: config resolution: expected {graph.input_shape[0]} (the input's side), "
-                              f"found {config['resolution']!r}")
-    out = graph.nodes[-1].shape
-    if config.get("include_top", True) and config.get("classes") is not None and len(out) == 1 \
-            and config["classes"] != out[0]:
-        raise WeightFileError(f"{source}: config classes: expected {out[0]} (the output's size), "
-                              f"found {config['classes']!r}")
+    """The config (when there is one) agrees with the graph: the input's side, the classes, a
+    finite preprocessing with std > 0; labels (when given) one string per output class."""
+    config, out = graph.config, graph.nodes[-1].shape
+    if config is not None:
+        pre = config.preprocess
+        if not _finite(pre.mean, False) or not _finite(pre.std, True):
+            raise WeightFileError(f"{source}: config preprocess: expected a finite mean and a finite std > 0, "
+                                  f"found mean {pre.mean}, std {pre.std}")
+        if config.resolution != graph.input_shape[0]:
+            raise WeightFileError(f"{source}: config resolution: expected {graph.input_shape[0]} (the input's side), "
+                                  f"found {config.resolution!r}")
+        if config.include_top and len(out) == 1 and config.classes != out[0]:
+            raise WeightFileError(f"{source}: config classes: expected {out[0]} (the output's size), "
+                                  f"found {config.classes!r}")
     if labels is not None:
         if not isinstance(labels, (list, tuple)) or not all(isinstance(s, str) for s in labels):
             raise WeightFileError(f"{source}: expected the labels as a list of strings")

@@ -10,6 +10,10 @@ code in the file can run.
 Loading validates the graph (validate.check_graph) before it reads any tensor, then checks every
 member's header against the graph, naming every missing, extra, mis-shaped or non-float tensor
 in one error (pattern: nanoGPT's from_pretrained; safetensors' header checks before any read).
+
+Files written before the config had its `output` field (version 1 has both) keep reading: their
+config's "eps" and "softmax" keys are dropped (each BN node has its eps; the last node says
+whether the output is softmax probabilities) and `output` is read off the graph.
 """
 
 import json
@@ -19,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .graph import graph_from_json, graph_to_json
-from .validate import WeightFileError, check_graph, check_model, expect, load_json, tensor_error
+from .config import Config
+from .errors import WeightFileError
+from .graph import Imported, graph_from_json, graph_to_json, tensor_error
+from .validate import check_graph, check_model, expect, load_json
 
 FORMAT = "npmobile-weights"
 VERSION = 1
@@ -29,10 +35,11 @@ MAX_META_BYTES = 16 << 20  # the JSON metadata: a graph of a few hundred nodes a
 _NPY_HEADER = 1 << 16  # the .npy header in front of each member's data, at most
 
 
-def save(path, graph, params, labels=None):
-    """Write the native file: tensors plus the config and labels as JSON metadata."""
-    params = check_model(graph, params, labels, str(path))
-    meta = {"format": FORMAT, "version": VERSION, "config": graph.config, "graph": graph_to_json(graph),
+def save(path, model):
+    """Write `model` as the native file: tensors plus the config, graph and labels as JSON metadata."""
+    graph, labels = model.graph, model.labels
+    params = check_model(graph, model.params, labels, str(path))
+    meta = {"format": FORMAT, "version": VERSION, "config": graph.config.to_json(), "graph": graph_to_json(graph),
             "labels": labels}
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     path = Path(path)
@@ -43,9 +50,10 @@ def save(path, graph, params, labels=None):
 
 
 def read(path):
-    """Read a native file: returns (graph, params, labels). The graph is validated before any
-    tensor is read, and each member is read only after its zip and .npy headers say it has the
-    dtype and shape the graph needs (so a small file cannot make the reader allocate much)."""
+    """Read a native file: returns an Imported (graph, params, labels, source). The graph is
+    validated before any tensor is read, and each member is read only after its zip and .npy
+    headers say it has the dtype and shape the graph needs (so a small file cannot make the
+    reader allocate much); Model checks the values."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -64,7 +72,7 @@ def read(path):
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, ValueError) as e:
         raise WeightFileError(f"{path}: not a readable npmobile .npz file (truncated or corrupted?): "
                               f"{type(e).__name__}: {e}") from None
-    return graph, params, labels
+    return Imported(graph, params, labels, str(path))
 
 
 def _from_meta(meta, path):
@@ -76,8 +84,8 @@ def _from_meta(meta, path):
     config = expect(meta.get("config"), dict, path, "the metadata's config")
     expect(config.get("preprocess"), dict, path, "the config's preprocess")
     try:
-        graph = graph_from_json(meta.get("graph"), config)
-    except ValueError as e:
+        graph = graph_from_json(meta.get("graph"), _config(config, meta.get("graph")))
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise WeightFileError(f"{path}: the graph in the metadata is not valid: {e}") from None
     labels = meta.get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(s, str) for s in labels)):
@@ -138,3 +146,14 @@ def _npy(z, info, shape, limit, path):
     if len(data) != size:
         raise WeightFileError(f"{path}: member {info.filename!r}: expected {size:,} bytes of data, found {len(data):,}")
     return np.frombuffer(data, dtype=dtype).reshape(found, order="F" if fortran else "C")
+
+
+def _config(data, graph_json):
+    """The Config of a file's metadata, including files written before `output` existed."""
+    if isinstance(data, dict) and "include_top" in data:  # the old dict: drop what nodes now record
+        top = data["include_top"]
+        data = {k: v for k, v in data.items() if k not in ("include_top", "eps", "softmax")}
+        if "output" not in data:
+            last_op = graph_json["nodes"][-1]["op"] if graph_json.get("nodes") else None
+            data["output"] = "probabilities" if last_op == "softmax" else ("logits" if top else "features")
+    return Config.from_json(data)

@@ -11,11 +11,9 @@ import zlib
 
 import numpy as np
 
+from npmobile.config import Config
 from npmobile.graph import Builder, Graph, graph_to_json, pad_symmetric
 from npmobile.weights import FORMAT, META_KEY, VERSION
-
-CONFIG = {"arch": "tiny", "resolution": 8, "classes": 3, "include_top": True, "convention": "torch",
-          "preprocess": {"mean": [127.5] * 3, "std": [127.5] * 3, "crop": 0.875}}
 
 
 def tiny_graph(resolution=8):
@@ -28,7 +26,8 @@ def tiny_graph(resolution=8):
     b.pool("pool", "avg")
     b.dense("fc", 3)
     b.softmax("sm")
-    return Graph(b.nodes, (resolution, resolution, 3), dict(CONFIG, resolution=resolution))
+    config = Config(arch="tiny", resolution=resolution, classes=3, output="probabilities", convention="torch")
+    return Graph(b.nodes, (resolution, resolution, 3), config)
 
 
 def tiny_params(graph, seed=0):
@@ -42,7 +41,7 @@ def tiny_params(graph, seed=0):
 
 def tiny_meta(resolution=8, labels=("a", "b", "c")):
     graph = tiny_graph(resolution)
-    return {"format": FORMAT, "version": VERSION, "config": copy.deepcopy(graph.config),
+    return {"format": FORMAT, "version": VERSION, "config": copy.deepcopy(graph.config.to_json()),
             "graph": graph_to_json(graph), "labels": list(labels) if labels is not None else None}
 
 

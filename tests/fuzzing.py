@@ -178,7 +178,7 @@ def edit_meta(meta, rng):
         n["op"] = ["conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense", "add", "softmax", "zero_pad",
                    "clamp", "batchnorm", "global_avg_pool", "nope"][int(rng.integers(11))]
         return f"{n['name']}.op"
-    key = ["resolution", "classes", "preprocess", "include_top"][int(rng.integers(4))]
+    key = ["resolution", "classes", "preprocess", "output"][int(rng.integers(4))]
     if key == "preprocess":
         field = ["mean", "std", "crop"][int(rng.integers(3))]
         meta["config"]["preprocess"][field] = interesting(rng)
@@ -220,3 +220,81 @@ def summarize(outcomes):
         kinds[o.kind] = kinds.get(o.kind, 0) + 1
     return {"mutants": len(outcomes), "kinds": kinds, "max_peak_rss": max((o.peak_rss for o in outcomes), default=0),
             "max_seconds": max((o.seconds for o in outcomes), default=0.0)}
+
+
+# --- a campaign: many mutants of many seeds, loaded by a few workers ---------------------------------
+
+class Mutant(NamedTuple):
+    fmt: str  # ".npz", ".onnx", ".tflite", ".h5", or "edit" for structural edits
+    seed: str  # the seed file's name
+    how: str  # "bytes" or the edit's description
+    data: bytes
+
+
+def byte_mutants(seeds, count, rng):
+    """`count` byte-level mutants of each format's seeds ({suffix: {name: bytes}}), round-robin."""
+    for fmt, files in seeds.items():
+        names = sorted(files)
+        for i in range(count):
+            name = names[i % len(names)]
+            yield Mutant(fmt, name, "bytes", mutate_bytes(files[name], rng))
+
+
+def edit_mutants(native, onnx_models, count, rng):
+    """`count` structural edits: native metadata ({name: (meta, params)}) and ONNX attributes
+    ({name: ModelProto}), alternately."""
+    import copy
+
+    from crafted import npz_bytes
+    natives, onnxes = sorted(native), sorted(onnx_models)
+    for i in range(count):
+        if i % 3 < 2 or not onnxes:
+            name = natives[i % len(natives)]
+            meta, params = native[name]
+            meta = copy.deepcopy(meta)
+            how = edit_meta(meta, rng)
+            yield Mutant("edit", name, how, npz_bytes(meta, params))
+        else:
+            name = onnxes[i % len(onnxes)]
+            model = copy.deepcopy(onnx_models[name])
+            how = edit_onnx(model, rng)
+            yield Mutant("edit", name, how, model.SerializeToString())
+
+
+def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=None):
+    """Load every mutant in `workers` child processes; returns [(Mutant without its bytes,
+    Outcome)] in order. Mutants are drawn a few at a time (a campaign's bytes would not fit)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local, pool = threading.local(), []
+
+    def one(job):
+        i, m = job
+        if not hasattr(local, "worker"):
+            local.worker = Worker(mem_limit, timeout)
+            pool.append(local.worker)
+        suffix = Path(m.seed).suffix if m.fmt == "edit" else m.fmt
+        path = Path(folder) / f"mutant_{i}{suffix}"
+        path.write_bytes(m.data)
+        try:
+            outcome = local.worker.load(path)
+        finally:
+            path.unlink()
+        if progress:
+            progress(i, m, outcome)
+        return m._replace(data=b""), outcome
+
+    results, batch = [], []
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            for job in enumerate(mutants):
+                batch.append(job)
+                if len(batch) == 4 * workers:
+                    results += ex.map(one, batch)
+                    batch = []
+            results += ex.map(one, batch)
+        return results
+    finally:
+        for w in pool:
+            w.close()

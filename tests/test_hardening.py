@@ -106,6 +106,13 @@ def test_metadata_json_of_the_wrong_shape(tmp_path, text, fragment):
     refused(write_native(tmp_path / "m.npz", meta_text=text), fragment)
 
 
+def dead_node_after_the_output(meta):
+    """A node after the softmax reading an earlier value: the softmax computes for nobody."""
+    meta["graph"]["nodes"].append({"op": "clamp", "name": "extra", "inputs": ["r"], "attrs": {"lo": 0, "hi": 1},
+                                   "params": {}, "shape": [8, 8, 4]})
+    meta["config"]["output"] = "logits"
+
+
 @pytest.mark.parametrize("edit, fragment", [
     (lambda m: m.update(config=[1, 2]), "config: expected dict"),
     (lambda m: m["config"].pop("preprocess"), "preprocess: expected dict"),
@@ -119,8 +126,7 @@ def test_metadata_json_of_the_wrong_shape(tmp_path, text, fragment):
     (lambda m: node(m, "c").update(op="conv3d"), "unknown op 'conv3d'"),
     (lambda m: node(m, "c").update(inputs=["nowhere"]), "reads 'nowhere'"),
     (lambda m: m["graph"].update(input_shape=[8, 8, 0]), "input_shape"),
-    (lambda m: m["graph"]["nodes"].append({"op": "clamp", "name": "extra", "inputs": ["r"], "attrs": {"lo": 0, "hi": 1},
-                                           "params": {}, "shape": [8, 8, 4]}), "'sm'"),
+    (lambda m: dead_node_after_the_output(m), "'sm'"),
     (lambda m: node(m, "bn")["attrs"].update(eps=-1.0), "'bn' (batchnorm): eps: expected a finite number > 0"),
     (lambda m: node(m, "bn")["attrs"].update(eps=float("nan")), "eps: expected a finite number > 0"),
     (lambda m: node(m, "bn")["attrs"].update(eps=float("-inf")), "eps: expected a finite number > 0"),
