@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from .errors import needs
 from .preprocess import center_crop_resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -42,10 +43,8 @@ class ImageRefused(ValueError):
 
 
 def _pil():
-    try:
+    with needs("Pillow", "classifying image files", "cli"):
         from PIL import Image, ImageOps
-    except ImportError:
-        raise ImportError("classifying image files needs Pillow: pip install 'npmobile[cli]'") from None
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     return Image, ImageOps
 
