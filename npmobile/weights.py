@@ -69,7 +69,8 @@ def read(path):
             params = _read_params(z, members, graph, path)
     except WeightFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, ValueError,
+            RuntimeError) as e:  # RuntimeError: zipfile's "encrypted, password required"
         raise WeightFileError(f"{path}: not a readable npmobile .npz file (truncated or corrupted?): "
                               f"{type(e).__name__}: {e}") from None
     return Imported(graph, params, labels, str(path))

@@ -19,6 +19,7 @@ The files Keras writes:
 
 import io
 import json
+import math
 import re
 import zipfile
 
@@ -108,6 +109,21 @@ def _input_hw(layers):
     return None
 
 
+MAX_ATTR_BYTES = 16 << 20  # an HDF5 attribute: the model's JSON, the names of its layers
+
+
+def _attr(obj, name, default=None):
+    """An HDF5 attribute, refused when its dataspace declares more than MAX_ATTR_BYTES (a flipped
+    byte in a dimension would otherwise make h5py allocate gigabytes to read it)."""
+    if name not in obj.attrs:
+        return default
+    aid = obj.attrs.get_id(name)
+    size = math.prod(aid.shape or ()) * aid.dtype.itemsize
+    if size > MAX_ATTR_BYTES:
+        raise WeightFileError(f"attribute {name!r} of {obj.name}: declares {size:,} bytes, above {MAX_ATTR_BYTES:,}")
+    return obj.attrs[name]
+
+
 class _Budget:
     """Reads HDF5 datasets as arrays within max_weight_bytes() in all: a dataset's dataspace
     can declare gigabytes that a few bytes of compressed chunks (or none: the fill value) back."""
@@ -132,11 +148,11 @@ class _Budget:
 
 def _read_legacy(root):
     """model_weights/<layer>/<layer>/<weight> (or the same at the root, Keras 2 save_weights)."""
-    weights, names, budget = {}, _strings(root.attrs["layer_names"]), _Budget()
+    weights, names, budget = {}, _strings(_attr(root, "layer_names")), _Budget()
     for name in names:
         group = root[name]
         arrays = [(_short(w), budget.read(group[w], f"{name}/{w}"))
-                  for w in _strings(group.attrs.get("weight_names", []))]
+                  for w in _strings(_attr(group, "weight_names", []))]
         if arrays:
             weights[name] = arrays
     return weights, names
@@ -153,7 +169,7 @@ def _read_vars(f, layers):
     weights, names, budget = {}, [], _Budget()
     for key, group in f["layers"].items():
         variables = group.get("vars")
-        name = variables.attrs.get("name") if variables is not None else None
+        name = _attr(variables, "name") if variables is not None else None
         name = name.decode() if isinstance(name, bytes) else name
         name = name or auto.get(key)
         if name is None:
@@ -184,7 +200,7 @@ def load_h5(path, **options):
     options: alpha=, resolution= override what the file says or what is inferred."""
     h5py = _h5py()
     with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f:
-        config = _parse_config(f.attrs.get("model_config"))
+        config = _parse_config(_attr(f, "model_config"))
         layers = _config_layers(config)
         weights, names = _read_h5(f, layers)
         name = _model_name(config)
