@@ -23,6 +23,7 @@ import numpy as np
 from npmobile.cost import node_macs
 from npmobile.kernels import KERNELS
 from npmobile.architectures import mobilenet_v1, mobilenet_v2, random_params
+from npmobile.io._common import to_torch
 from npmobile.measure import median_time, pin_threads
 
 U = 2.0 ** -24
@@ -67,16 +68,16 @@ def torch_call(node, inputs, tensors):
     p = node.attrs.get("pad", (0, 0, 0, 0))
     torch_pad = (p[2], p[3], p[0], p[1])
     if node.op == "conv2d":
-        w = torch.from_numpy(tensors[0]).permute(3, 2, 0, 1).contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         return lambda: F.conv2d(F.pad(t[0], torch_pad), w, stride=node.attrs["stride"])
     if node.op == "depthwise_conv2d":
-        w = torch.from_numpy(tensors[0]).permute(2, 0, 1)[:, None].contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         c = inputs[0].shape[-1]
         if p[0] == p[1] and p[2] == p[3]:  # symmetric: let conv2d pad, as torchvision does
             return lambda: F.conv2d(t[0], w, stride=node.attrs["stride"], padding=(p[0], p[2]), groups=c)
         return lambda: F.conv2d(F.pad(t[0], torch_pad), w, stride=node.attrs["stride"], groups=c)
     if node.op == "pointwise_conv2d":
-        w = torch.from_numpy(tensors[0]).T[:, :, None, None].contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         return lambda: F.conv2d(t[0], w)
     if node.op == "batchnorm":
         g, b, m, v = (torch.from_numpy(a) for a in tensors)
@@ -88,7 +89,7 @@ def torch_call(node, inputs, tensors):
     if node.op == "global_avg_pool":
         return lambda: F.adaptive_avg_pool2d(t[0], 1)
     if node.op == "dense":
-        w, b = torch.from_numpy(tensors[0].T.copy()), torch.from_numpy(tensors[1])
+        w, b = torch.from_numpy(to_torch(node.op, tensors[0])), torch.from_numpy(tensors[1])
         return lambda: F.linear(t[0], w, b)
     if node.op == "softmax":
         return lambda: F.softmax(t[0], dim=-1)

@@ -42,6 +42,7 @@ from npmobile import cost
 from npmobile.graph import Builder, Graph, pad_same
 from npmobile.kernels import KERNELS
 from npmobile.architectures import mobilenet_v1, mobilenet_v2
+from npmobile.io._common import to_torch
 from npmobile.measure import median_time, pin_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,9 +127,9 @@ def time_row(m, n, k, d_f, stride, repeats, torch, rng):
     F = torch.nn.functional
     top, bottom, left, right = pad
     xt = F.pad(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), (left, right, top, bottom))
-    wt_std = torch.from_numpy(w_std).permute(3, 2, 0, 1).contiguous()
-    wt_dw = torch.from_numpy(w_dw).permute(2, 0, 1).unsqueeze(1).contiguous()
-    wt_pw = torch.from_numpy(w_pw).T.reshape(n, m, 1, 1).contiguous()
+    wt_std = torch.from_numpy(to_torch("conv2d", w_std))
+    wt_dw = torch.from_numpy(to_torch("depthwise_conv2d", w_dw))
+    wt_pw = torch.from_numpy(to_torch("pointwise_conv2d", w_pw))
     yt_dw = F.conv2d(xt, wt_dw, stride=stride, groups=m)
     theirs = {"std": lambda: F.conv2d(xt, wt_std, stride=stride),
               "dw": lambda: F.conv2d(xt, wt_dw, stride=stride, groups=m),
