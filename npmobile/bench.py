@@ -6,15 +6,17 @@ and 2 threads, it times on the *same weights*:
 - npmobile's oracle engine (one call),
 - ONNX Runtime and PyTorch eager (medians), on a torch module built from the same graph and the
   ONNX file torch.onnx exports from it,
-- the ONNX reference evaluator (onnx.reference, one call, batch 1).
+- the ONNX reference evaluator (onnx.reference, one call, batch 1);
+- with --tflite FILE, LiteRT on that file against npmobile's float engine on the same file;
+and a roofline line per row: GFLOP/s against the sgemm peak of one core measured in the same run.
 Every peer's output is checked against npmobile's first; each thread count runs in its own
 process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THREADS,
 OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime
-intra_op_num_threads=t. npmobile splits a batch across its t threads, BLAS on one thread per
-part; a single image gets its t threads inside the matrix products, BLAS on t threads. The ratio
-npmobile / ONNX Runtime of each row comes from that same process.
+intra_op_num_threads=t, LiteRT num_threads=t. npmobile splits every layer across its t numba
+threads (a single image too) and a batch across t Python threads; BLAS runs on one thread per
+call. The ratio npmobile / ONNX Runtime of each row comes from that same process.
 
-    npmobile bench [--quick] [--out results.json] [--plot results.png]
+    npmobile bench [--quick] [--tflite FILE] [--out results.json] [--plot results.png]
     python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
 """
 
@@ -125,9 +127,9 @@ def worker(threads, quick, tflite=()):
             x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(np.float32)
             ours = model(x)
             row = dict(arch=arch, batch=batch, threads=threads)
-            # npmobile uses its threads by splitting a batch (BLAS on one thread per part); a
-            # single image can use them only inside the matrix products, through BLAS's threads.
-            with _blas_threads(threads if batch == 1 else 1) as blas:
+            # npmobile splits a batch across its threads, and each layer across numba's threads
+            # (a single image too); BLAS stays on one thread per call.
+            with _blas_threads(1) as blas:
                 t, runs = _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
             row["npmobile_ms"], row["npmobile_runs"], row["npmobile_blas_threads"] = 1e3 * t, runs, blas
             row.update(_roofline(macs * batch, t, threads, probe["sgemm_peak_gflops"]))
@@ -226,7 +228,7 @@ def litert_row(path, threads, quick):
     ours = model(x)
     row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])),
                top1_agrees=bool(ours.argmax() == theirs.argmax()), max_prob_diff=float(np.abs(ours - theirs).max()))
-    with _blas_threads(threads) as blas:
+    with _blas_threads(1) as blas:
         row["npmobile_ms"] = 1e3 * _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)[0]
     row["npmobile_blas_threads"] = blas
     row["litert_ms"] = 1e3 * _median(litert, 3 if quick else 10, 0.5 if quick else 3.0)[0]
@@ -344,8 +346,8 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
     return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
                 threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; the kernels' parallel loops on t "
-                         "numba threads (TBB); a batch is split across t threads with BLAS on 1 thread each, a "
-                         "single image gets BLAS on t threads (threadpoolctl); torch.set_num_threads(t); "
+                         "numba threads (TBB), each block of a product one single-threaded OpenBLAS call; a batch is "
+                         "also split across t Python threads; torch.set_num_threads(t); "
                          "onnxruntime intra_op_num_threads=t, inter_op_num_threads=1; LiteRT num_threads=t"),
                 machine=_machine())
 
