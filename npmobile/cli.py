@@ -29,7 +29,7 @@ def cmd_summary(args):
     import json
 
     from . import cost
-    from .models import ARCHITECTURES
+    from .architectures import ARCHITECTURES
 
     flags = {k: getattr(args, k) for k in ("arch", "alpha", "resolution", "classes", "convention")}
     if args.src:
