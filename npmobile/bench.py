@@ -119,13 +119,7 @@ def parallel_launch_us():
 
     kernel = KERNELS["depthwise_conv2d"]  # a 3x3 layer of two output rows, one pixel, one channel
     args = kernel.check(np.zeros((1, 4, 3, 1), np.float32), np.zeros((3, 3, 1), np.float32))
-    kernel.run(*args)
-    times = []
-    for _ in range(2000):
-        t = time.perf_counter()
-        kernel.run(*args)
-        times.append(time.perf_counter() - t)
-    return 1e6 * statistics.median(times)
+    return 1e6 * median_time(lambda: kernel.run(*args), 2000, 0.0)[0]
 
 
 def litert_row(path, threads, quick):
