@@ -249,9 +249,9 @@ def test_product_split_across_threads(threads, rows, c_out):
     b = rng.standard_normal(c_out).astype(np.float32)
     lo, hi = np.float32(-1), np.float32(1)
     y, y_t = np.full((2, rows, c_out), np.nan, np.float32)
-    _product._product_jit(_product.SGEMM, _product.SET_THREADS_LOCAL, threads, x, False, w, b, True, lo, hi, y)
+    _product._product_jit(_product.SGEMM, threads, x, False, w, b, True, lo, hi, y)
     # and x given transposed, as conv2d's first layer gives its patches
-    _product._product_jit(_product.SGEMM, _product.SET_THREADS_LOCAL, threads, np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
+    _product._product_jit(_product.SGEMM, threads, np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
     np.testing.assert_array_equal(y_t, y)
     ref = KERNELS["dense"].ref(x, w, b, clamp=(-1, 1))
     assert_within(y, ref, KERNELS["dense"].ref(np.abs(x), np.abs(w), np.abs(b)), 7)

@@ -9,11 +9,8 @@ the block while it is in its cache.
 
 `SGEMM` is that function, taken from the OpenBLAS library NumPy's wheel ships
 (numpy.libs/libscipy_openblas*.so, 64-bit integers), or None when NumPy uses another BLAS (then
-the kernels run np.matmul block by block on the calling thread). `SET_THREADS_LOCAL(n)` sets
-how many threads OpenBLAS uses for the calls of the current thread only and returns the previous
-count: the kernels ask for one around each call, whatever $OPENBLAS_NUM_THREADS says, and leave
-the caller's own NumPy products as they were. Both pointers are passed to the numba loops as
-arguments, so their cached machine code holds no address of this process.
+the kernels run np.matmul block by block on the calling thread). Its pointer is passed to the
+numba loops as an argument, so their cached machine code holds no address of this process.
 
     SGEMM(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     c[m, n] = alpha * a[m, k] @ b[k, n] + beta * c      (row-major: order 101, no transpose: 111)
@@ -28,13 +25,11 @@ import numpy as np
 ROW_MAJOR, NO_TRANS = 101, 111
 
 
-def _find_openblas():
-    """(SGEMM, SET_THREADS_LOCAL), or (None, None)."""
+def _find_sgemm():
     libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas64_*.so"))):
         try:
-            lib = ctypes.CDLL(path)
-            sgemm, set_threads = lib.scipy_cblas_sgemm64_, lib.openblas_set_num_threads_local
+            sgemm = ctypes.CDLL(path).scipy_cblas_sgemm64_
         except (OSError, AttributeError):
             continue
         # Pointers travel as 64-bit integers (array.ctypes.data in numba): the same registers.
@@ -42,9 +37,8 @@ def _find_openblas():
         sgemm.restype = None
         sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_float,
                           i64, i64, i64, i64, ctypes.c_float, i64, i64]
-        set_threads.restype, set_threads.argtypes = ctypes.c_int, [ctypes.c_int]
-        return sgemm, set_threads
-    return None, None
+        return sgemm
+    return None
 
 
-SGEMM, SET_THREADS_LOCAL = _find_openblas()
+SGEMM = _find_sgemm()

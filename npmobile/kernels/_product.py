@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._blas import NO_TRANS, ROW_MAJOR, SET_THREADS_LOCAL, SGEMM
+from ._blas import NO_TRANS, ROW_MAJOR, SGEMM
 from ._jit import jit, parallel_jit
 
 TRANS = 112
@@ -57,7 +57,7 @@ def bias_clamp_jit(y, b, has_clamp, lo, hi, r0, r1, c0, c1):
 
 
 @parallel_jit
-def _product_jit(sgemm, set_blas_threads, threads, a, a_transposed, w, b, has_clamp, lo, hi, y):
+def _product_jit(sgemm, threads, a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y = epilogue(a @ w) (a.T @ w when a_transposed), block by block across `threads` threads."""
     m, n = y.shape
     k = w.shape[0]
@@ -72,14 +72,12 @@ def _product_jit(sgemm, set_blas_threads, threads, a, a_transposed, w, b, has_cl
         r1, c1 = min(m, r0 + r_step), min(n, c0 + c_step)
         if r1 <= r0 or c1 <= c0:
             continue
-        blas_threads = set_blas_threads(1)  # the threads are numba's: OpenBLAS on this one only
         if a_transposed:  # a is (k, m): block r0.. starts r0 floats into each of its rows
             sgemm(ROW_MAJOR, TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0, m,
                   w.ctypes.data + 4 * c0, n, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
         else:
             sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0 * k, k,
                   w.ctypes.data + 4 * c0, n, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
-        set_blas_threads(blas_threads)
         bias_clamp_jit(y, b, has_clamp, lo, hi, r0, r1, c0, c1)
 
 
@@ -87,7 +85,7 @@ def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
     if SGEMM is not None:
         # (numba.get_num_threads() is asked here: inside the loop it would keep it from the cache)
-        _product_jit(SGEMM, SET_THREADS_LOCAL, numba.get_num_threads(), a, a_transposed, w, b, has_clamp, lo, hi, y)
+        _product_jit(SGEMM, numba.get_num_threads(), a, a_transposed, w, b, has_clamp, lo, hi, y)
         return
     # NumPy built on another BLAS: np.matmul block by block, on the calling thread.
     step = max(1, BLOCK_FLOATS // y.shape[1])
