@@ -240,7 +240,7 @@ def first_inference_seconds():
 
 
 def run_all(thread_counts=(1, 2), quick=False, tflite=()):
-    rows, probes = [], []
+    rows, probes, load_start = [], [], os.getloadavg()[0]
     for t in thread_counts:
         env = thread_env(t, blas=1)
         cmd = ([sys.executable, "-m", "npmobile.bench", "--worker", str(t)] + (["--quick"] if quick else [])
@@ -255,6 +255,7 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
         if r["threads"] > 1 and one:
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
     return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
+                load_average=[load_start, os.getloadavg()[0]],
                 threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; the kernels' parallel loops on t "
                          "numba threads (TBB), each block of a product one single-threaded OpenBLAS call; a batch is "
                          "also split across t Python threads; torch.set_num_threads(t); "
@@ -275,6 +276,7 @@ def _machine():
 def format_table(result):
     lines = [f"# {result['machine']}", f"# threads: {result['threads']}",
              f"# first inference in a new process: {result['first_inference_s']:.2f} s after import",
+             "# load average (1 min, all cores): {:.1f} at the start, {:.1f} at the end".format(*result["load_average"]),
              f"{'model':14s} {'batch':>5s} {'thr':>3s} {'npmobile':>9s} {'onnxrt':>8s} {'pytorch':>8s} "
              f"{'oracle':>9s} {'onnx-ref':>9s} {'npm/ort':>8s} {'ref/npm':>8s} {'x1thr':>6s}"]
     for r in [r for r in result["rows"] if "litert_ms" not in r]:

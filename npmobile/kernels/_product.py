@@ -83,11 +83,12 @@ def _product_jit(sgemm, threads, a, a_transposed, w, b, has_clamp, lo, hi, y):
 
 def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
-    if SGEMM is not None:
+    if SGEMM is not None and y.shape[0] > 1:
         # (numba.get_num_threads() is asked here: inside the loop it would keep it from the cache)
         _product_jit(SGEMM, numba.get_num_threads(), a, a_transposed, w, b, has_clamp, lo, hi, y)
         return
-    # NumPy built on another BLAS: np.matmul block by block, on the calling thread.
+    # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
+    # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.
     step = max(1, BLOCK_FLOATS // y.shape[1])
     for r in range(0, y.shape[0], step):
         np.matmul(a[:, r:r + step].T if a_transposed else a[r:r + step], w, out=y[r:r + step])
