@@ -2,6 +2,7 @@
 (the standard library's) parses, so `npmobile --help` and `npmobile CMD --help` document all."""
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -18,7 +19,7 @@ def _add_arch_flags(p):
 def cmd_convert(args):
     from .io import load
     from .weights import save
-    model = load(args.src)
+    model = load(args.src, dequantize=True)  # the native file holds float32 tensors
     save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
     return 0
@@ -37,7 +38,7 @@ def cmd_summary(args):
         if any(flags[k] != defaults[k] for k in flags):
             raise ValueError("give a weight file or architecture flags (--arch, --alpha, ...), not both")
         from .io import load
-        model = load(args.src)
+        model = load(args.src, dequantize=True)  # the same layers; counted on the float graph
         graph, title = model.graph, f"{args.src}: {model!r}"
     else:
         graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
@@ -85,6 +86,8 @@ def build_parser():
 
     from .classify import add_parsers  # `classify` and `demo`
     add_parsers(sub)
+    from .warmup import add_parser as add_warmup
+    add_warmup(sub)
     return parser
 
 
@@ -98,10 +101,30 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return _run(args)
+
+
+def _run(args):
+    """Run a subcommand; whatever goes wrong is one line on stderr, never a traceback. The
+    documented errors (ValueError and its WeightFileError, FileNotFoundError, ImportError naming
+    the extra to install) are the message; Ctrl-C exits 130 as shells expect; anything else is a
+    bug, reported as one (NPMOBILE_DEBUG=1 shows its traceback)."""
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"npmobile {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"npmobile {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"npmobile {args.command}: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 -- the last line of defence: no traceback for users
+        if os.environ.get("NPMOBILE_DEBUG"):
+            raise
+        print(f"npmobile {args.command}: internal error (please report it; NPMOBILE_DEBUG=1 shows the "
+              f"traceback): {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import engine
-from .graph import check_params
+from . import engine, validate
 from .preprocess import preprocess_batch
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
@@ -64,12 +63,21 @@ class Model:
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
-        self.params = check_params(graph, params, source)
+        # Every reader ends here: the one validation step, before anything runs or is allocated.
+        self.params = validate.check_model(graph, params, labels, source)
         self.labels = list(labels) if labels is not None else None
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
         self._local = threading.local()  # per thread: {(oracle, batch size): engine.Plan}
+
+    def __getstate__(self):
+        """What a pickle carries: the graph, its tensors, labels and source. Not the fused graph,
+        plans, lock or thread-local state: the receiving process rebuilds them on first use."""
+        return {"graph": self.graph, "params": self.params, "labels": self.labels, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
 
     @property
     def config(self):
@@ -80,19 +88,20 @@ class Model:
         return (f"Model({c.arch}, alpha={c.alpha}, resolution={c.resolution}, classes={c.classes}, "
                 f"output={c.output!r}, convention={c.convention!r}, source={self.source!r})")
 
-    def __call__(self, x):
+    def __call__(self, x, *, threads=None):
         """The fast engine on an NHWC float batch; returns a new float32 array."""
-        return self.run(x)
+        return self.run(x, threads=threads)
 
-    def run(self, x, *, oracle=False, intermediates=False):
+    def run(self, x, *, oracle=False, intermediates=False, threads=None):
         """Run on an NHWC float batch with the fast kernels on the fused graph, or (oracle=True)
         the float64 oracles on the graph as built. Returns the output, or with intermediates
-        {name: value} for "input" and every node. A batch is split across the threads of
-        set_num_threads; each thread runs its part PLAN_BATCH images at a time."""
+        {name: value} for "input" and every node. A batch is split across `threads` threads
+        (default: set_num_threads; threads=1 keeps it on the calling thread, as a pipeline that
+        runs one batch per core does); each thread runs its part PLAN_BATCH images at a time."""
         x = engine.check_input(self.graph, x)
         if not oracle:
             x = np.ascontiguousarray(x, dtype=np.float32)
-        parts = min(_num_threads, len(x))
+        parts = min(threads or _num_threads, len(x))
         bounds = np.linspace(0, len(x), parts + 1).astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -121,7 +130,9 @@ class Model:
 
     def predict(self, x, batch_size=32):
         """model(x) in batches of batch_size, concatenated (Keras' predict)."""
-        x = np.asarray(x)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+        x = engine.check_input(self.graph, x)
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def preprocess(self, images):
