@@ -11,7 +11,6 @@ Decoding needs Pillow (the "images" extra); the progress bar uses tqdm when it i
 (the "cli" extra) and shows only for folders on a terminal.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -68,6 +67,10 @@ def _walk(folder):
             yield path
 
 
+class UnreadableImage(Exception):
+    """An image file refused before decoding; the message is the reason shown to the user."""
+
+
 def read_image(path, resolution, crop):
     """Decode one image file into the model's (resolution, resolution, 3) uint8 RGB input.
 
@@ -75,6 +78,8 @@ def read_image(path, resolution, crop):
     the crop needs), the EXIF orientation is applied, and grayscale, palette, 16-bit, CMYK and
     transparent images become RGB (transparency over white)."""
     Image, ImageOps = _pil()
+    if os.path.getsize(path) == 0:
+        raise UnreadableImage("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
@@ -112,6 +117,8 @@ def iter_inputs(paths, resolution, crop):
 
 
 def _reason(e):
+    if isinstance(e, UnreadableImage):
+        return str(e)
     name = type(e).__name__
     if name in ("DecompressionBombError", "DecompressionBombWarning"):
         return f"decompression bomb refused: {e}"
@@ -123,16 +130,6 @@ def _reason(e):
 
 
 # --- running and reporting --------------------------------------------------------------------
-
-def probabilities(model, outputs):
-    """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
-    TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
-    if model.graph.nodes[-1].op == "softmax":
-        return outputs
-    z = outputs - outputs.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
 
 def top_k(model, probs, k):
     """[[(label, index, probability), ...] per row], best first."""
@@ -186,9 +183,9 @@ def _progress(paths):
     return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relative_to=None):
+def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
     """Classify every image under `paths`, writing results to `out` (stdout) as they come, each
-    named by its path (relative to `relative_to` when given). Returns (classified, failed) counts."""
+    named by its path. Returns (classified, failed) counts."""
     out = out or sys.stdout
     config = model.config
     crop = config.get("preprocess", {}).get("crop", 1.0)
@@ -197,14 +194,14 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
     batch, failed = [], 0
 
     def flush():
-        probs = probabilities(model, model(model.preprocess([image for _, image in batch])))
+        probs = model.predict(model.preprocess([image for _, image in batch]))  # always probabilities
         for (path, _), preds in zip(batch, top_k(model, probs, top)):
-            writer.result(os.path.relpath(path, relative_to) if relative_to else path, preds)
+            writer.result(path, preds)
         if bar is not None:
             bar.update(len(batch))
         batch.clear()
 
-    try:
+    try:  # a closed output pipe (`| head`) raises BrokenPipeError: the CLI stops quietly (cli.main)
         for path, image, reason in iter_inputs(paths, config["resolution"], crop):
             if reason:
                 writer.error(path, reason)
@@ -218,8 +215,6 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
         if batch:
             flush()
         writer.close()
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
     finally:
         if bar is not None:
             bar.close()
@@ -228,16 +223,11 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
 
 # --- the subcommands --------------------------------------------------------------------------
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text}")
-    return value
-
-
 def _add_output_flags(p, top):
-    p.add_argument("--top", type=_positive, default=top, metavar="K", help=f"labels per image (default {top})")
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per batch (default 16)")
+    from .cli import positive_int
+
+    p.add_argument("--top", type=positive_int, default=top, metavar="K", help=f"labels per image (default {top})")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="images per batch (default 16)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="write one JSON array")
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv",
@@ -247,6 +237,7 @@ def _add_output_flags(p, top):
 
 def add_parsers(sub):
     """Add `classify` and `demo` to the CLI's subparsers."""
+    from .cli import positive_float, positive_int
     from .download import KERAS_ALPHAS
 
     p = sub.add_parser(
@@ -260,21 +251,23 @@ def add_parsers(sub):
                    help="a weight file npmobile.load reads (.npz, .h5, .keras, .pth, .onnx, .tflite)")
     p.add_argument("--arch", choices=sorted(KERAS_ALPHAS),
                    help="without --weights: the ImageNet model to download (default mobilenet_v2)")
-    p.add_argument("--alpha", type=float, help="without --weights: width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, help="without --weights: input side (default 224)")
+    p.add_argument("--alpha", type=positive_float, help="without --weights: width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=positive_int, help="without --weights: input side (default 224)")
     _add_output_flags(p, top=5)
     p.set_defaults(func=cmd_classify)
 
     d = sub.add_parser(
-        "demo", help="classify the bundled digit images with the bundled model (no network needed)",
+        "demo", help="classify the bundled digits with the bundled model (no network, no Pillow needed)",
         description="Runs the embedded MobileNetV1 (alpha 0.25, 32x32, trained by scripts/train_digits.py on "
-                    "scikit-learn's digits) on the ten sample digits shipped in the package; each file name "
-                    "says its true label.")
+                    "scikit-learn's digits) on the ten sample digits shipped in the package (uint8 arrays in "
+                    "npmobile/data/samples.npz); each sample's name says its true label, and the last line "
+                    "says how many the model got right.")
     _add_output_flags(d, top=3)
     d.set_defaults(func=cmd_demo)
 
 
 def cmd_classify(args):
+    from .cli import given
     from .download import DownloadError, imagenet_model
     from .io import load
 
@@ -286,7 +279,7 @@ def cmd_classify(args):
         model = load(args.weights)
     else:
         try:
-            model = imagenet_model(args.arch or "mobilenet_v2", args.alpha or 1.0, args.resolution or 224)
+            model = imagenet_model(*(given(args, k) for k in ("arch", "alpha", "resolution")))
         except DownloadError as e:
             print(f"npmobile classify: error: {e}", file=sys.stderr)
             return 1
@@ -294,12 +287,26 @@ def cmd_classify(args):
 
 
 def cmd_demo(args):
-    from .data import DIGITS_MODEL, SAMPLES
+    """The bundled digits model on the ten bundled digits (uint8 arrays: no decoder, no network):
+    says which model ran, prints each prediction, then how many match the true labels."""
+    from .data import DIGITS_MODEL, sample_digits
     from .io import load
 
-    counts = classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size, fmt=args.fmt,
-                      relative_to=SAMPLES)
-    return _report(*counts)
+    model = load(DIGITS_MODEL)
+    samples = sample_digits()
+    note = sys.stdout if args.fmt == "text" else sys.stderr  # --json / --csv keep stdout machine-readable
+    c = model.config
+    print(f"model: {DIGITS_MODEL.name} ({c['arch']} alpha={c['alpha']} {c['resolution']}x{c['resolution']}, "
+          f"{c['classes']} classes, trained by scripts/train_digits.py on scikit-learn's digits)", file=note)
+    probs = model.predict(model.preprocess(np.stack(list(samples.values()))), batch_size=args.batch_size)
+    writer = _Writer(args.fmt, sys.stdout, None)
+    right = 0
+    for name, preds in zip(samples, top_k(model, probs, args.top)):
+        writer.result(name, preds)
+        right += preds[0][0] == name[len("digit")]  # a sample's name starts with digit<true label>
+    writer.close()
+    print(f"{right}/{len(samples)} right (each sample is named digit<true label>_sklearn<index>)", file=note)
+    return 0
 
 
 def _report(classified, failed):

@@ -2,21 +2,60 @@
 (the standard library's) parses, so `npmobile --help` and `npmobile CMD --help` document all."""
 
 import argparse
+import math
+import os
 import sys
 
 from . import __version__
 
+# The architecture flags' defaults. Every flag defaults to None ("not given") and is resolved
+# here with `given(...)`, so that a value the user typed, 0 included, is never mistaken for absent.
+ARCH_DEFAULTS = {"arch": "mobilenet_v2", "alpha": 1.0, "resolution": 224, "classes": None, "convention": "keras"}
+
+
+def given(args, name):
+    """The flag's value when the user gave it, else its default (ARCH_DEFAULTS)."""
+    value = getattr(args, name)
+    return ARCH_DEFAULTS[name] if value is None else value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (a width multiplier)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, found {text!r}")
+    return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
 
 def _add_arch_flags(p):
-    p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], default="mobilenet_v2")
-    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--classes", type=int, default=None, help="classes of the head (default: the convention's)")
-    p.add_argument("--convention", choices=["keras", "torch", "tfslim"], default="keras")
+    p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], help="architecture (default mobilenet_v2)")
+    p.add_argument("--alpha", type=positive_float, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=positive_int, help="input side in pixels (default 224)")
+    p.add_argument("--classes", type=positive_int, help="classes of the head (default: the convention's)")
+    p.add_argument("--convention", choices=["keras", "torch", "tfslim"], help="padding/BN/head conventions (default keras)")
 
 
 def cmd_convert(args):
+    """Read any weight file, write the native .npz. Only a name ending in .npz is accepted: the
+    file written is always the native format, and a name saying otherwise would lie to `load`."""
     from .io import load
+    if os.path.splitext(args.output)[1].lower() != ".npz":
+        raise ValueError(f"-o {args.output}: convert writes npmobile's native .npz format only; expected a name "
+                         f"ending in .npz (npmobile reads .h5, .keras, .pth, .onnx and .tflite but writes none of them)")
     model = load(args.src)
     model.save(args.output)
     print(f"wrote {args.output}: {model!r}")
@@ -30,18 +69,19 @@ def cmd_summary(args):
     from . import cost
     from .models import ARCHITECTURES
 
-    flags = {k: getattr(args, k) for k in ("arch", "alpha", "resolution", "classes", "convention")}
+    chosen = [f"--{k}" for k in ARCH_DEFAULTS if getattr(args, k) is not None]
     if args.src:
-        defaults = vars(build_parser().parse_args(["summary"]))
-        if any(flags[k] != defaults[k] for k in flags):
-            raise ValueError("give a weight file or architecture flags (--arch, --alpha, ...), not both")
+        if chosen:
+            raise ValueError(f"give a weight file or architecture flags, not both: {args.src} carries its own "
+                             f"architecture, so {', '.join(chosen)} would be ignored")
         from .io import load
         model = load(args.src)
         graph, title = model.graph, f"{args.src}: {model!r}"
     else:
-        graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
-        title = (f"{args.arch} alpha={args.alpha} resolution={args.resolution} "
-                 f"classes={graph.config['classes']} convention={args.convention}")
+        arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
+        graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
+        title = (f"{arch} alpha={alpha} resolution={resolution} "
+                 f"classes={graph.config['classes']} convention={convention}")
     c = cost.count(graph)
     text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
     if args.output:
@@ -99,9 +139,19 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:
+        return _output_closed()
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"npmobile {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _output_closed():
+    """The reader of our stdout went away (`| head`, `| true`): stop quietly, exit status 1, as
+    the Python docs recommend (signal module, "Note on SIGPIPE"): point stdout at devnull so that
+    the flush at exit cannot raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

@@ -45,12 +45,48 @@ def _executor():
         return _pool
 
 
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def softmax(z):
+    """exp(z) / sum(exp(z)) along the last axis, computed on z - max(z) so that exp cannot overflow."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def as_nhwc(graph, x, layout):
+    """A batch given in `layout` ("NHWC", the default, or "NCHW" as torch and ONNX hold images) as
+    the NHWC batch the engine runs, with one error naming the expected and the found shape."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
+    x = np.asarray(x)
+    h, w, c = graph.input_shape
+    expected = (h, w, c) if layout == "NHWC" else (c, h, w)
+    if x.ndim == 4 and x.shape[1:] == expected:
+        return x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
+    hint = ""
+    if x.ndim == 3 and x.shape == expected:
+        hint = ": that is one image; add the batch axis, x[None] (a batch of one), as Keras' predict requires"
+    elif x.ndim == 4 and layout == "NHWC" and x.shape[1:] == (c, h, w):
+        hint = ": that is an NCHW batch (torch, ONNX); pass layout=\"NCHW\""
+    elif x.ndim == 4 and layout == "NCHW" and x.shape[1:] == (h, w, c):
+        hint = ": that is an NHWC batch; drop layout=\"NCHW\""
+    raise ValueError(f"input: expected shape (n, {', '.join(map(str, expected))}), found {x.shape} "
+                     f"(layout={layout!r}){hint}")
+
+
 class Model:
     """A MobileNet ready to run.
 
-    model(x) runs the fast engine on an NHWC float batch that is already preprocessed and returns
-    what the source framework returns for it (softmax probabilities for Keras and TF-slim models,
-    logits for torchvision). model.preprocess turns uint8 RGB images into that input.
+    The output contract:
+    - model.outputs says what model(x) returns: "probabilities" when the graph ends in a softmax
+      (Keras, TF-slim and TFLite files), "logits" when it does not (torchvision, most ONNX files);
+    - model(x) returns what the graph computes (model.outputs), nothing added;
+    - model.predict(x) always returns probabilities (softmax applied when the graph ends in
+      logits), as does `npmobile classify`.
+    Input: a preprocessed float batch, NHWC by default; model(x, layout="NCHW") and
+    model.predict(x, layout="NCHW") take the (n, 3, h, w) batches torch and ONNX users hold.
+    model.preprocess turns uint8 RGB images into that (NHWC) input.
     """
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
@@ -90,9 +126,15 @@ class Model:
             plans[batch] = engine.Plan(*self.fused(), batch)
         return plans[batch]
 
-    def __call__(self, x):
-        """The fast engine on an NHWC float batch; returns a new float32 array."""
-        x = np.ascontiguousarray(engine.check_input(self.graph, x), dtype=np.float32)
+    @property
+    def outputs(self):
+        """What model(x) returns: "probabilities" (the graph ends in softmax) or "logits"."""
+        return "probabilities" if self.graph.nodes[-1].op == "softmax" else "logits"
+
+    def __call__(self, x, *, layout="NHWC"):
+        """The fast engine on a float batch (NHWC, or NCHW with layout="NCHW"); returns a new
+        float32 array of what the graph computes: see model.outputs."""
+        x = np.ascontiguousarray(engine.check_input(self.graph, as_nhwc(self.graph, x, layout)), dtype=np.float32)
         n = len(x)
         parts = min(_num_threads, n)
         if parts <= 1:
@@ -116,10 +158,14 @@ class Model:
             return engine.run(self.graph, self.params, x, oracle=True, intermediates=intermediates)
         raise ValueError(f"engine_name: expected 'fast' or 'oracle', found {engine_name!r}")
 
-    def predict(self, x, batch_size=32):
-        """model(x) in batches of batch_size, concatenated (Keras' predict)."""
-        x = np.asarray(x)
-        return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    def predict(self, x, batch_size=32, *, layout="NHWC"):
+        """Probabilities (n, classes), always: model(x) in batches of batch_size, with a softmax
+        when the graph ends in logits. As Keras' predict, x is a batch: one (h, w, 3) image is
+        refused with a message saying to add the batch axis, rather than guessed at (a 3-d array
+        would otherwise be read as a batch of (w, 3) rows)."""
+        x = as_nhwc(self.graph, x, layout)
+        out = np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return out if self.outputs == "probabilities" else softmax(out)
 
     def preprocess(self, images):
         """uint8 RGB images -> the float32 NHWC batch this model expects.

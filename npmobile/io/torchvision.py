@@ -16,6 +16,8 @@ A state_dict holds neither alpha nor the input size: alpha is the one whose grap
 these shapes (_widths.fit_alpha), the resolution defaults to 224 (resolution= to change it).
 """
 
+import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -119,6 +121,14 @@ def from_state_dict(sd, *, resolution=224, alpha=None, source="<state_dict>"):
         raise WeightFileError(str(e) + ("\n  (state_dict names: " + ", ".join(named[:20]) + ")" if named else "")) from None
 
 
+def _first_sentence(e):
+    """The first sentence of an exception's message, without terminal escapes (torch colours its
+    messages with ANSI codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e)).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first.split(". ")[0].rstrip(".")
+
+
 def load_pth(path, **options):
     """A state_dict saved with torch.save (.pth / .pt) as a Model. Reading the file needs torch;
     it is loaded with weights_only=True, so no code in it runs. options: resolution=, alpha=."""
@@ -136,10 +146,13 @@ def load_pth(path, **options):
         raise WeightFileError(f"{path}: corrupted: member {bad!r} fails its CRC-32 check")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightFileError(f"{path}: not a readable torch state_dict (truncated, corrupted, or a pickle "
-                              f"that weights_only=True refuses to run): {type(e).__name__}: {first}") from None
+    except pickle.UnpicklingError:  # weights_only=True met a class: a whole pickled object, never run
+        raise WeightFileError(f"{path}: holds pickled Python objects, not only tensors (torch.save(model) saves the "
+                              "whole module so), which torch.load(weights_only=True) refuses to run; npmobile reads "
+                              "state_dicts: torch.save(model.state_dict(), 'model.pth')") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... by cause
+        raise WeightFileError(f"{path}: not a readable torch state_dict (truncated or corrupted?): "
+                              f"{type(e).__name__}: {_first_sentence(e)}") from None
     if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
         sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
     return from_state_dict(sd, source=str(path), **options)

@@ -1,0 +1,153 @@
+"""Issue 17: the fourteen things a newcomer met, each as a test (the CLI ones through a subprocess,
+as a user runs them). Each case's number is the issue's."""
+
+import json
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import npmobile
+from npmobile.data import DIGITS_MODEL
+
+
+def cli(*args, env=None, timeout=600):
+    """`python -m npmobile ARGS` with no network for weights (a closed local port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {**os.environ, "NPMOBILE_WEIGHTS_URL": f"http://127.0.0.1:{port}/", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "npmobile", *map(str, args)], capture_output=True, text=True,
+                          env=environ, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(assets):
+    return npmobile.load(assets / "models" / "mobilenetv2-12-int8.onnx")
+
+
+# --- 1: a value the user gave is never read as "not given" --------------------------------------
+
+@pytest.mark.parametrize("flag", ["--alpha=0", "--resolution=0", "--alpha=nan", "--alpha=-1"])
+def test_case01_zero_is_not_the_default(tmp_path, flag):
+    run = cli("classify", flag, tmp_path / "x.jpg", env={"NPMOBILE_CACHE": str(tmp_path)})
+    name = flag.split("=")[0]
+    assert run.returncode == 2 and f"argument {name}: expected" in run.stderr, run.stderr
+    assert "download" not in run.stderr and os.listdir(tmp_path) == []
+
+
+# --- 2: a closed output pipe is not "no images found" ----------------------------------------------
+
+def test_case02_closed_pipe_is_not_missing_input(sample_pngs):
+    cmd = [sys.executable, "-m", "npmobile", "classify", "--weights", str(DIGITS_MODEL), str(sample_pngs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # the reader goes away before the first line, as `| true` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "no images found" not in err and "Traceback" not in err and "Broken pipe" not in err, err
+    assert proc.returncode == 1
+
+
+# --- 3: one output contract ---------------------------------------------------------------------------
+
+def test_case03_outputs_say_what_model_returns(onnx_model, assets):
+    digits = npmobile.load(DIGITS_MODEL)
+    assert digits.outputs == "probabilities" and onnx_model.outputs == "logits"
+    x = onnx_model.preprocess(np.full((224, 224, 3), 128, np.uint8))
+    logits = onnx_model(x)
+    probs = onnx_model.predict(x)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and (probs >= 0).all()
+    assert np.array_equal(probs.argmax(1), logits.argmax(1)) and logits.max() > 1  # model(x) stays logits
+    e = np.exp(logits - logits.max())
+    assert np.allclose(probs, e / e.sum(), atol=1e-6)
+    ((_, _, score), *_), = npmobile.decode_predictions(probs, top=3)
+    assert 0 < score <= 1
+    for doc in (npmobile.Model.__doc__, npmobile.Model.predict.__doc__, npmobile.Model.__call__.__doc__):
+        assert "probabilities" in doc.lower() or "model.outputs" in doc, doc
+
+
+# --- 4: NCHW models take NCHW when asked ----------------------------------------------------------
+
+def test_case04_nchw_input_when_asked(onnx_model):
+    assert onnx_model.config["input_layout"] == "NCHW"
+    x = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    assert np.array_equal(onnx_model(nchw, layout="NCHW"), onnx_model(x))
+    assert np.array_equal(onnx_model.predict(nchw, layout="NCHW"), onnx_model.predict(x))
+    with pytest.raises(ValueError, match='an NCHW batch .*layout="NCHW"'):
+        onnx_model(nchw)  # the error tells a torch/ONNX user the keyword
+
+
+# --- 5: convert writes a file load reads, or refuses the name ------------------------------------
+
+@pytest.mark.parametrize("name", ["out.onnx", "noext", "model.tflite"])
+def test_case05_convert_refuses_a_name_it_cannot_honour(tmp_path, name):
+    run = cli("convert", DIGITS_MODEL, "-o", tmp_path / name)
+    assert run.returncode == 1 and ".npz" in run.stderr and "wrote" not in run.stdout, run.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_case05_convert_writes_what_load_reads(tmp_path):
+    run = cli("convert", DIGITS_MODEL, "-o", tmp_path / "m.NPZ")
+    assert run.returncode == 0, run.stderr
+    assert npmobile.load(tmp_path / "m.NPZ").labels == [str(d) for d in range(10)]
+
+
+# --- 9: one image to predict ---------------------------------------------------------------------------
+
+def test_case09_one_image_says_add_the_batch_axis():
+    """Keras' predict takes batches, and so does npmobile's: one (h, w, 3) image is refused with a
+    message that says so and how to fix it (not a shape from slicing the image's rows)."""
+    model = npmobile.load(DIGITS_MODEL)
+    image = npmobile.preprocess_input(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"found \(32, 32, 3\) .*: that is one image; add the batch axis, x\[None\]"):
+        model.predict(image)
+    assert model.predict(image[None]).shape == (1, 10)
+
+
+# --- 11: messages that say what is wrong --------------------------------------------------------
+
+def test_case11_directory_as_weights(tmp_path):
+    run = cli("classify", "--weights", tmp_path, tmp_path / "x.png")
+    assert run.returncode == 1 and "is a directory; expected a weight file" in run.stderr, run.stderr
+
+
+def test_case11_empty_png(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    run = cli("classify", "--weights", DIGITS_MODEL, tmp_path / "empty.png")
+    assert run.returncode == 1 and "empty.png: skipped: empty file (0 bytes)" in run.stderr, run.stderr
+
+
+def test_case11_tflite_renamed_onnx(tmp_path, assets):
+    renamed = tmp_path / "model.onnx"
+    renamed.write_bytes((assets / "models" / "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
+    run = cli("classify", "--weights", renamed, tmp_path / "x.png")
+    assert run.returncode == 1 and "this is a TFLite file" in run.stderr and "DecodeError" not in run.stderr
+
+
+def test_case11_pickled_torch_model_is_one_clean_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole.pth")
+    with open(tmp_path / "whole.pth", "rb") as f:
+        assert f.read(2) == b"PK"  # a real torch zip holding a pickled module
+    run = cli("classify", "--weights", tmp_path / "whole.pth", tmp_path / "x.png")
+    assert run.returncode == 1 and "\x1b" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "holds pickled Python objects" in run.stderr and "state_dict()" in run.stderr, run.stderr
+    assert pickle  # the file is never unpickled by npmobile: torch.load(weights_only=True) refuses it
+
+
+# --- 14: the demo says which model ran and how many it got right ------------------------------------
+
+def test_case14_demo_names_the_model_and_the_score():
+    run = cli("demo")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert re.match(r"model: digits_mobilenet\.npz \(mobilenet_v1 alpha=0\.25 32x32, 10 classes", lines[0]), lines[0]
+    assert lines[-1].startswith("10/10 right")
+    records = json.loads(cli("demo", "--json").stdout)  # --json: stdout stays one JSON document
+    assert len(records) == 10
