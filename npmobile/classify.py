@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -131,44 +132,96 @@ def _reason(e):
 
 # --- running and reporting --------------------------------------------------------------------
 
-def top_k(model, probs, k):
-    """[[(label, index, probability), ...] per row], best first."""
+# --- output formats: what a script reads --------------------------------------------------------
+
+class Prediction(NamedTuple):
+    label: str          # the model's label (or its output index as text when it has none)
+    index: int          # the model's output index (TF-slim/TFLite count "background" as 0)
+    probability: float
+    synset: str | None  # the WordNet id for ImageNet models: the same class whatever the index convention
+
+
+def imagenet_synsets(model):
+    """The synset of each output index for a model with ImageNet's classes (1000, or 1001 with
+    TF-slim's "background" first, whose synset is ""), else None."""
+    from .data import imagenet_classes
+
+    offset = {1000: 0, 1001: 1}.get(model.config.get("classes"))
+    labels = model.labels
+    if offset is None or (labels and not labels[offset].lower().startswith("tench")):
+        return None
+    return [""] * offset + [synset for synset, _ in imagenet_classes()]
+
+
+def top_k(model, probs, k, synsets=None):
+    """[[Prediction, ...] per row], best first."""
     labels = model.labels
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(labels[i] if labels else str(i), int(i), float(p[i])) for i in row] for p, row in zip(probs, order)]
+    return [[Prediction(labels[i] if labels else str(i), int(i), float(p[i]), synsets[i] if synsets else None)
+             for i in row] for p, row in zip(probs, order)]
+
+
+def text_line(path, preds):
+    """path: "label" 12.3%, "label" 6.9%: each label in double quotes (JSON escapes), so that the
+    commas inside ImageNet names ("jersey, T-shirt, tee shirt") cannot be read as separators."""
+    return f"{path}: " + ", ".join(f"{json.dumps(p.label, ensure_ascii=False)} {p.probability:.1%}" for p in preds)
+
+
+def json_record(path, preds=None, error=None):
+    """One element of the --json array: {"path", "predictions": [...]} or {"path", "error"}."""
+    if error is not None:
+        return {"path": path, "error": error}
+    return {"path": path, "predictions": [{"label": p.label, "synset": p.synset, "index": p.index,
+                                           "probability": round(p.probability, 6)} for p in preds]}
+
+
+CSV_COLUMNS = ["path", "rank", "label", "synset", "index", "probability", "error"]
+
+
+def csv_rows(path, preds=None, error=None):
+    """The --csv rows of one image: one per prediction, or one naming the error."""
+    if error is not None:
+        return [[path, "", "", "", "", "", error]]
+    return [[path, rank, p.label, p.synset or "", p.index, f"{p.probability:.6f}", ""]
+            for rank, p in enumerate(preds, start=1)]
 
 
 class _Writer:
-    """Writes each result as it comes, as text lines, CSV rows or one streamed JSON array."""
+    """Writes each result as it comes, as text lines, CSV rows or one streamed JSON array. A
+    skipped image is named on stderr, and in --json/--csv also as a record with its error."""
 
     def __init__(self, fmt, out, bar):
-        self.fmt, self.out, self.bar, self.count = fmt, out, bar, 0
+        self.fmt, self.out, self.bar, self.count, self.records = fmt, out, bar, 0, 0
         if fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n")
-            self.csv.writerow(["path", "rank", "label", "index", "probability"])
+            self.csv.writerow(CSV_COLUMNS)
         elif fmt == "json":
             out.write("[")
 
-    def result(self, path, preds):
+    def _record(self, path, preds=None, error=None):
         if self.fmt == "json":
-            record = {"path": path, "predictions": [{"label": lab, "index": i, "probability": round(p, 6)}
-                                                    for lab, i, p in preds]}
-            self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
+            self.out.write(("\n" if self.records == 0 else ",\n") + json.dumps(json_record(path, preds, error)))
         elif self.fmt == "csv":
-            for rank, (lab, i, p) in enumerate(preds, start=1):
-                self.csv.writerow([path, rank, lab, i, f"{p:.6f}"])
-        else:
-            line = f"{path}: " + ", ".join(f"{lab} ({p:.1%})" for lab, _, p in preds)
+            self.csv.writerows(csv_rows(path, preds, error))
+        self.records += 1
+
+    def result(self, path, preds):
+        if self.fmt == "text":
+            line = text_line(path, preds)
             self.bar.write(line, file=self.out) if self.bar is not None else print(line, file=self.out)
+        else:
+            self._record(path, preds)
         self.count += 1
 
     def error(self, path, reason):
         line = f"npmobile: {path}: skipped: {reason}"
         self.bar.write(line, file=sys.stderr) if self.bar is not None else print(line, file=sys.stderr)
+        if self.fmt != "text":
+            self._record(path, error=reason)
 
     def close(self):
         if self.fmt == "json":
-            self.out.write("\n]\n" if self.count else "]\n")
+            self.out.write("\n]\n" if self.records else "]\n")
         self.out.flush()
 
 
@@ -191,11 +244,12 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
     crop = config.get("preprocess", {}).get("crop", 1.0)
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
+    synsets = imagenet_synsets(model)
     batch, failed = [], 0
 
     def flush():
         probs = model.predict(model.preprocess([image for _, image in batch]))  # always probabilities
-        for (path, _), preds in zip(batch, top_k(model, probs, top)):
+        for (path, _), preds in zip(batch, top_k(model, probs, top, synsets)):
             writer.result(path, preds)
         if bar is not None:
             bar.update(len(batch))
@@ -229,9 +283,11 @@ def _add_output_flags(p, top):
     p.add_argument("--top", type=positive_int, default=top, metavar="K", help=f"labels per image (default {top})")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="images per batch (default 16)")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="write one JSON array")
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json",
+                     help='write one JSON array: {"path", "predictions": [{"label", "synset", "index", "probability"}]} '
+                          'per image, {"path", "error"} per skipped image')
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv",
-                     help="write CSV rows: path, rank, label, index, probability")
+                     help="write CSV rows: " + ", ".join(CSV_COLUMNS) + " (a skipped image: one row with its error)")
     p.set_defaults(fmt="text")
 
 
@@ -303,7 +359,7 @@ def cmd_demo(args):
     right = 0
     for name, preds in zip(samples, top_k(model, probs, args.top)):
         writer.result(name, preds)
-        right += preds[0][0] == name[len("digit")]  # a sample's name starts with digit<true label>
+        right += preds[0].label == name[len("digit")]  # a sample's name starts with digit<true label>
     writer.close()
     print(f"{right}/{len(samples)} right (each sample is named digit<true label>_sklearn<index>)", file=note)
     return 0

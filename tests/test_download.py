@@ -5,6 +5,7 @@ The "good file" is a real Keras weights file: keras.applications.MobileNetV2 wit
 save_weights: one group per layer, no model config)."""
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -201,7 +202,7 @@ def test_cli_downloads_once_then_uses_the_cache(server, env, keras_v2, sample_pn
         assert ("downloading" in run.stderr) == (attempt == 0)
         lines = run.stdout.strip().splitlines()
         assert len(lines) == 10
-        assert all(line.split(": ", 1)[1].rsplit(" (", 2)[0].split(" (")[0] in names for line in lines)
+        assert all(json.JSONDecoder().raw_decode(line.split(": ", 1)[1])[0] in names for line in lines)
     assert server.requests == [V2_PATH]
 
 

@@ -1,6 +1,8 @@
 """Issue 17: the fourteen things a newcomer met, each as a test (the CLI ones through a subprocess,
 as a user runs them). Each case's number is the issue's."""
 
+import csv
+import io
 import json
 import os
 import pickle
@@ -151,3 +153,51 @@ def test_case14_demo_names_the_model_and_the_score():
     assert lines[-1].startswith("10/10 right")
     records = json.loads(cli("demo", "--json").stdout)  # --json: stdout stays one JSON document
     assert len(records) == 10
+
+
+# --- 10: output a script can trust ----------------------------------------------------------------
+
+def test_case10_text_labels_cannot_be_misread(tmp_path, sample_pngs):
+    digits = npmobile.load(DIGITS_MODEL)
+    labels = ["jersey, T-shirt, tee shirt", 'say "cheese"', "a (b)", "x: y", "5", "", "é", "7%", "8, 9", "zero"]
+    npmobile.Model(digits.graph, digits.params, labels=labels).save(tmp_path / "commas.npz")
+    image = next(sample_pngs.glob("digit1_*.png"))
+    run = cli("classify", "--weights", tmp_path / "commas.npz", image, "--top", "10")
+    assert run.returncode == 0, run.stderr
+    path, rest = run.stdout.rstrip("\n").split(": ", 1)
+    decoder, found, i = json.JSONDecoder(), [], 0
+    while i < len(rest):  # "label" 12.3%, "label" 4.5%, ...
+        label, i = decoder.raw_decode(rest, i)
+        found.append(label)
+        m = re.compile(r" \d+\.\d%(, )?").match(rest, i)
+        assert m, rest[i:]
+        i = m.end()
+    assert path == str(image) and sorted(found) == sorted(labels)
+
+
+def test_case10_skipped_files_in_json_and_csv(tmp_path, sample_pngs):
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = next(sample_pngs.glob("digit4_*.png"))
+    run = cli("classify", "--weights", DIGITS_MODEL, good, tmp_path / "empty.png", "--json", "--top", "1")
+    assert run.returncode == 1
+    records = {r["path"]: r for r in json.loads(run.stdout)}  # in the order they finish
+    assert records[str(good)]["predictions"][0]["label"] == "4"
+    assert records[str(tmp_path / "empty.png")] == {"path": str(tmp_path / "empty.png"), "error": "empty file (0 bytes)"}
+    run = cli("classify", "--weights", DIGITS_MODEL, good, tmp_path / "empty.png", "--csv", "--top", "1")
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(run.stdout))}
+    assert rows[str(good)]["error"] == "" and rows[str(good)]["label"] == "4"
+    assert rows[str(tmp_path / "empty.png")]["error"] == "empty file (0 bytes)"
+
+
+def test_case10_synset_column_whatever_the_index_convention(assets):
+    from npmobile.data import imagenet_classes
+
+    synsets = [s for s, _ in imagenet_classes()]
+    photo = assets / "photos" / "coffee.png"
+    for name, offset in (("mobilenet_v1_0.25_128_quant.tflite", 1), ("mobilenet_v1_0.25_224.h5", 0)):
+        run = cli("classify", "--weights", assets / "models" / name, photo, "--json")
+        assert run.returncode == 0, run.stderr
+        preds = json.loads(run.stdout)[0]["predictions"]
+        assert [p["synset"] for p in preds] == [synsets[p["index"] - offset] for p in preds], name
+    digits = json.loads(cli("demo", "--json").stdout)
+    assert all(p["synset"] is None for r in digits for p in r["predictions"])  # not an ImageNet model
