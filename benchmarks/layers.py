@@ -10,7 +10,9 @@ under pointwise; npmobile's are under "other".
 
     python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--out FILE]
 
-writes benchmarks/results/layers-{arch}.md unless told otherwise.
+prints the table; --out FILE writes it as markdown, --save to benchmarks/results/layers-{arch}.md
+(the committed results the README quotes: never overwritten unless asked). Needs torch (to export
+the ONNX file) and onnxruntime: pip install 'npmobile[bench]'.
 """
 
 import os
@@ -21,6 +23,7 @@ for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MK
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -101,8 +104,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHITECTURES))
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--out", help="markdown file to write (default: benchmarks/results/layers-ARCH.md)")
+    parser.add_argument("--out", help="write the table as markdown to this file")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/layers-ARCH.md")
     args = parser.parse_args(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"benchmarks/layers.py needs torch, onnx and onnxruntime; {e.name} is not installed: "
+                 "pip install 'npmobile[bench]'")
     graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
     params = random_params(graph, seed=1)
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
@@ -127,9 +138,10 @@ def main(argv=None):
     lines += [f"{name:36s} {op:18s} {ms:6.3f}" for name, op, ms in ours]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out) if args.out else RESULTS / f"layers-{args.arch}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("```\n" + text + "\n```\n")
+    out = Path(args.out) if args.out else (RESULTS / f"layers-{args.arch}.md" if args.save else None)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("```\n" + text + "\n```\n")
     return 0
 
 

@@ -20,11 +20,12 @@ the pointwise node after it). For each row:
 Threads: NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS are set to 1
 before numpy, numba or torch is imported, and torch.set_num_threads(1): one core for everyone.
 
-    python benchmarks/separable.py [--quick] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/separable.py [--quick] [--repeats 5] [--save | --out DIR]
 
-writes separable.csv (one row per layer), separable.png (predicted vs measured ratio, log-log;
-achieved GFLOP/s against arithmetic intensity) and separable.json (machine, threads, headline
-medians quoted by the README). --quick runs a handful of rows in seconds (for the tests).
+prints the headline figures; --save writes into benchmarks/results (the committed results that
+docs/separable.md quotes: never overwritten unless asked), --out DIR elsewhere: separable.csv
+(one row per layer), separable.png (predicted vs measured ratio, log-log; achieved GFLOP/s against
+arithmetic intensity) and separable.json (machine, threads, headline medians quoted by the README). --quick runs a handful of rows in seconds (for the tests).
 """
 
 import os
@@ -37,6 +38,7 @@ import csv  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -251,10 +253,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a handful of rows, 2 repeats: seconds, for tests")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per kernel after the warm-up (median)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for separable.csv/.png/.json")
+    parser.add_argument("--out", type=Path, help="write separable.csv/.png/.json into this folder")
+    parser.add_argument("--save", action="store_true", help="write them into benchmarks/results (the committed results)")
     args = parser.parse_args(argv)
-
-    import torch
+    out = args.out or (RESULTS if args.save else None)
+    try:
+        import torch
+    except ImportError:
+        sys.exit("benchmarks/separable.py times torch beside npmobile; torch is not installed: "
+                 "pip install 'npmobile[bench]'")
     torch.set_num_threads(1)
 
     if args.quick:
@@ -265,14 +272,16 @@ def main(argv=None):
         repeats = args.repeats
     start = time.perf_counter()
     results = measure(rows, repeats, torch)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, args.out / "separable.csv")
-    plot(results, args.out / "separable.png")
     summary = headline(results, torch) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
-    (args.out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary["median"], indent=1))
-    print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly; "
-          f"wrote {args.out}/separable.csv, .png, .json in {summary['seconds']} s")
+    print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly "
+          f"({summary['seconds']} s)")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(results, out / "separable.csv")
+        plot(results, out / "separable.png")
+        (out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {out}/separable.csv, .png, .json")
     return 0
 
 

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 ARCHS = ("mobilenet_v1", "mobilenet_v2")
 
@@ -172,8 +173,7 @@ def _peers(graph, params, threads):
     peers = {}
     try:
         import torch
-    except ImportError:
-        print("# torch not installed: no PyTorch, ONNX Runtime or reference-evaluator rows", file=sys.stderr)
+    except ImportError:  # run_all says so, once
         return peers
     torch.set_num_threads(threads)
     net = torch_module(graph, params)
@@ -193,14 +193,14 @@ def _peers(graph, params, threads):
         peers["onnxruntime"] = (lambda x: session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                 8, False)
     except ImportError:
-        print("# onnxruntime not installed", file=sys.stderr)
+        pass
     try:
         from onnx.reference import ReferenceEvaluator
         evaluator = ReferenceEvaluator(path)
         peers["onnx_reference"] = (lambda x: evaluator.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                    1, True)
     except ImportError:
-        print("# onnx not installed", file=sys.stderr)
+        pass
     return peers
 
 
@@ -210,9 +210,11 @@ def export_onnx(net, graph, folder):
     import torch
 
     path = os.path.join(folder, f"{graph.config['arch']}.onnx")
-    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # torch deprecates this (TorchScript) exporter; it is the one without onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                          opset_version=17, dynamo=False)
     return path
 
 
@@ -242,7 +244,26 @@ def first_inference_seconds():
     return float(out.stdout.strip())
 
 
+def missing_peers():
+    """One line naming the peers that will not run because their package is missing, or None."""
+    needs = {"PyTorch": ("torch",), "ONNX Runtime": ("torch", "onnxruntime"),
+             "the ONNX reference evaluator": ("torch", "onnx")}
+    gone = [peer for peer, modules in needs.items() if not all(map(_installed, modules))]
+    return f"# not timed (package missing; pip install 'npmobile[bench]'): {', '.join(gone)}" if gone else None
+
+
+def _installed(module):
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: blocked
+        return False
+
+
 def run_all(thread_counts=(1, 2), quick=False):
+    note = missing_peers()
+    if note:
+        print(note, file=sys.stderr)
     rows = []
     for t in thread_counts:
         env = dict(os.environ, NUMBA_NUM_THREADS=str(t), NPMOBILE_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS="1",

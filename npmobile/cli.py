@@ -41,6 +41,17 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}")
+    return value
+
+
 def _add_arch_flags(p):
     p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], help="architecture (default mobilenet_v2)")
     p.add_argument("--alpha", type=positive_float, help="width multiplier (default 1.0)")
@@ -93,8 +104,28 @@ def cmd_summary(args):
 
 
 def cmd_bench(args):
+    """With --weights: time that file (bench_file_parser's flags). Without: the end-to-end
+    benchmark, which parses its own flags (npmobile/bench.py)."""
+    if any(a == "--weights" or a.startswith("--weights=") for a in args.rest):
+        from pathlib import Path
+
+        from .bench_file import bench_file
+        opts = bench_file_parser().parse_args(args.rest)
+        bench_file(Path(opts.weights), runs=opts.runs, warmup=opts.warmup, threads=opts.threads, batch=opts.batch)
+        return 0
     from . import bench
     return bench.main(args.rest)
+
+
+def bench_file_parser():
+    p = argparse.ArgumentParser(prog="npmobile bench --weights", description="Time one model file with npmobile "
+                                "and with the runtime that reads the same file (ONNX Runtime, LiteRT, PyTorch).")
+    p.add_argument("--weights", required=True, metavar="FILE", help="any file npmobile.load reads")
+    p.add_argument("--runs", type=positive_int, default=20, metavar="N", help="timed calls per runtime (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, metavar="N", help="untimed calls first (default 3)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="T", help="threads for every runtime (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="images per call (default 1)")
+    return p
 
 
 def build_parser():
@@ -117,9 +148,11 @@ def build_parser():
     p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights)",
+    p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights); "
+                                     "--weights FILE [--runs N --warmup N --threads T --batch B] times your file",
                        description="The end-to-end benchmark (npmobile/bench.py): MobileNetV1/V2-1.0-224, "
-                                   "batch 1 and 8, 1 and 2 threads, ratios from the same run.", add_help=False)
+                                   "batch 1 and 8, 1 and 2 threads, ratios from the same run. "
+                                   "`npmobile bench --weights FILE --help` for timing one file.", add_help=False)
     p.set_defaults(func=cmd_bench)
 
     from .classify import add_parsers  # `classify` and `demo`

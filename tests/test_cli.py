@@ -158,8 +158,11 @@ def test_folder_with_bad_images(tmp_path):
     run = npmobile_cli("classify", "--weights", DIGITS_MODEL, folder, folder / "missing.png", "--json",
                        "--batch-size", "3", "--top", "2")
     assert run.returncode == 1, run.stderr
-    records = {Path(r["path"]).relative_to(folder).as_posix(): r["predictions"] for r in json.loads(run.stdout)}
+    found = json.loads(run.stdout)
+    records = {Path(r["path"]).relative_to(folder).as_posix(): r["predictions"] for r in found if "predictions" in r}
     assert set(records) == set(good), run.stderr
+    errors = {Path(r["path"]).name: r["error"] for r in found if "error" in r}  # skipped files are records too
+    assert set(errors) == {"corrupt.jpg", "notes.png", "bomb.png", "missing.png"}, errors
     for name in ("gray.png", "rgb.bmp", "palette.png", "rgba.png", "photo.JPG", "nested/deeper/lossless.webp",
                  "huge.jpg", "huge.png"):
         assert records[name][0]["label"] == "3", (name, records[name])

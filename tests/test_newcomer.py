@@ -2,6 +2,7 @@
 as a user runs them). Each case's number is the issue's."""
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +203,80 @@ def test_case10_synset_column_whatever_the_index_convention(assets):
         assert [p["synset"] for p in preds] == [synsets[p["index"] - offset] for p in preds], name
     digits = json.loads(cli("demo", "--json").stdout)
     assert all(p["synset"] is None for r in digits for p in r["predictions"])  # not an ImageNet model
+
+
+# --- 7: benchmarks leave committed results alone; missing frameworks are one line ------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_case07_quick_benchmark_does_not_overwrite_results():
+    before = _tree_digest(ROOT / "benchmarks" / "results")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "separable.py"), "--quick"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert _tree_digest(ROOT / "benchmarks" / "results") == before and "wrote" not in run.stdout
+
+
+@pytest.mark.parametrize("script,flag", [("separable.py", "--quick"), ("layers.py", "--runs=1"),
+                                         ("kernels.py", "--quick")])
+def test_case07_benchmark_without_torch_is_one_line(script, flag):
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:];"
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks" / script), flag],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "torch" in run.stderr and "pip install" in run.stderr
+
+
+def test_case07_missing_peers_said_once(monkeypatch):
+    from npmobile import bench
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert bench.missing_peers() == "# not timed (package missing; pip install 'npmobile[bench]'): ONNX Runtime"
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    assert bench.missing_peers() is None
+
+
+# --- 8: npmobile bench --weights FILE ------------------------------------------------------------------
+
+def _bench_rows(stdout):
+    return {line[:14].strip(): line[14:].split() for line in stdout.splitlines()
+            if line and not line.startswith(("#", "(", "runtime"))}
+
+
+@pytest.mark.parametrize("name,peer", [("mobilenet_v1_0.25_128_quant.tflite", "LiteRT"),
+                                       ("mobilenetv2-12-int8.onnx", "ONNX Runtime")])
+def test_case08_bench_times_the_users_file_beside_its_runtime(assets, name, peer):
+    run = cli("bench", "--weights", assets / "models" / name, "--runs", "2", "--warmup", "1", "--batch", "2",
+              "--threads", "1")
+    assert run.returncode == 0, run.stderr
+    rows = _bench_rows(run.stdout)
+    assert set(rows) == {"npmobile", peer}, run.stdout
+    assert all(float(r[0]) > 0 for r in rows.values())  # ms per batch
+    assert "batch 2, threads 1" in run.stdout and "1 warm-up and 2 timed calls" in run.stdout
+    assert "DeprecationWarning" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_case08_bench_a_pth_against_torch_and_a_missing_peer(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35).state_dict(), tmp_path / "m.pth")
+    run = cli("bench", "--weights", tmp_path / "m.pth", "--runs", "1", "--warmup", "0")
+    assert run.returncode == 0, run.stderr
+    same, diff = _bench_rows(run.stdout)["PyTorch"][3:5]
+    assert same == "1/1" and float(diff) < 1e-4  # the peer runs the same network
+    from npmobile.bench_file import bench_file
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    graph = npmobile.mobilenet_v2(0.35, 32, classes=4, convention="torch")
+    rows = bench_file(tmp_path / "m.pth", runs=1, warmup=0)
+    assert [r[0] for r in rows] == ["npmobile", "PyTorch"]
+    assert graph  # the onnxruntime block does not touch .pth files
+    run = cli("bench", "--weights", tmp_path / "nothing.onnx", "--runs", "1")
+    assert run.returncode == 1 and "no such file" in run.stderr and "Traceback" not in run.stderr
