@@ -74,11 +74,34 @@ def cmd_convert(args):
 
 
 def cmd_summary(args):
-    """The cost of a model, layer by layer: from a weight file, or from architecture flags."""
+    """The cost of a model, layer by layer: from a weight file, or from architecture flags; with
+    --time, per step of the fast engine with its measured time beside (npmobile/timing.py)."""
     import json
 
     from . import cost
-    from .models import ARCHITECTURES
+
+    model, title = _summary_model(args)
+    if args.time:
+        from . import timing
+        table = timing.timed_rows(model, runs=args.runs)
+        text = (json.dumps({"config": model.config, "layers": timing.to_json(table)}, indent=1) if args.json
+                else timing.format_table(table, title + f" (batch 1, median of {args.runs} runs per step)"))
+    else:
+        c = cost.count(model.graph)
+        text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def _summary_model(args):
+    """(Model, title) from the weight file, or from the architecture flags with random weights
+    (counts and times do not depend on the weights' values)."""
+    from .model import Model
+    from .models import ARCHITECTURES, random_params
 
     chosen = [f"--{k}" for k in ARCH_DEFAULTS if getattr(args, k) is not None]
     if args.src:
@@ -87,20 +110,11 @@ def cmd_summary(args):
                              f"architecture, so {', '.join(chosen)} would be ignored")
         from .io import load
         model = load(args.src)
-        graph, title = model.graph, f"{args.src}: {model!r}"
-    else:
-        arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
-        graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
-        title = (f"{arch} alpha={alpha} resolution={resolution} "
-                 f"classes={graph.config['classes']} convention={convention}")
-    c = cost.count(graph)
-    text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
-    else:
-        print(text)
-    return 0
+        return model, f"{args.src}: {model!r}"
+    arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
+    graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
+    title = f"{arch} alpha={alpha} resolution={resolution} classes={graph.config['classes']} convention={convention}"
+    return Model(graph, random_params(graph), source="random weights"), title
 
 
 def cmd_bench(args):
@@ -146,6 +160,10 @@ def build_parser():
     p.add_argument("--json", action="store_true",
                    help="print JSON instead of the table: top-level keys macs, params, params_by_kind, config, layers")
     p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
+    p.add_argument("--time", action="store_true",
+                   help="one row per step of the fast engine (fused nodes named), MACs and parameters beside its "
+                        "measured ms and GFLOP/s (batch 1)")
+    p.add_argument("--runs", type=positive_int, default=20, metavar="N", help="with --time: timed runs per step (default 20)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights); "

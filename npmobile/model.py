@@ -178,6 +178,18 @@ class Model:
         pre = self.config["preprocess"]
         return preprocess_batch(images, self.config["resolution"], pre["mean"], pre["std"], pre["crop"])
 
+    def summary(self, time=False, runs=20, print_fn=print):
+        """Print the model layer by layer, as Keras' model.summary() does, with MACs beside the
+        parameters (npmobile.cost). time=True: one row per step of the fast engine (the nodes it
+        fuses named), with its measured ms and GFLOP/s beside its MACs (npmobile.timing)."""
+        from . import cost, timing
+
+        title = repr(self)
+        if time:
+            print_fn(timing.format_table(timing.timed_rows(self, runs=runs), title))
+        else:
+            print_fn(cost.format_table(cost.count(self.graph), title))
+
     def save(self, path):
         weights.save(path, self.graph, self.params, self.labels)
 

@@ -280,3 +280,35 @@ def test_case08_bench_a_pth_against_torch_and_a_missing_peer(tmp_path, capsys, m
     assert graph  # the onnxruntime block does not touch .pth files
     run = cli("bench", "--weights", tmp_path / "nothing.onnx", "--runs", "1")
     assert run.returncode == 1 and "no such file" in run.stderr and "Traceback" not in run.stderr
+
+
+# --- 12: count beside clock ----------------------------------------------------------------------------
+
+def test_case12_summary_time_puts_macs_and_ms_on_the_same_rows():
+    run = cli("summary", "--time", "--arch", "mobilenet_v2", "--runs", "2")
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if "(" in line and not line.startswith(("mobilenet", "Layer", "Total"))]
+    by_name = {line.split(" (")[0]: line for line in rows}
+    assert "block_1_expand (pointwise_conv2d) + block_1_expand_BN, block_1_expand_relu" in by_name["block_1_expand"]
+    for line in rows:  # name (op) [+ fused] shape MACs params ms GFLOP/s
+        macs, params, ms, gflops = line.split()[-4:]
+        assert float(ms) > 0, line
+        if int(macs.replace(",", "")) > 0:
+            assert float(gflops) > 0, line
+    from npmobile import cost
+    graph = npmobile.mobilenet_v2()
+    total = next(line for line in run.stdout.splitlines() if line.startswith("Total:"))
+    assert total.startswith(f"Total: {cost.count(graph).macs:,} MACs, {cost.count(graph).params():,} params")
+
+
+def test_case12_model_summary_keras_style():
+    from npmobile.models import random_params
+
+    graph = npmobile.mobilenet_v1(0.25, 96)
+    model = npmobile.Model(graph, random_params(graph))
+    printed = []
+    model.summary(print_fn=printed.append)
+    assert "conv_pw_1_bn (batchnorm)" in printed[0] and "Total MACs:" in printed[0]
+    model.summary(time=True, runs=2, print_fn=printed.append)
+    line = next(s for s in printed[1].splitlines() if s.startswith("conv_pw_1 "))
+    assert "conv_pw_1 (pointwise_conv2d) + conv_pw_1_bn, conv_pw_1_relu" in line and float(line.split()[-2]) > 0
