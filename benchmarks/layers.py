@@ -25,12 +25,11 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from npmobile import Model, engine  # noqa: E402
+from npmobile import Model, engine, timing  # noqa: E402
 from npmobile.bench import check_agrees, export_onnx, torch_module  # noqa: E402
 from npmobile.models import ARCHITECTURES, random_params  # noqa: E402
 
@@ -53,18 +52,9 @@ def layer_kinds(graph):
 
 def npmobile_layers(model, x, runs):
     """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    graph, _ = model.fused()
-    plan = engine.Plan(*model.fused(), 1)
-    for _ in range(10):
-        plan.run(x)
-    times = [[] for _ in plan.steps]
-    for _ in range(runs):
-        np.copyto(plan.views["input"], x)  # what plan.run does first (not timed here)
-        for k, run in enumerate(plan.steps):  # one bound step per node of the fused graph, in order
-            t = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t)
-    return [(node.name, node.op, 1e3 * statistics.median(t)) for node, t in zip(graph.nodes, times)]
+    graph, _ = engine.fuse(model.graph, model.params)
+    seconds = timing.time_steps(model, runs, warmup=10, x=x)  # one bound step per fused node, in order
+    return [(node.name, node.op, 1e3 * s) for node, s in zip(graph.nodes, seconds)]
 
 
 def onnxruntime_layers(graph, params, x, runs, expected):

@@ -76,8 +76,8 @@ def keras_scores(path, model, pixels):
     import keras
 
     c = model.config
-    app = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}[c["arch"]]
-    net = app(alpha=c["alpha"], input_shape=(c["resolution"], c["resolution"], 3), weights=None)
+    app = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}[c.arch]
+    net = app(alpha=c.alpha, input_shape=(c.resolution, c.resolution, 3), weights=None)
     net.load_weights(str(path))
     return np.asarray(net.predict(model.preprocess(pixels), batch_size=16, verbose=0))
 
@@ -87,7 +87,7 @@ def evaluate(path, images, assets):
     from npmobile.classify import read_image
     from npmobile.io import load
     model = load(path)
-    res, crop = model.config["resolution"], model.config["preprocess"]["crop"]
+    res, crop = model.config.resolution, model.config.preprocess.crop
     pixels = np.stack([read_image(str(p), res, crop) for _, p, _ in images])  # as `npmobile classify` does
     ours = model.predict(model.preprocess(pixels), batch_size=16)
     ref = runtime_scores(path, model, pixels)

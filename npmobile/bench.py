@@ -140,7 +140,7 @@ def worker(threads, quick):
                     row[f"{name}_ms"], row[f"{name}_runs"] = 1e3 * t, runs
             if not quick or batch == 1:
                 t0 = time.perf_counter()
-                model.run(x, engine_name="oracle")
+                model.run(x, oracle=True)
                 row["oracle_ms"] = 1e3 * (time.perf_counter() - t0)
             if "onnxruntime_ms" in row:
                 row["npmobile_over_onnxruntime"] = row["npmobile_ms"] / row["onnxruntime_ms"]
@@ -209,7 +209,7 @@ def export_onnx(net, graph, folder):
     batch axis; returns the path. The input is NCHW and named "input"."""
     import torch
 
-    path = os.path.join(folder, f"{graph.config['arch']}.onnx")
+    path = os.path.join(folder, f"{graph.config.arch}.onnx")
     with warnings.catch_warnings():  # torch deprecates this (TorchScript) exporter; it is the one without onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],

@@ -47,7 +47,7 @@ def onnxruntime_peer(path, model, threads):
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    nchw = model.config.get("input_layout") == "NCHW"
+    nchw = model.config.input_layout == "NCHW"
 
     def run(x, pixels):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2) if nchw else x)
@@ -92,7 +92,7 @@ def torch_peer(path, model, threads):
     import torchvision
 
     torch.set_num_threads(threads)
-    net = torchvision.models.mobilenet_v2(num_classes=model.config["classes"], width_mult=model.config["alpha"])
+    net = torchvision.models.mobilenet_v2(num_classes=model.config.classes, width_mult=model.config.alpha)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net.eval()
 
@@ -119,7 +119,7 @@ def bench_file(path, *, runs=20, warmup=3, threads=1, batch=1, out=sys.stdout):
 
     model = npmobile.load(path)
     npmobile.set_num_threads(threads)
-    r = model.config["resolution"]
+    r = model.config.resolution
     pixels = smooth_images(batch, r)
     x = model.preprocess(pixels)
     ours = model(x)

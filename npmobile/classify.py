@@ -146,7 +146,7 @@ def imagenet_synsets(model):
     TF-slim's "background" first, whose synset is ""), else None."""
     from .data import imagenet_classes
 
-    offset = {1000: 0, 1001: 1}.get(model.config.get("classes"))
+    offset = {1000: 0, 1001: 1}.get(model.config.classes)
     labels = model.labels
     if offset is None or (labels and not labels[offset].lower().startswith("tench")):
         return None
@@ -241,7 +241,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
     named by its path. Returns (classified, failed) counts."""
     out = out or sys.stdout
     config = model.config
-    crop = config.get("preprocess", {}).get("crop", 1.0)
+    crop = config.preprocess.crop
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
     synsets = imagenet_synsets(model)
@@ -256,7 +256,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
         batch.clear()
 
     try:  # a closed output pipe (`| head`) raises BrokenPipeError: the CLI stops quietly (cli.main)
-        for path, image, reason in iter_inputs(paths, config["resolution"], crop):
+        for path, image, reason in iter_inputs(paths, config.resolution, crop):
             if reason:
                 writer.error(path, reason)
                 failed += 1
@@ -352,8 +352,8 @@ def cmd_demo(args):
     samples = sample_digits()
     note = sys.stdout if args.fmt == "text" else sys.stderr  # --json / --csv keep stdout machine-readable
     c = model.config
-    print(f"model: {DIGITS_MODEL.name} ({c['arch']} alpha={c['alpha']} {c['resolution']}x{c['resolution']}, "
-          f"{c['classes']} classes, trained by scripts/train_digits.py on scikit-learn's digits)", file=note)
+    print(f"model: {DIGITS_MODEL.name} ({c.arch} alpha={c.alpha} {c.resolution}x{c.resolution}, "
+          f"{c.classes} classes, trained by scripts/train_digits.py on scikit-learn's digits)", file=note)
     probs = model.predict(model.preprocess(np.stack(list(samples.values()))), batch_size=args.batch_size)
     writer = _Writer(args.fmt, sys.stdout, None)
     right = 0

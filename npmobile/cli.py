@@ -64,11 +64,12 @@ def cmd_convert(args):
     """Read any weight file, write the native .npz. Only a name ending in .npz is accepted: the
     file written is always the native format, and a name saying otherwise would lie to `load`."""
     from .io import load
+    from .weights import save
     if os.path.splitext(args.output)[1].lower() != ".npz":
         raise ValueError(f"-o {args.output}: convert writes npmobile's native .npz format only; expected a name "
                          f"ending in .npz (npmobile reads .h5, .keras, .pth, .onnx and .tflite but writes none of them)")
     model = load(args.src)
-    model.save(args.output)
+    save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
     return 0
 
@@ -113,7 +114,7 @@ def _summary_model(args):
         return model, f"{args.src}: {model!r}"
     arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
     graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
-    title = f"{arch} alpha={alpha} resolution={resolution} classes={graph.config['classes']} convention={convention}"
+    title = f"{arch} alpha={alpha} resolution={resolution} classes={graph.config.classes} convention={convention}"
     return Model(graph, random_params(graph), source="random weights"), title
 
 

@@ -108,7 +108,7 @@ class LayerCost:
 @dataclass
 class Cost:
     layers: list
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the graph's Config as JSON
 
     @property
     def macs(self):
@@ -161,7 +161,7 @@ def count(graph):
         layers.append(LayerCost(node.name, node.op, input_shape, tuple(node.shape),
                                 node_macs(node, input_shape), node_params(node)))
         shapes[node.name] = tuple(node.shape)
-    return Cost(layers, dict(graph.config))
+    return Cost(layers, graph.config.to_json() if graph.config else {})
 
 
 def format_table(cost, title=None):

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .weights import WeightFileError
+from .weights import WeightFileError, save
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # What keras.applications accepts for weights="imagenet".
@@ -141,11 +141,11 @@ def imagenet_model(arch="mobilenet_v2", alpha=1.0, resolution=224):
             model = load(h5, alpha=float(alpha), resolution=resolution)
         except WeightFileError as e:
             raise WeightFileError(f"{url}: the downloaded file is not the expected weights: {e}") from None
-        found = (model.config.get("arch"), model.config.get("classes"))
+        found = (model.config.arch, model.config.classes)
         if found != (arch, 1000):
             raise WeightFileError(f"{url}: expected {arch} with 1000 classes, found {found[0]} with {found[1]}")
         model.labels = [label for _, label in imagenet_classes()]
-        model.save(cached)
+        save(cached, model)
     return load(cached)
 
 

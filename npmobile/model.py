@@ -1,4 +1,11 @@
-"""`Model`: a graph, its weights and its conventions, callable on a batch."""
+"""`Model`: a graph, its weights and its labels, callable on a batch.
+
+    model(x)                                             the fast engine: what the graph outputs
+    model.run(x, oracle=True, intermediates=True)        the float64 oracles, every layer by name
+
+Both go through `engine.Plan`. Reading and writing files is not the model's business: see
+`npmobile.load` and `npmobile.weights.save`.
+"""
 
 import os
 import threading
@@ -6,17 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import engine, weights
+from . import engine
+from .graph import check_params
+from .preprocess import preprocess_batch
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
 _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
-# A batch runs through a Plan at most CHUNK images at a time. Two images keep the activations of
-# MobileNet-224's large layers closer to the cache than eight do: measured 2.5-6% faster per image
-# than whole batches of 8 or 32 on V1/V2-224. And a Plan's buffers stay the size of two images
-# however large the batch (8.4 MB per image for V2-224: 270 MB at Keras' predict batch of 32).
-CHUNK = 2
+# A batch runs through a Plan at most PLAN_BATCH images at a time. Two images keep the activations
+# of MobileNet-224's large layers closer to the cache than eight do: measured 2.5-6% faster per
+# image than whole batches of 8 or 32 on V1/V2-224. And a Plan's buffers stay the size of two
+# images however large the batch (8.4 MB per image for V2-224: 270 MB at Keras' predict batch of 32).
+PLAN_BATCH = 2
 
 
 def set_num_threads(n):
@@ -79,24 +88,26 @@ class Model:
     """A MobileNet ready to run.
 
     The output contract:
-    - model.outputs says what model(x) returns: "probabilities" when the graph ends in a softmax
-      (Keras, TF-slim and TFLite files), "logits" when it does not (torchvision, most ONNX files);
+    - model.outputs (= model.config.output) says what model(x) returns: "probabilities" when the
+      graph ends in a softmax (Keras, TF-slim and TFLite files), "logits" when it does not
+      (torchvision, most ONNX files), "features" for a graph without its classifier;
     - model(x) returns what the graph computes (model.outputs), nothing added;
-    - model.predict(x) always returns probabilities (softmax applied when the graph ends in
-      logits), as does `npmobile classify`.
-    Input: a preprocessed float batch, NHWC by default; model(x, layout="NCHW") and
-    model.predict(x, layout="NCHW") take the (n, 3, h, w) batches torch and ONNX users hold.
-    model.preprocess turns uint8 RGB images into that (NHWC) input.
+    - model.predict(x) always returns probabilities (a softmax applied to logits), as does
+      `npmobile classify` (features stay features: there is no classifier to make them
+      probabilities).
+    Input: a preprocessed float batch, NHWC by default; model(x, layout="NCHW"),
+    model.run(x, layout="NCHW") and model.predict(x, layout="NCHW") take the (n, 3, h, w)
+    batches torch and ONNX users hold. model.preprocess turns uint8 RGB images into NHWC input.
     """
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
-        self.params = weights.check_params(graph, params, source)
+        self.params = check_params(graph, params, source)
         self.labels = list(labels) if labels is not None else None
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
-        self._local = threading.local()  # per thread: {batch size: engine.Plan}
+        self._local = threading.local()  # per thread: {(oracle, batch size): engine.Plan}
 
     @property
     def config(self):
@@ -104,68 +115,64 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"Model({c.get('arch')}, alpha={c.get('alpha')}, resolution={c.get('resolution')}, "
-                f"classes={c.get('classes')}, convention={c.get('convention')!r}, source={self.source!r})")
+        return (f"Model({c.arch}, alpha={c.alpha}, resolution={c.resolution}, classes={c.classes}, "
+                f"output={c.output!r}, convention={c.convention!r}, source={self.source!r})")
 
-    def fused(self):
-        """The fast engine's graph and parameters, computed once (thread-safe)."""
+    @property
+    def outputs(self):
+        """What model(x) returns: "probabilities", "logits" or "features" (model.config.output)."""
+        return self.config.output
+
+    def __call__(self, x, *, layout="NHWC"):
+        """The fast engine on a float batch (NHWC, or NCHW with layout="NCHW"); returns a new
+        float32 array of what the graph computes: see model.outputs."""
+        return self.run(x, layout=layout)
+
+    def run(self, x, *, oracle=False, intermediates=False, layout="NHWC"):
+        """Run on a float batch (NHWC, or NCHW with layout="NCHW") with the fast kernels on the
+        fused graph, or (oracle=True) the float64 oracles on the graph as built. Returns the
+        output (model.outputs says what it is), or with intermediates {name: value} for "input"
+        and every node. A batch is split across the threads of set_num_threads; each thread runs
+        its part PLAN_BATCH images at a time."""
+        x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
+        if not oracle:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = min(_num_threads, len(x))
+        bounds = np.linspace(0, len(x), parts + 1).astype(int)
+        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+        def run_part(part):
+            return _concat([self._plan(len(c), oracle).run(c, intermediates=intermediates)
+                            for c in (part[i:i + PLAN_BATCH] for i in range(0, len(part), PLAN_BATCH))])
+        return run_part(x) if parts == 1 else _concat(list(_executor().map(run_part, chunks)))
+
+    def _plan(self, batch, oracle):
+        """This thread's Plan for this batch size (its buffers are reused call after call).
+        At most two batch sizes are kept per thread and engine: a stream of full batches and its last."""
+        plans = self._local.__dict__.setdefault(oracle, {})
+        if batch not in plans:
+            if len(plans) >= 2:
+                plans.pop(next(iter(plans)))
+            graph, params = (self.graph, self.params) if oracle else self._fused_graph()
+            plans[batch] = engine.Plan(graph, params, batch, oracle=oracle)
+        return plans[batch]
+
+    def _fused_graph(self):
+        """engine.fuse of this model, computed once and shared by every thread's plans."""
         with self._lock:
             if self._fused is None:
                 self._fused = engine.fuse(self.graph, self.params)
         return self._fused
 
-    def _plan(self, batch):
-        """This thread's Plan for this batch size (its buffers are reused call after call).
-        At most two batch sizes are kept per thread: a stream of full batches and its last one."""
-        plans = getattr(self._local, "plans", None)
-        if plans is None:
-            plans = self._local.plans = {}
-        if batch not in plans:
-            if len(plans) >= 2:
-                plans.pop(next(iter(plans)))
-            plans[batch] = engine.Plan(*self.fused(), batch)
-        return plans[batch]
-
-    @property
-    def outputs(self):
-        """What model(x) returns: "probabilities" (the graph ends in softmax) or "logits"."""
-        return "probabilities" if self.graph.nodes[-1].op == "softmax" else "logits"
-
-    def __call__(self, x, *, layout="NHWC"):
-        """The fast engine on a float batch (NHWC, or NCHW with layout="NCHW"); returns a new
-        float32 array of what the graph computes: see model.outputs."""
-        x = np.ascontiguousarray(engine.check_input(self.graph, as_nhwc(self.graph, x, layout)), dtype=np.float32)
-        n = len(x)
-        parts = min(_num_threads, n)
-        if parts <= 1:
-            return self._run_part(x)
-        bounds = np.linspace(0, n, parts + 1).astype(int)
-        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        return np.concatenate(list(_executor().map(self._run_part, chunks)))
-
-    def _run_part(self, x):
-        """One thread's images, through this thread's Plan, CHUNK images at a time."""
-        outs = [self._plan(len(c)).run(c) for c in (x[i:i + CHUNK] for i in range(0, len(x), CHUNK))]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
-
-    def run(self, x, *, engine_name="fast", intermediates=False):
-        """Run with the "fast" engine (fused graph, numba kernels) or the "oracle" engine
-        (the graph as built, float64 NumPy oracles); optionally return every intermediate."""
-        if engine_name == "fast":
-            graph, params = self.fused()
-            return engine.run(graph, params, x, intermediates=intermediates)
-        if engine_name == "oracle":
-            return engine.run(self.graph, self.params, x, oracle=True, intermediates=intermediates)
-        raise ValueError(f"engine_name: expected 'fast' or 'oracle', found {engine_name!r}")
-
     def predict(self, x, batch_size=32, *, layout="NHWC"):
         """Probabilities (n, classes), always: model(x) in batches of batch_size, with a softmax
-        when the graph ends in logits. As Keras' predict, x is a batch: one (h, w, 3) image is
-        refused with a message saying to add the batch axis, rather than guessed at (a 3-d array
-        would otherwise be read as a batch of (w, 3) rows)."""
+        when the graph ends in logits (a graph without its classifier returns its features). As
+        Keras' predict, x is a batch: one (h, w, 3) image is refused with a message saying to add
+        the batch axis, rather than guessed at (a 3-d array would otherwise be read as a batch of
+        (w, 3) rows)."""
         x = as_nhwc(self.graph, x, layout)
         out = np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        return out if self.outputs == "probabilities" else softmax(out)
+        return softmax(out) if self.outputs == "logits" else out
 
     def preprocess(self, images):
         """uint8 RGB images -> the float32 NHWC batch this model expects.
@@ -174,9 +181,8 @@ class Model:
         Each is centre-cropped to the convention's fraction and resized (Pillow, bilinear) when it
         is not already resolution x resolution, then normalised: (pixel - mean) / std.
         """
-        from .preprocess import preprocess_batch
-        pre = self.config["preprocess"]
-        return preprocess_batch(images, self.config["resolution"], pre["mean"], pre["std"], pre["crop"])
+        pre = self.config.preprocess
+        return preprocess_batch(images, self.config.resolution, pre.mean, pre.std, pre.crop)
 
     def summary(self, time=False, runs=20, print_fn=print):
         """Print the model layer by layer, as Keras' model.summary() does, with MACs beside the
@@ -184,16 +190,16 @@ class Model:
         fuses named), with its measured ms and GFLOP/s beside its MACs (npmobile.timing)."""
         from . import cost, timing
 
-        title = repr(self)
         if time:
-            print_fn(timing.format_table(timing.timed_rows(self, runs=runs), title))
+            print_fn(timing.format_table(timing.timed_rows(self, runs=runs), repr(self)))
         else:
-            print_fn(cost.format_table(cost.count(self.graph), title))
-
-    def save(self, path):
-        weights.save(path, self.graph, self.params, self.labels)
+            print_fn(cost.format_table(cost.count(self.graph), repr(self)))
 
 
-def from_native(path):
-    graph, params, labels = weights.read(path)
-    return Model(graph, params, labels, source=str(path))
+def _concat(outs):
+    """Outputs of consecutive parts of a batch, joined: arrays, or dicts of arrays (intermediates)."""
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], dict):
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return np.concatenate(outs)

@@ -59,7 +59,7 @@ def steps(graph, fused):
 
 def rows(model):
     """One Row per step of the fast engine, with the counts of the nodes it computes (untimed)."""
-    fused, _ = model.fused()
+    fused, _ = engine.fuse(model.graph, model.params)
     layers = {layer.name: layer for layer in cost.count(model.graph).layers}
     out = []
     for node, names in zip(fused.nodes, steps(model.graph, fused)):
@@ -69,11 +69,12 @@ def rows(model):
     return out
 
 
-def time_steps(model, runs=20, warmup=3, seed=0):
-    """Median seconds of each step of the batch-1 plan, each timed on its own."""
-    fused, params = model.fused()
-    plan = engine.Plan(fused, params, 1)
-    x = np.random.default_rng(seed).standard_normal((1, *model.graph.input_shape)).astype(np.float32)
+def time_steps(model, runs=20, warmup=3, x=None):
+    """Median seconds of each step of the batch-1 plan (one per node of the fused graph), each
+    timed on its own, on x (1, h, w, c) or a seeded random input."""
+    plan = engine.Plan(*engine.fuse(model.graph, model.params), 1)
+    if x is None:
+        x = np.random.default_rng(0).standard_normal((1, *model.graph.input_shape)).astype(np.float32)
     times = [[] for _ in plan.steps]
     with _blas_threads(1):  # one thread: OpenBLAS's spinning threads make single steps erratic
         for _ in range(warmup):

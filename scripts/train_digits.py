@@ -14,6 +14,7 @@ end is measured by npmobile's engine on the saved file, not by torch.
 """
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from sklearn.model_selection import train_test_split
 import npmobile
 from npmobile.data import digit_images
 from npmobile.model import Model
+from npmobile.weights import save
 
 DATA = Path(__file__).resolve().parents[1] / "npmobile" / "data"
 RESOLUTION = 32
@@ -117,7 +119,8 @@ def main():
     idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.25, random_state=args.seed,
                                            stratify=digits.target)
     graph = npmobile.mobilenet_v1(0.25, RESOLUTION, classes=10)
-    graph.config["preprocess"]["crop"] = 1.0  # a digit fills its frame: resize the whole image
+    # a digit fills its frame: resize the whole image
+    graph.config = graph.config.replace(preprocess=replace(graph.config.preprocess, crop=1.0))
     probe = Model(graph, initial_params(graph, args.seed), labels=[str(d) for d in range(10)])
     x_all = torch.tensor(probe.preprocess(np.repeat(images[..., None], 3, axis=-1))).permute(0, 3, 1, 2)
     y_all = torch.tensor(digits.target)
@@ -144,7 +147,7 @@ def main():
 
     net.eval()
     model = Model(graph, net.export(), labels=[str(d) for d in range(10)], source="scripts/train_digits.py")
-    model.save(args.out)
+    save(args.out, model)
 
     # Held-out accuracy, measured by npmobile on the file just written.
     saved = npmobile.load(args.out)

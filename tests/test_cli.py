@@ -186,7 +186,7 @@ def test_logits_model_shows_probabilities(tmp_path):
     """A torchvision-convention model outputs logits: classify shows their softmax."""
     graph = npmobile.mobilenet_v2(0.35, 32, classes=4, convention="torch")
     path = tmp_path / "logits.npz"
-    npmobile.Model(graph, npmobile.models.random_params(graph)).save(path)
+    npmobile.save(path, npmobile.Model(graph, npmobile.models.random_params(graph)))
     digit_image(0).save(tmp_path / "x.png")
     run = npmobile_cli("classify", "--weights", path, tmp_path / "x.png", "--json", "--top", "4")
     assert run.returncode == 0, run.stderr

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+import npmobile
 from npmobile import Model, cost, engine, mobilenet_v1, mobilenet_v2
 from npmobile.cli import main
 from npmobile.graph import Builder, Graph, Node, pad_symmetric
@@ -298,7 +299,7 @@ def test_summary_json_for_flags(tmp_path, capsys):
 def test_summary_table_for_a_weight_file(tmp_path, capsys):
     graph = mobilenet_v2(0.35, 96)
     path = tmp_path / "m.npz"
-    Model(graph, random_params(graph)).save(path)
+    npmobile.save(path, Model(graph, random_params(graph)))
     assert main(["summary", str(path)]) == 0
     text = capsys.readouterr().out
     c = cost.count(graph)

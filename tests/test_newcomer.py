@@ -78,7 +78,7 @@ def test_case03_outputs_say_what_model_returns(onnx_model, assets):
 # --- 4: NCHW models take NCHW when asked ----------------------------------------------------------
 
 def test_case04_nchw_input_when_asked(onnx_model):
-    assert onnx_model.config["input_layout"] == "NCHW"
+    assert onnx_model.config.input_layout == "NCHW"
     x = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     assert np.array_equal(onnx_model(nchw, layout="NCHW"), onnx_model(x))
@@ -162,7 +162,7 @@ def test_case14_demo_names_the_model_and_the_score():
 def test_case10_text_labels_cannot_be_misread(tmp_path, sample_pngs):
     digits = npmobile.load(DIGITS_MODEL)
     labels = ["jersey, T-shirt, tee shirt", 'say "cheese"', "a (b)", "x: y", "5", "", "é", "7%", "8, 9", "zero"]
-    npmobile.Model(digits.graph, digits.params, labels=labels).save(tmp_path / "commas.npz")
+    npmobile.save(tmp_path / "commas.npz", npmobile.Model(digits.graph, digits.params, labels=labels))
     image = next(sample_pngs.glob("digit1_*.png"))
     run = cli("classify", "--weights", tmp_path / "commas.npz", image, "--top", "10")
     assert run.returncode == 0, run.stderr

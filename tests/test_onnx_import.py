@@ -22,9 +22,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import npmobile  # noqa: E402
 from npmobile.io import load  # noqa: E402
 from npmobile.io.onnx import from_onnx_model, load_onnx  # noqa: E402
-from npmobile.model import from_native  # noqa: E402
 from npmobile.weights import WeightFileError  # noqa: E402
 
 
@@ -79,24 +79,24 @@ def keras_onnx(tmp_path_factory):
 
 def test_torchvision_mobilenet_v2_matches_onnxruntime(torchvision_onnx):
     model = load(torchvision_onnx)
-    assert model.config["input_layout"] == "NCHW" and model.config["convention"] == "torch"
-    assert model.config["arch"] == "mobilenet_v2" and model.config["classes"] == 1000
+    assert model.config.input_layout == "NCHW" and model.config.convention == "torch"
+    assert model.config.arch == "mobilenet_v2" and model.config.classes == 1000
     x = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
     ref = ort_run(torchvision_onnx, x.transpose(0, 3, 1, 2))
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
 
 
 def test_keras_mobilenet_export_matches_onnxruntime(keras_onnx):
-    model = load_onnx(keras_onnx)
-    assert model.config["input_layout"] == "NHWC" and model.config["convention"] == "keras"
-    assert model.config["arch"] == "mobilenet_v1"
+    model = npmobile.Model(*load_onnx(keras_onnx))
+    assert model.config.input_layout == "NHWC" and model.config.convention == "keras"
+    assert model.config.arch == "mobilenet_v1"
     ops = [n.op for n in model.graph.nodes]
     assert ops.count("depthwise_conv2d") == 13 and ops[-1] == "softmax"
     x = np.random.default_rng(2).standard_normal((3, 128, 128, 3)).astype(np.float32)
     ref = ort_run(keras_onnx, x)
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
 
 
 # --- small graphs built by hand ------------------------------------------------------------
@@ -160,17 +160,17 @@ def test_tiny_graphs_match_onnxruntime(tmp_path, opset, head):
     x = (3 * np.random.default_rng(3).standard_normal((2, 9, 9, 3))).astype(np.float32)
     ref = ort_run(path, x.transpose(0, 3, 1, 2))
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
     # The clamp really clamps: at this input scale some pre-activations exceed 6.
-    pre = model.run(x, engine_name="oracle", intermediates=True)["bn"]
+    pre = model.run(x, oracle=True, intermediates=True)["bn"]
     assert pre.max() > 6
     # The imported graph survives the native .npz round trip.
-    model.save(tmp_path / "tiny.npz")
-    np.testing.assert_array_equal(from_native(tmp_path / "tiny.npz")(x), model(x))
+    npmobile.save(tmp_path / "tiny.npz", model)
+    np.testing.assert_array_equal(npmobile.load(tmp_path / "tiny.npz")(x), model(x))
 
 
 def test_clip_min_max_attributes_before_opset_11_are_read(tmp_path):
-    model = from_onnx_model(tiny_model(10))
+    model = npmobile.Model(*from_onnx_model(tiny_model(10)))
     clip = model.graph.node("clip")
     assert (clip.attrs["lo"], clip.attrs["hi"]) == (0.0, 6.0)
 

@@ -74,13 +74,13 @@ def test_labels_and_preprocessing(result):
     if result["name"].endswith(".tflite"):
         assert model.labels[0] == "background" and len(model.labels) == 1001
         # input quantization (q - 128) / 128 became the preprocessing
-        assert model.config["preprocess"]["mean"] == [128.0] * 3
-        assert model.config["preprocess"]["std"] == [128.0] * 3
-        assert model.config["convention"] == "tfslim"
+        assert model.config.preprocess.mean == (128.0,) * 3
+        assert model.config.preprocess.std == (128.0,) * 3
+        assert model.config.convention == "tfslim"
     elif result["name"].endswith(".h5"):  # Keras: x / 127.5 - 1, NHWC
-        assert model.config["classes"] == 1000 and model.config["convention"] == "keras"
-        assert model.config["preprocess"]["mean"] == [127.5] * 3 and model.config["preprocess"]["std"] == [127.5] * 3
+        assert model.config.classes == 1000 and model.config.convention == "keras"
+        assert model.config.preprocess.mean == (127.5,) * 3 and model.config.preprocess.std == (127.5,) * 3
     else:
-        assert model.config["classes"] == 1000 and model.config["convention"] == "torch"
-        assert model.config["input_layout"] == "NCHW"
-    assert model.config["arch"] == ("mobilenet_v2" if "v2" in result["name"] else "mobilenet_v1")
+        assert model.config.classes == 1000 and model.config.convention == "torch"
+        assert model.config.input_layout == "NCHW"
+    assert model.config.arch == ("mobilenet_v2" if "v2" in result["name"] else "mobilenet_v1")

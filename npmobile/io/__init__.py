@@ -1,22 +1,29 @@
 """Reading weight files: the native format and every importer, chosen by what the file is.
 
-Each importer turns one foreign format into a `Model` (graph + float32 params + conventions) and
-nothing else; none needs a deep-learning framework installed (a torch .pth is the exception:
-reading its zip container takes torch, with weights_only=True so it never unpickles code).
+Each reader turns one format into an `Imported` (graph + float32 params + labels + source) and
+nothing else; `load` makes it a Model. None needs a deep-learning framework installed (a torch
+.pth is the exception: reading its zip container takes torch, with weights_only=True so it never
+unpickles code); each imports its format's package (h5py, onnx, tflite) only when it reads.
 """
 
 from pathlib import Path
 
-from ..weights import WeightFileError
+from ..errors import WeightFileError
+from ..model import Model
+from ..weights import read as read_native
+from .keras import load_h5, load_keras_zip
+from .onnx import load_onnx
+from .tflite import load_tflite
+from .torchvision import load_pth
 
-# (suffixes, what the file's content is, "module:function")
+# (suffixes, what the file's content is, the reader)
 FORMATS = [
-    ((".npz",), "zip", "npmobile.model:from_native"),
-    ((".h5", ".hdf5"), "hdf5", "npmobile.io.keras:load_h5"),
-    ((".keras",), "zip", "npmobile.io.keras:load_keras_zip"),
-    ((".pth", ".pt"), "zip", "npmobile.io.torchvision:load_pth"),
-    ((".onnx",), "protobuf", "npmobile.io.onnx:load_onnx"),
-    ((".tflite",), "tflite", "npmobile.io.tflite:load_tflite"),
+    ((".npz",), "zip", read_native),
+    ((".h5", ".hdf5"), "hdf5", load_h5),
+    ((".keras",), "zip", load_keras_zip),
+    ((".pth", ".pt"), "zip", load_pth),
+    ((".onnx",), "protobuf", load_onnx),
+    ((".tflite",), "tflite", load_tflite),
 ]
 # What each content is called in an error, and the name a file of it should have.
 KINDS = {"zip": "a zip archive (.npz, .keras or .pth)", "hdf5": "an HDF5 file (Keras .h5)",
@@ -45,7 +52,7 @@ def load(path, **options):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    for suffixes, kind, target in FORMATS:
+    for suffixes, kind, reader in FORMATS:
         if suffix in suffixes:
             with open(path, "rb") as f:
                 head = f.read(8)
@@ -59,8 +66,6 @@ def load(path, **options):
                 raise WeightFileError(f"{path}: not what its extension says: expected {KINDS[kind]}, found none of "
                                       f"the formats npmobile reads (first bytes {head!r}): corrupted, or not a "
                                       "weight file")
-            module, function = target.split(":")
-            import importlib
-            return getattr(importlib.import_module(module), function)(path, **options)
+            return Model(*reader(path, **options))
     known = ", ".join(s for suffixes, _, _ in FORMATS for s in suffixes)
     raise WeightFileError(f"{path}: unknown weight file type {suffix!r}; expected one of {known}")

@@ -9,8 +9,9 @@ pointwise conv, a 1x1 conv on a pooled vector is a dense layer) so both formats 
 
 import numpy as np
 
+from ..config import Config
+from ..errors import WeightFileError
 from ..graph import Builder, Graph, conv_out
-from ..weights import WeightFileError
 
 LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
 
@@ -149,8 +150,9 @@ class Emitter:
             raise ValueError(f"softmax over the channels of a {self.shape(inp)} map: only a vector is supported")
         return self._add("softmax", name, inp, {}, {}, self.shape(inp))
 
-    def graph(self, output, config):
-        """The Graph ending at `output`, which must be the last node (a chain, not a branch)."""
+    def graph(self, output, **config):
+        """The Graph ending at `output`, which must be the last node (a chain, not a branch);
+        config: Config's fields but arch and output, which are read off the nodes."""
         nodes = self.b.nodes
         if not nodes:
             raise ValueError("the graph has no node npmobile computes")
@@ -162,15 +164,7 @@ class Emitter:
         if dead:
             raise ValueError(f"node(s) {', '.join(dead[:5])} compute values that neither the output nor any "
                              "later node reads: a second output or branch npmobile cannot run")
-        config = dict(config, arch=config.get("arch") or guess_arch(nodes))
+        kind = {"softmax": "probabilities", "dense": "logits"}.get(nodes[-1].op, "features")
+        config = Config(arch=guess_arch(nodes), output=kind, classes=self.shape(output)[-1], **config)
         return Graph(list(nodes), self.b.shapes["input"], config)
 
-
-def imported_config(*, arch, resolution, classes, convention, mean, std, crop, input_layout, source_format,
-                    softmax):
-    """The config of an imported graph: what Model.preprocess and people need to know."""
-    return dict(arch=arch, alpha=None, resolution=int(resolution), classes=int(classes), include_top=True,
-                pooling=None, convention=convention, source_format=source_format,
-                preprocess=dict(mean=[float(m) for m in mean], std=[float(s) for s in std], crop=float(crop)),
-                # npmobile always takes NHWC; this records what the original file's input was.
-                input_layout=input_layout, output="probabilities" if softmax else "logits")

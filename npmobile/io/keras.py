@@ -4,7 +4,7 @@ Three sources, one path. Each reader collects, from what Keras wrote:
 - `weights`: {layer name: [(weight name or None, array), ...]} in Keras' get_weights() order;
 - `layers`: {layer name: (class name or None, layer config)} for every layer it can name;
 - the model's name and input size, when the file records them.
-`_to_model` then infers the architecture, builds the graph with convention="keras" (the graph's
+`_import` then infers the architecture, builds the graph with convention="keras" (the graph's
 node names are Keras' layer names) and puts each tensor into the graph's layout.
 
 The files Keras writes:
@@ -24,9 +24,9 @@ import zipfile
 
 import numpy as np
 
-from ..model import Model
 from ..models import mobilenet_v1, mobilenet_v2
-from ..weights import WeightFileError
+from ..errors import WeightFileError
+from ..graph import Imported
 from ._widths import fit_alpha
 
 # Keras' weight names -> the graph's parameter names.
@@ -159,7 +159,7 @@ def load_h5(path, **options):
         raise WeightFileError(f"{path}: {e}") from None
     except _READ_ERRORS as e:
         raise WeightFileError(f"{path}: not a readable Keras HDF5 file (truncated or corrupted?): {e}") from None
-    return _to_model(str(path), weights, layers, names, name, _input_hw(layers), **options)
+    return _import(str(path), weights, layers, names, name, _input_hw(layers), **options)
 
 
 def load_keras_zip(path, **options):
@@ -179,7 +179,7 @@ def load_keras_zip(path, **options):
         raise WeightFileError(f"{path}: {e}") from None
     except (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightFileError(f"{path}: not a readable .keras file (truncated or corrupted?): {e}") from None
-    return _to_model(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
+    return _import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
 
 
 def from_keras_model(model, **options):
@@ -192,7 +192,7 @@ def from_keras_model(model, **options):
             weights[layer.name] = [(_short(w.name), np.asarray(v)) for w, v in zip(layer.weights, values)]
     shape = tuple(model.input_shape)
     hw = shape[1:3] if len(shape) == 4 else None
-    return _to_model(f"<keras model {model.name!r}>", weights, layers, list(layers), model.name, hw, **options)
+    return _import(f"<keras model {model.name!r}>", weights, layers, list(layers), model.name, hw, **options)
 
 
 # --- Keras layers -> graph --------------------------------------------------------------------
@@ -233,7 +233,7 @@ def _head_activation(layers, name):
     return "linear" if act is None else act
 
 
-def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
+def _import(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
     arch = next((a for a, spec in _ARCH.items() if spec["marker"] in weights), None)
     if arch is None:
         raise WeightFileError(f"{source}: not a Keras MobileNet or MobileNetV2: expected a layer named conv_dw_1 "
@@ -255,7 +255,7 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
         pooling = next((p for p, tag in (("avg", "average_pooling"), ("max", "max_pooling"))
                         if any(tag in _snake(k) and "global" in _snake(k) for k in kinds)), None)
     kwargs = dict(resolution=resolution, classes=classes, include_top=include_top, pooling=pooling,
-                  convention="keras")
+                  convention="keras", output=_output(layers, spec["activation"], source) if include_top else None)
     if arch == "mobilenet_v1":
         dw = weights["conv_dw_1"][0][1]
         kwargs["depth_multiplier"] = int(dw.shape[-1]) if dw.ndim == 4 else 1
@@ -271,29 +271,26 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
         params = _params(build(1.0), weights)  # node ops and names do not depend on alpha
         graph = fit_alpha(build, {k: tuple(a.shape) for k, a in params.items()}, arch, estimate,
                           float(match.group(1)) if match else None)
-    graph = _apply_layer_config(graph, layers, spec["activation"], source)
-    return Model(graph, _params(graph, weights), None, source=source)
+    graph = _with_layer_eps(graph, layers)
+    return Imported(graph, _params(graph, weights), None, source)
 
 
-def _apply_layer_config(graph, layers, activation_layer, source):
-    """What the model config says beyond the tensors: each BN's epsilon, and a head without
-    softmax (classifier_activation=None in keras.applications)."""
+def _with_layer_eps(graph, layers):
+    """Each BN's epsilon as the model config records it (Keras' default is the convention's)."""
     nodes = []
     for node in graph.nodes:
         cls, cfg = layers.get(node.name, (None, {}))
         if node.op == "batchnorm" and "epsilon" in cfg:
             node = node._replace(attrs={**node.attrs, "eps": float(cfg["epsilon"])})
         nodes.append(node)
-    config = dict(graph.config)
-    if graph.config["include_top"]:
-        act = _head_activation(layers, activation_layer)
-        if act == "linear":
-            nodes = [n for n in nodes if n.op != "softmax"]
-            config["softmax"] = False
-        elif act != "softmax":
-            raise WeightFileError(f"{source}: layer {activation_layer!r}: expected a softmax or linear "
-                                  f"classifier activation, found {act!r}")
-    eps = {n.attrs["eps"] for n in nodes if n.op == "batchnorm"}
-    if len(eps) == 1:
-        config["eps"] = eps.pop()
-    return type(graph)(nodes, graph.input_shape, config)
+    return type(graph)(nodes, graph.input_shape, graph.config)
+
+
+def _output(layers, activation_layer, source):
+    """"probabilities" for a softmax classifier, "logits" for a linear one (classifier_activation=None
+    in keras.applications)."""
+    act = _head_activation(layers, activation_layer)
+    if act not in ("softmax", "linear"):
+        raise WeightFileError(f"{source}: layer {activation_layer!r}: expected a softmax or linear "
+                              f"classifier activation, found {act!r}")
+    return "probabilities" if act == "softmax" else "logits"

@@ -25,7 +25,7 @@ batch as 1.
 Anything else is refused at import, every unsupported node in one error; a graph that branches
 in a way the engine cannot run (Concat of activations, two outputs) is refused naming the node.
 
-Input: npmobile always takes NHWC float batches. config["input_layout"] records what the file
+Input: npmobile always takes NHWC float batches. config.input_layout records what the file
 took ("NCHW" for torch and the model zoo, "NHWC" for Keras). The preprocessing is a convention,
 as an ONNX file does not record it: "torch" (ImageNet mean/std) for NCHW inputs, "keras"
 (127.5/127.5) for NHWC ones, unless load_onnx(path, convention=...) says otherwise.
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import Model
+from ..errors import WeightFileError
+from ..graph import Imported
 from ..models import CONVENTIONS
-from ..weights import WeightFileError
-from ._common import LINEAR, Emitter, dequantize, imported_config, refuse_unsupported
+from ._common import LINEAR, Emitter, dequantize, refuse_unsupported
 
 # Ops whose inputs must all be constants: they are folded at import.
 CONST_ONLY = {"Constant", "Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range", "Sqrt",
@@ -239,16 +239,12 @@ class _Importer:
         convention = convention or ("torch" if layout == "NCHW" else "keras")
         if convention not in CONVENTIONS:
             raise ValueError(f"convention: expected one of {sorted(CONVENTIONS)}, found {convention!r}")
-        conv = CONVENTIONS[convention]
-        nodes = self.em.b.nodes
-        config = imported_config(arch=None, resolution=res, classes=self.em.shape(out)[-1], convention=convention,
-                                 mean=conv["mean"], std=conv["std"], crop=conv["crop"], input_layout=layout,
-                                 source_format="onnx", softmax=bool(nodes) and nodes[-1].op == "softmax")
         try:
-            graph = self.em.graph(out, config)
+            graph = self.em.graph(out, resolution=res, convention=convention, input_layout=layout, source_format="onnx",
+                                  preprocess=CONVENTIONS[convention]["preprocess"])
         except ValueError as e:
             self.fail(str(e))
-        return Model(graph, self.em.params, source=self.source)
+        return Imported(graph, self.em.params, None, self.source)
 
     def _act(self, node, i):
         t = node.input[i]

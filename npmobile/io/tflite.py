@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..graph import pad_same
-from ..model import Model
-from ..weights import WeightFileError
-from ._common import Emitter, dequantize, imported_config, refuse_unsupported
+from ..config import Preprocess
+from ..errors import WeightFileError
+from ..graph import Imported, pad_same
+from ._common import Emitter, dequantize, refuse_unsupported
 
 SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX"}
 _ACTIVATIONS = {0: None, 1: "relu", 3: "relu6"}  # ActivationFunctionType: NONE, RELU, RELU6
@@ -269,13 +269,9 @@ def _build(tfl, buf, path):
             mean = [m + 128.0 for m in mean]
     else:
         mean, std = [127.5] * 3, [127.5] * 3
-    classes = em.shape(output)[-1]
-    last_op = em.b.nodes[-1].op if em.b.nodes else None
-    config = imported_config(arch=None, resolution=shape[1], classes=classes, convention="tfslim", mean=mean,
-                             std=std, crop=0.875, input_layout="NHWC", source_format="tflite",
-                             softmax=last_op == "softmax")
     try:
-        graph = em.graph(output, config)
+        graph = em.graph(output, resolution=shape[1], convention="tfslim", preprocess=Preprocess(mean, std, 0.875),
+                         input_layout="NHWC", source_format="tflite")
     except ValueError as e:
         raise WeightFileError(f"{path}: {e}") from None
-    return Model(graph, em.params, _labels(buf, path, classes), source=str(path))
+    return Imported(graph, em.params, _labels(buf, path, graph.config.classes), str(path))

@@ -22,9 +22,9 @@ import zipfile
 
 import numpy as np
 
-from ..model import Model
+from ..errors import WeightFileError
+from ..graph import Imported, check_params
 from ..models import mobilenet_v2
-from ..weights import WeightFileError
 from ._widths import fit_alpha
 
 _BLOCKS = 17
@@ -115,7 +115,7 @@ def from_state_dict(sd, *, resolution=224, alpha=None, source="<state_dict>"):
         graph = fit_alpha(build, shapes, "mobilenet_v2", estimate)
     params, origin = _params(graph, sd)
     try:
-        return Model(graph, params, None, source=source)
+        return Imported(graph, check_params(graph, params, source), None, source)
     except WeightFileError as e:  # add the state_dict's own names for the graph keys at fault
         named = [f"{k} = {origin[k]}" for k in origin if f" {k}" in str(e) or f"{k}:" in str(e)]
         raise WeightFileError(str(e) + ("\n  (state_dict names: " + ", ".join(named[:20]) + ")" if named else "")) from None
