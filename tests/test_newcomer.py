@@ -312,3 +312,18 @@ def test_case12_model_summary_keras_style():
     model.summary(time=True, runs=2, print_fn=printed.append)
     line = next(s for s in printed[1].splitlines() if s.startswith("conv_pw_1 "))
     assert "conv_pw_1 (pointwise_conv2d) + conv_pw_1_bn, conv_pw_1_relu" in line and float(line.split()[-2]) > 0
+
+
+# --- 13: README figures from the preprocessing the CLI uses ----------------------------------------
+
+def test_case13_readme_h5_figure_is_what_classify_gets(assets):
+    """The README's imagenet-dev-100 top-1 for the Keras .h5 equals the accuracy of
+    `npmobile classify` itself on those images (its centre crop, its decoder), counted by synset."""
+    row = re.search(r"\| Keras MobileNet 0\.25-224 `\.h5` .*\| (\d+)% / (\d+)% \|", (ROOT / "README.md").read_text())
+    assert row, "the README's .h5 row"
+    folder = assets / "imagenet-dev-100"
+    run = cli("classify", "--weights", assets / "models" / "mobilenet_v1_0.25_224.h5", folder, "--json", "--top", "1")
+    assert run.returncode == 0, run.stderr
+    records = json.loads(run.stdout)
+    right = sum(r["predictions"][0]["synset"] == Path(r["path"]).name.split("_")[0] for r in records)
+    assert len(records) == 100 and right == int(row.group(1)), (right, row.group(0))
