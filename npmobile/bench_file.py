@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .bench import _blas_threads, _installed  # the end-to-end benchmark's BLAS pinning
+from .bench import _blas_threads  # the end-to-end benchmark's BLAS pinning
 
 # suffix -> (peer name, the module it needs, the extra that installs it)
 PEERS = {".onnx": ("ONNX Runtime", "onnxruntime", "bench"), ".tflite": ("LiteRT", "ai_edge_litert", "ai-edge-litert"),
@@ -125,13 +125,15 @@ def bench_file(path, *, runs=20, warmup=3, threads=1, batch=1, out=sys.stdout):
     ours = model(x)
     with _blas_threads(threads if batch == 1 else 1) as blas:
         rows = [("npmobile", median_ms(lambda: model(x), runs, warmup), "-", "-")]
-    peer = PEERS.get(path.suffix.lower())
+    peer, run = PEERS.get(path.suffix.lower()), None
     if peer is None:
         print(f"# no peer reads {path.suffix} files: npmobile alone", file=sys.stderr)
-    elif not _installed(peer[1]):
-        print(f"# {peer[0]} not timed: {peer[1]} is not installed (pip install {peer[2]})", file=sys.stderr)
     else:
-        run = PEER_BUILDERS[peer[0]](path, model, threads)
+        try:
+            run = PEER_BUILDERS[peer[0]](path, model, threads)
+        except ImportError as e:
+            print(f"# {peer[0]} not timed: {e.name or peer[1]} is not installed (pip install {peer[2]})", file=sys.stderr)
+    if run is not None:
         theirs = np.asarray(run(x, pixels), dtype=np.float32).reshape(ours.shape)
         same = int((theirs.argmax(1) == ours.argmax(1)).sum())
         diff = float(np.abs(theirs - ours).max() / max(1.0, np.abs(theirs).max()))

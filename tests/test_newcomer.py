@@ -273,11 +273,10 @@ def test_case08_bench_a_pth_against_torch_and_a_missing_peer(tmp_path, capsys, m
     assert same == "1/1" and float(diff) < 1e-4  # the peer runs the same network
     from npmobile.bench_file import bench_file
 
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    graph = npmobile.mobilenet_v2(0.35, 32, classes=4, convention="torch")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # the peer's package missing: one line, npmobile alone
     rows = bench_file(tmp_path / "m.pth", runs=1, warmup=0)
-    assert [r[0] for r in rows] == ["npmobile", "PyTorch"]
-    assert graph  # the onnxruntime block does not touch .pth files
+    assert [r[0] for r in rows] == ["npmobile"]
+    assert capsys.readouterr().err.strip() == "# PyTorch not timed: torchvision is not installed (pip install torchvision)"
     run = cli("bench", "--weights", tmp_path / "nothing.onnx", "--runs", "1")
     assert run.returncode == 1 and "no such file" in run.stderr and "Traceback" not in run.stderr
 
