@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from npmobile.cost import node_macs  # noqa: E402
 from npmobile.kernels import KERNELS  # noqa: E402
-from npmobile.models import mobilenet_v1, mobilenet_v2, random_params  # noqa: E402
+from npmobile.architectures import mobilenet_v1, mobilenet_v2, random_params  # noqa: E402
 
 U = 2.0 ** -24
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from npmobile import Model, engine, timing  # noqa: E402
 from npmobile.bench import check_agrees, export_onnx, torch_module  # noqa: E402
-from npmobile.models import ARCHITECTURES, random_params  # noqa: E402
+from npmobile.architectures import ARCHITECTURES, random_params  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}

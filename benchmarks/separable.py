@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from npmobile import cost  # noqa: E402
 from npmobile.graph import Builder, Graph, pad_same  # noqa: E402
 from npmobile.kernels import KERNELS  # noqa: E402
-from npmobile.models import mobilenet_v1, mobilenet_v2  # noqa: E402
+from npmobile.architectures import mobilenet_v1, mobilenet_v2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHANNELS = (8, 32, 128, 512, 1024)

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from .graph import Graph, Node  # noqa: E402
 from .model import Model, get_num_threads, set_num_threads  # noqa: E402
-from .models import mobilenet_v1, mobilenet_v2  # noqa: E402
+from .architectures import mobilenet_v1, mobilenet_v2  # noqa: E402
 from .errors import WeightFileError  # noqa: E402
 from .io import load  # noqa: E402
 from .weights import save  # noqa: E402

@@ -6,7 +6,7 @@
     print(npmobile.decode_predictions(probs, top=3))
 
 weights: "imagenet" (the official Keras weights, npmobile.download), None (random weights with
-randomised batch-norm statistics, npmobile.models.random_params), or the path of any file
+randomised batch-norm statistics, npmobile.architectures.random_params), or the path of any file
 npmobile.load reads. The result is a `Model`: model(x), model.predict(x), model.preprocess(images).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from .download import imagenet_model
 from .model import Model
-from .models import mobilenet_v1, mobilenet_v2, random_params
+from .architectures import mobilenet_v1, mobilenet_v2, random_params
 
 
 def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, include_top=True, weights="imagenet",

@@ -109,7 +109,7 @@ def worker(threads, quick):
     import numpy as np
 
     import npmobile
-    from npmobile.models import ARCHITECTURES, random_params
+    from npmobile.architectures import ARCHITECTURES, random_params
 
     npmobile.set_num_threads(threads)
     rows = []
@@ -235,7 +235,7 @@ def first_inference_seconds():
             "import npmobile\n"
             "t = time.perf_counter()\n"
             "g = npmobile.mobilenet_v2()\n"
-            "from npmobile.models import random_params\n"
+            "from npmobile.architectures import random_params\n"
             "m = npmobile.Model(g, random_params(g))\n"
             "m(np.zeros((1, 224, 224, 3), np.float32))\n"
             "print(time.perf_counter() - t)\n")

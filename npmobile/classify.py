@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import needs
 from .preprocess import center_crop_resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -30,10 +31,8 @@ MAX_IMAGE_PIXELS = 12_000 * 12_000
 
 
 def _pil():
-    try:
+    with needs("Pillow", "classifying image files", "cli"):
         from PIL import Image, ImageOps
-    except ImportError:
-        raise ImportError("classifying image files needs Pillow: pip install 'npmobile[cli]'") from None
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     return Image, ImageOps
 

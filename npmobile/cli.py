@@ -85,7 +85,7 @@ def cmd_summary(args):
     if args.time:
         from . import timing
         table = timing.timed_rows(model, runs=args.runs)
-        text = (json.dumps({"config": model.config, "layers": timing.to_json(table)}, indent=1) if args.json
+        text = (json.dumps({"config": model.config.to_json(), "layers": timing.to_json(table)}, indent=1) if args.json
                 else timing.format_table(table, title + f" (batch 1, median of {args.runs} runs per step)"))
     else:
         c = cost.count(model.graph)
@@ -102,7 +102,7 @@ def _summary_model(args):
     """(Model, title) from the weight file, or from the architecture flags with random weights
     (counts and times do not depend on the weights' values)."""
     from .model import Model
-    from .models import ARCHITECTURES, random_params
+    from .architectures import ARCHITECTURES, random_params
 
     chosen = [f"--{k}" for k in ARCH_DEFAULTS if getattr(args, k) is not None]
     if args.src:

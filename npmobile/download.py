@@ -25,11 +25,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .architectures import PUBLISHED_ALPHAS
 from .weights import WeightFileError, save
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # What keras.applications accepts for weights="imagenet".
-KERAS_ALPHAS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+KERAS_ALPHAS = PUBLISHED_ALPHAS  # Keras publishes them all
 KERAS_RESOLUTIONS = {"mobilenet_v1": (128, 160, 192, 224), "mobilenet_v2": (96, 128, 160, 192, 224)}
 SHA256 = {}  # file name -> sha256 hex; Keras publishes none for these files (see above)
 CHUNK = 1 << 20

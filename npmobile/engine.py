@@ -15,10 +15,8 @@ the oracle's value of that name.
 
 import numpy as np
 
-from .graph import Graph, Node
+from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
-
-LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
 _PADDED = ("conv2d", "depthwise_conv2d")
 
 
@@ -187,7 +185,7 @@ def fuse(graph, params):
     for node in nodes:
         if node.name in absorbed:
             continue
-        if node.op not in LINEAR:
+        if node.op not in LINEAR_OPS:
             fused.append(node)
             new_params.update({f"{node.name}.{p}": params[f"{node.name}.{p}"] for p in node.params})
             continue

@@ -23,6 +23,11 @@ from .config import Config
 from .errors import WeightFileError
 
 
+# The ops with weights that are a linear map of their input (and so absorb a batch norm, a bias,
+# a per-channel scale): what fusion, cost tables and importers single out.
+LINEAR_OPS = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
+
+
 class Node(NamedTuple):
     op: str
     name: str

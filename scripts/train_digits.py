@@ -91,8 +91,8 @@ def _safe(key):  # ParameterDict and buffer names may not contain "."
 
 
 def initial_params(graph, seed):
-    """He-initialised weights (npmobile.models.random_params) with BN reset to the identity."""
-    params = npmobile.models.random_params(graph, seed)
+    """He-initialised weights (npmobile.architectures.random_params) with BN reset to the identity."""
+    params = npmobile.architectures.random_params(graph, seed)
     for key, shape in graph.param_shapes().items():
         kind = key.rsplit(".", 1)[1]
         if kind in ("gamma", "var"):

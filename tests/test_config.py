@@ -10,7 +10,7 @@ import npmobile
 from npmobile.config import Config
 from npmobile.data import DIGITS_MODEL
 from npmobile.graph import Graph
-from npmobile.models import random_params
+from npmobile.architectures import random_params
 from npmobile.weights import META_KEY
 
 

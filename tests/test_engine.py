@@ -11,7 +11,7 @@ import pytest
 import npmobile
 from npmobile import engine
 from npmobile.model import PLAN_BATCH
-from npmobile.models import random_params
+from npmobile.architectures import random_params
 
 
 @pytest.fixture(scope="module", params=["mobilenet_v1", "mobilenet_v2"])
@@ -91,7 +91,7 @@ def _run_python(code):
 
 MEMORY_LOOP = """
 import json, resource, numpy as np, npmobile
-from npmobile.models import random_params
+from npmobile.architectures import random_params
 g = npmobile.mobilenet_v2(alpha=0.35, resolution=32, classes=10)
 m = npmobile.Model(g, random_params(g))
 x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
@@ -114,7 +114,7 @@ def test_ten_thousand_inferences_do_not_grow_memory():
 
 CACHE_CHECK = """
 import json, numpy as np, npmobile
-from npmobile.models import random_params
+from npmobile.architectures import random_params
 from npmobile import kernels
 g = npmobile.mobilenet_v2(alpha=0.35, resolution=32, classes=10)
 npmobile.Model(g, random_params(g))(np.zeros((1, 32, 32, 3), np.float32))
@@ -177,7 +177,7 @@ package = types.ModuleType("npmobile")  # the package without its __init__, whic
 package.__path__ = [str(pathlib.Path(%r))]
 sys.modules["npmobile"] = package
 from npmobile.model import Model
-from npmobile.models import mobilenet_v2, random_params
+from npmobile.architectures import mobilenet_v2, random_params
 g = mobilenet_v2(0.35, 32, classes=3)
 m = Model(g, random_params(g))
 x = m.preprocess(np.zeros((1, 32, 32, 3), np.uint8))

@@ -2,10 +2,11 @@
 hypothesis, within the float32 rounding bound of its dot products (bounds.py)."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bounds import U, assert_within
+from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
 from npmobile.kernels.pointwise import BLOCK_FLOATS
 
@@ -147,7 +148,20 @@ def test_registry_pairs_every_kernel_with_an_oracle():
         assert kernel.fast.__name__ == name
         assert kernel.ref.__name__ == name + "_ref"
         assert kernel.fast.__module__ == kernel.ref.__module__, f"{name}: oracle and kernel in one file"
-    assert U == 2.0 ** -24
+
+
+def test_the_bound_accepts_rounding_and_rejects_an_error_just_beyond_it():
+    """assert_within is what every kernel test stands on: it must pass a float32 dot product and
+    fail one whose error exceeds gamma(k) * sum|x*w| by a hair."""
+    rng = np.random.default_rng(0)
+    k = 300
+    x, w = rng.standard_normal((50, k)), rng.standard_normal(k)
+    ref, magnitude = x @ w, np.abs(x) @ np.abs(w)
+    y = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float32)
+    assert_within(y, ref, magnitude, k)
+    off = (ref + 1.01 * gamma(k) * magnitude * (np.arange(50) == 7)).astype(np.float32)
+    with pytest.raises(AssertionError, match="1 of 50 elements outside the float32 bound"):
+        assert_within(off, ref, magnitude, k)
 
 
 def test_pointwise_on_more_rows_than_one_block():

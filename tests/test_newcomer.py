@@ -301,7 +301,7 @@ def test_case12_summary_time_puts_macs_and_ms_on_the_same_rows():
 
 
 def test_case12_model_summary_keras_style():
-    from npmobile.models import random_params
+    from npmobile.architectures import random_params
 
     graph = npmobile.mobilenet_v1(0.25, 96)
     model = npmobile.Model(graph, random_params(graph))

@@ -236,3 +236,42 @@ def test_missing_onnx_package_gives_an_import_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install 'npmobile\[onnx\]'"):
         load_onnx(tmp_path / "any.onnx")
+
+
+def _scaled_conv_graph(second_reader):
+    """conv -> Transpose -> Transpose -> Mul by a per-channel constant -> output, and the conv's
+    output read a second time: by nothing, by a Shape (which reads no values) or by a Relu that is
+    added back (a second reader of the values, so the Mul must not fold into the conv)."""
+    rng = np.random.default_rng(1)
+    inits = [_init("w", rng.standard_normal((4, 3, 1, 1)).astype(np.float32)),
+             _init("k", rng.uniform(0.5, 2.0, (1, 4, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Transpose", ["c"], ["t1"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["t1"], ["t2"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Mul", ["t2", "k"], ["m"], name="scale")]
+    out = "m"
+    if second_reader == "shape":
+        nodes.append(helper.make_node("Shape", ["c"], ["s"], name="shape"))
+    elif second_reader == "relu":
+        nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                  helper.make_node("Add", ["m", "r"], ["y"], name="sum")]
+        out = "y"
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("second_reader", [None, "shape"])
+def test_a_mul_folds_into_the_conv_whose_values_it_alone_reads(tmp_path, second_reader):
+    path = tmp_path / "scaled.onnx"
+    onnx.save(_scaled_conv_graph(second_reader), str(path))
+    model = load(path)
+    assert [n.op for n in model.graph.nodes] == ["pointwise_conv2d"]  # the Mul is in the weights
+    x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    assert_parity(model(x), ort_run(path, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1))
+
+
+def test_a_mul_does_not_fold_into_a_conv_whose_values_another_node_reads():
+    with pytest.raises(WeightFileError, match=r"'scale' \(Mul\): Mul by a constant only folds into a conv or dense "
+                                              r"layer whose output it alone reads"):
+        from_onnx_model(_scaled_conv_graph("relu"), source="scaled.onnx")

@@ -8,16 +8,10 @@ classified as a cat. How the two sides are fed is defined once, in benchmarks/re
 which also writes docs/real-models.md (with --save); `pytest -s` prints the figures.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("PIL")
-_spec = importlib.util.spec_from_file_location(
-    "real_models", Path(__file__).resolve().parents[1] / "benchmarks" / "real_models.py")
-real_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_models)
+from benchmarks import real_models  # noqa: E402
 
 MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
           "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite", "mobilenetv2-12-int8.onnx",
@@ -31,7 +25,8 @@ def images(assets):
 
 @pytest.fixture(scope="module")
 def results(assets, images):
-    """Each model's scores from both sides, computed once per module (~115 images x 5 models)."""
+    """A cache, {model file name: its scores from both sides}, that `result` fills on first use:
+    each model is evaluated once per module (~115 images x 5 models), not once per test."""
     return {}
 
 

@@ -24,8 +24,8 @@ import zipfile
 
 import numpy as np
 
-from ..models import mobilenet_v1, mobilenet_v2
-from ..errors import WeightFileError
+from ..architectures import mobilenet_v1, mobilenet_v2
+from ..errors import WeightFileError, needs, reading
 from ..graph import Imported
 from ._widths import fit_alpha
 
@@ -44,10 +44,8 @@ _NAME = re.compile(r"^mobilenet(?:v2)?_(\d+\.\d+)_(\d+)$")  # keras.applications
 
 
 def _h5py():
-    try:
+    with needs("h5py", "reading Keras .h5 and .keras files", "keras"):
         import h5py
-    except ImportError:
-        raise ImportError("reading Keras .h5 and .keras files needs h5py: pip install 'npmobile[keras]'") from None
     return h5py
 
 
@@ -149,23 +147,18 @@ def load_h5(path, **options):
     """A Keras .h5 file (legacy model or weights, or Keras 3 .weights.h5) as a Model.
     options: alpha=, resolution= override what the file says or what is inferred."""
     h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-            layers = _config_layers(config)
-            weights, names = _read_h5(f, layers)
-            name = _model_name(config)
-    except WeightFileError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    except _READ_ERRORS as e:
-        raise WeightFileError(f"{path}: not a readable Keras HDF5 file (truncated or corrupted?): {e}") from None
+    with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f:
+        config = f.attrs.get("model_config")
+        layers = _config_layers(config)
+        weights, names = _read_h5(f, layers)
+        name = _model_name(config)
     return _import(str(path), weights, layers, names, name, _input_hw(layers), **options)
 
 
 def load_keras_zip(path, **options):
     """A Keras 3 .keras file (a zip of config.json and model.weights.h5) as a Model, read in memory."""
     h5py = _h5py()
-    try:
+    with reading(path, ".keras file", (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError)):
         with zipfile.ZipFile(path) as z:
             members = z.namelist()
             if "config.json" not in members or "model.weights.h5" not in members:
@@ -175,10 +168,6 @@ def load_keras_zip(path, **options):
         layers = _config_layers(config)
         with h5py.File(io.BytesIO(blob), "r") as f:
             weights, names = _read_h5(f, layers)
-    except WeightFileError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    except (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightFileError(f"{path}: not a readable .keras file (truncated or corrupted?): {e}") from None
     return _import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
 
 

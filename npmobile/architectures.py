@@ -34,6 +34,9 @@ CONVENTIONS = {
     "tfslim": dict(eps=1e-3, classes=1001, output="probabilities", preprocess=Preprocess((127.5,) * 3, (127.5,) * 3)),
 }
 
+# The width multipliers Keras, TF-slim and torchvision publish ImageNet weights for.
+PUBLISHED_ALPHAS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+
 # Stride-2 padding per convention: (first conv, depthwise in V1, depthwise in V2).
 _STRIDE2_PADS = {
     "keras": (pad_same, pad_bottom_right, pad_correct),
