@@ -61,6 +61,7 @@ def litert_peer(path, model, threads):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     scale, zero = out["quantization"]
 

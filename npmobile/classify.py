@@ -140,23 +140,25 @@ class Prediction(NamedTuple):
     synset: str | None  # the WordNet id for ImageNet models: the same class whatever the index convention
 
 
-def imagenet_synsets(model):
-    """The synset of each output index for a model with ImageNet's classes (1000, or 1001 with
-    TF-slim's "background" first, whose synset is ""), else None."""
+def imagenet_classes_of(model):
+    """[(synset, name)] per output index for a model with ImageNet's classes (1000, or 1001 with
+    TF-slim's "background" first: ("", "background")), else None. A model whose labels are not
+    ImageNet's (its first class is not the tench) is not taken for one."""
     from .data import imagenet_classes
 
     offset = {1000: 0, 1001: 1}.get(model.config.classes)
     labels = model.labels
     if offset is None or (labels and not labels[offset].lower().startswith("tench")):
         return None
-    return [""] * offset + [synset for synset, _ in imagenet_classes()]
+    return [("", "background")] * offset + imagenet_classes()
 
 
-def top_k(model, probs, k, synsets=None):
-    """[[Prediction, ...] per row], best first."""
-    labels = model.labels
+def top_k(model, probs, k, classes=None):
+    """[[Prediction, ...] per row], best first. Labels: the model's own; for an ImageNet model
+    without labels (an .h5 or ONNX file), ImageNet's class names (`classes`, imagenet_classes_of)."""
+    labels = model.labels or ([name for _, name in classes] if classes else None)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[Prediction(labels[i] if labels else str(i), int(i), float(p[i]), synsets[i] if synsets else None)
+    return [[Prediction(labels[i] if labels else str(i), int(i), float(p[i]), classes[i][0] if classes else None)
              for i in row] for p, row in zip(probs, order)]
 
 
@@ -243,12 +245,12 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None):
     crop = config.preprocess.crop
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
-    synsets = imagenet_synsets(model)
+    classes = imagenet_classes_of(model)
     batch, failed = [], 0
 
     def flush():
         probs = model.predict(model.preprocess([image for _, image in batch]))  # always probabilities
-        for (path, _), preds in zip(batch, top_k(model, probs, top, synsets)):
+        for (path, _), preds in zip(batch, top_k(model, probs, top, classes)):
             writer.result(path, preds)
         if bar is not None:
             bar.update(len(batch))
