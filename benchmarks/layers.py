@@ -2,36 +2,33 @@
 
 npmobile's side times each step of the fast engine's plan on its own (the fused graph: BN folded,
 bias and ReLU6 in the kernel); ONNX Runtime's side comes from its own profiler, on the ONNX file
-torch.onnx exports from the same weights (the module npmobile.bench builds). Both on one thread
-(NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, intra_op_num_threads = 1), medians
+torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on one thread
+(npmobile.measure.pin_threads(1), ONNX Runtime's intra_op_num_threads = 1), medians
 over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the rest.
 ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
 under pointwise; npmobile's are under "other".
 
-    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--out FILE]
+    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--save | --out FILE]
 
 prints the table; --out FILE writes it as markdown, --save to benchmarks/results/layers-{arch}.md
 (the committed results the README quotes: never overwritten unless asked). Needs torch (to export
 the ONNX file) and onnxruntime: pip install 'npmobile[bench]'.
 """
 
+import argparse
+import json
 import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
 
-for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from npmobile import Model, engine, timing  # noqa: E402
-from npmobile.bench import check_agrees, export_onnx, torch_module  # noqa: E402
-from npmobile.architectures import ARCHITECTURES, random_params  # noqa: E402
+from npmobile import Model, engine, timing
+from npmobile.bench import export_onnx
+from npmobile.measure import check_agrees, pin_threads, torch_twin
+from npmobile.architectures import ARCHITECTURES, random_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}
@@ -65,7 +62,7 @@ def onnxruntime_layers(graph, params, x, runs, expected):
 
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp(prefix="npmobile-layers-")
-    path = export_onnx(torch_module(graph, params), graph, folder)
+    path = export_onnx(torch_twin(graph, params), graph, folder)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.enable_profiling = True
@@ -104,6 +101,7 @@ def main(argv=None):
     except ImportError as e:
         sys.exit(f"benchmarks/layers.py needs torch, onnx and onnxruntime; {e.name} is not installed: "
                  "pip install 'npmobile[bench]'")
+    pin_threads(1)
     graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
     params = random_params(graph, seed=1)
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)

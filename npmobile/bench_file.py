@@ -3,7 +3,7 @@ that same file, in one process, on the same batch, with the same thread count:
 ONNX Runtime for .onnx, LiteRT (ai-edge-litert) for .tflite, PyTorch (torchvision's
 mobilenet_v2) for a .pth state_dict; .npz, .h5 and .keras have no peer here.
 
-Each runtime runs `warmup` calls, then `runs` timed calls; the median is reported in ms per batch,
+Each runtime runs `warmup` calls (at least one: it absorbs numba's compile), then `runs` timed calls; the median is reported in ms per batch,
 beside images per second and npmobile's time over the peer's (as `npm/ort` in the end-to-end
 benchmark). The batch is smooth synthetic colour waves (no image decoder needed); before timing,
 each peer's outputs on it are compared with npmobile's (top-1 and the largest difference, relative)
@@ -15,13 +15,12 @@ threadpoolctl to T threads for a single image and 1 per part otherwise (as npmob
 ONNX Runtime intra_op_num_threads=T; LiteRT num_threads=T; torch.set_num_threads(T).
 """
 
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from .bench import _blas_threads  # the end-to-end benchmark's BLAS pinning
+from .measure import median_time
 
 # suffix -> (peer name, the module it needs, the extra that installs it)
 PEERS = {".onnx": ("ONNX Runtime", "onnxruntime", "bench"), ".tflite": ("LiteRT", "ai_edge_litert", "ai-edge-litert"),
@@ -29,15 +28,10 @@ PEERS = {".onnx": ("ONNX Runtime", "onnxruntime", "bench"), ".tflite": ("LiteRT"
 
 
 def median_ms(call, runs, warmup):
-    """call() `warmup` times untimed, then `runs` times: the median in milliseconds."""
-    for _ in range(warmup):
+    """`warmup` untimed calls (measure.median_time makes the last), then `runs` timed: the median in ms."""
+    for _ in range(warmup - 1):
         call()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_time(call, runs)[0]
 
 
 def onnxruntime_peer(path, model, threads):

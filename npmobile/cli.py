@@ -41,17 +41,6 @@ def positive_int(text):
     return value
 
 
-def non_negative_int(text):
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}")
-    return value
-
-
 def _add_arch_flags(p):
     p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], help="architecture (default mobilenet_v2)")
     p.add_argument("--alpha", type=positive_float, help="width multiplier (default 1.0)")
@@ -137,7 +126,8 @@ def bench_file_parser():
                                 "and with the runtime that reads the same file (ONNX Runtime, LiteRT, PyTorch).")
     p.add_argument("--weights", required=True, metavar="FILE", help="any file npmobile.load reads")
     p.add_argument("--runs", type=positive_int, default=20, metavar="N", help="timed calls per runtime (default 20)")
-    p.add_argument("--warmup", type=non_negative_int, default=3, metavar="N", help="untimed calls first (default 3)")
+    p.add_argument("--warmup", type=positive_int, default=3, metavar="N",
+                   help="untimed calls first, at least 1: it absorbs numba's compile (default 3)")
     p.add_argument("--threads", type=positive_int, default=1, metavar="T", help="threads for every runtime (default 1)")
     p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="images per call (default 1)")
     return p

@@ -13,6 +13,8 @@ A fused node carries the name of the last node it absorbed, so its value is comp
 the oracle's value of that name.
 """
 
+import functools
+
 import numpy as np
 
 from .graph import LINEAR_OPS, Graph, Node
@@ -71,11 +73,12 @@ class Plan:
 
 
 def _bind_fast(node, params, views):
-    """The node's fast kernel checked once against the buffers it reads and writes; returns the
-    loop that runs it."""
-    return KERNELS[node.op].fast.bind(*[views[name] for name in node.inputs],
-                                      *[params[f"{node.name}.{p}"] for p in node.params],
-                                      **node.attrs, out=views[node.name])
+    """The node's fast kernel checked once against the buffers it reads and writes
+    (`kernel.check`); returns the step that runs its loops on them (`kernel.run`)."""
+    kernel = KERNELS[node.op]
+    args = kernel.check(*[views[name] for name in node.inputs], *[params[f"{node.name}.{p}"] for p in node.params],
+                        **node.attrs, out=views[node.name])
+    return functools.partial(kernel.run, *args)
 
 
 def _bind_oracle(node, params, values, done):

@@ -270,14 +270,14 @@ def test_case08_bench_a_pth_against_torch_and_a_missing_peer(tmp_path, capsys, m
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     torch.save(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35).state_dict(), tmp_path / "m.pth")
-    run = cli("bench", "--weights", tmp_path / "m.pth", "--runs", "1", "--warmup", "0")
+    run = cli("bench", "--weights", tmp_path / "m.pth", "--runs", "1", "--warmup", "1")
     assert run.returncode == 0, run.stderr
     same, diff = _bench_rows(run.stdout)["PyTorch"][3:5]
     assert same == "1/1" and float(diff) < 1e-4  # the peer runs the same network
     from npmobile.bench_file import bench_file
 
     monkeypatch.setitem(sys.modules, "torchvision", None)  # the peer's package missing: one line, npmobile alone
-    rows = bench_file(tmp_path / "m.pth", runs=1, warmup=0)
+    rows = bench_file(tmp_path / "m.pth", runs=1, warmup=1)
     assert [r[0] for r in rows] == ["npmobile"]
     assert capsys.readouterr().err.strip() == "# PyTorch not timed: torchvision is not installed (pip install torchvision)"
     run = cli("bench", "--weights", tmp_path / "nothing.onnx", "--runs", "1")
