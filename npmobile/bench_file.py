@@ -3,12 +3,12 @@ that same file, in one process, on the same batch, with the same thread count:
 ONNX Runtime for .onnx, LiteRT (ai-edge-litert) for .tflite, PyTorch (torchvision's
 mobilenet_v2) for a .pth state_dict; .npz, .h5 and .keras have no peer here.
 
-Each runtime runs `warmup` calls (at least one: it absorbs numba's compile), then `runs` timed calls; the median is reported in ms per batch,
-beside images per second and npmobile's time over the peer's (as `npm/ort` in the end-to-end
-benchmark). The batch is smooth synthetic colour waves (no image decoder needed); before timing,
-each peer's outputs on it are compared with npmobile's (top-1 and the largest difference, relative)
-and shown: for a quantized file the runtime also quantizes activations, so differences are
-expected (reported, not asserted). A peer whose package is missing is one line on stderr.
+Each runtime runs `warmup` calls (at least one: it absorbs numba's compile), then `runs` timed
+calls; the median is reported in ms per batch, beside images per second and npmobile's time over
+the peer's (as `npm/ort` in the end-to-end benchmark). The batch is smooth synthetic colour waves
+(no image decoder needed); before timing, each peer's outputs on it are compared with npmobile's
+(top-1 and the largest difference, relative) and shown: for a quantized file the runtime also
+quantizes activations, so differences are expected (reported, not asserted). A peer whose package is missing is one line on stderr.
 
 Threads: npmobile.set_num_threads(T) (a batch is split into T parts) with BLAS limited through
 threadpoolctl to T threads for a single image and 1 per part otherwise (as npmobile.bench does);

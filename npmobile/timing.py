@@ -12,8 +12,9 @@ mean and variance are still counted as Keras counts them), so the totals equal `
     GFLOP/s = 2 * MACs / seconds / 1e9          (one multiply-accumulate = two floating-point ops)
 
 Each step is timed on its own, at batch 1 on the calling thread with BLAS on one thread (through
-threadpoolctl when it is installed), median of `runs` calls after a warm-up, with the plan's buffers already bound (as benchmarks/layers.py does): the sum of the rows
-is close to, and a little under, a whole call of the model.
+threadpoolctl when it is installed), median of `runs` calls after a warm-up, with the plan's
+buffers already bound (benchmarks/layers.py uses these times): the sum of the rows is close to,
+and a little under, a whole call of the model.
 """
 
 import statistics
