@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
-CAT_LABELS = ("Egyptian cat", "tabby, tabby cat", "tiger cat")
+CAT_LABELS = ("Egyptian cat", "tabby, tabby cat", "tabby", "tiger cat")  # 1001-class and 1000-class label files
 
 
 def load_images(assets):
