@@ -86,7 +86,7 @@ def evaluate(path, images, assets):
     """Both sides' scores on every image, and the figures derived from them."""
     from npmobile.classify import read_image
     from npmobile.io import load
-    model = load(path)
+    model = load(path, dequantize=True)  # the float engine; the integer one: benchmarks/quantized_agreement.py
     res, crop = model.config.resolution, model.config.preprocess.crop
     pixels = np.stack([read_image(str(p), res, crop) for _, p, _ in images])  # as `npmobile classify` does
     ours = model.predict(model.preprocess(pixels), batch_size=16)

@@ -57,7 +57,7 @@ def cmd_convert(args):
     if os.path.splitext(args.output)[1].lower() != ".npz":
         raise ValueError(f"-o {args.output}: convert writes npmobile's native .npz format only; expected a name "
                          f"ending in .npz (npmobile reads .h5, .keras, .pth, .onnx and .tflite but writes none of them)")
-    model = load(args.src)
+    model = load(args.src, dequantize=True)  # the native file holds float32 tensors
     save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
     return 0
@@ -99,7 +99,7 @@ def _summary_model(args):
             raise ValueError(f"give a weight file or architecture flags, not both: {args.src} carries its own "
                              f"architecture, so {', '.join(chosen)} would be ignored")
         from .io import load
-        model = load(args.src)
+        model = load(args.src, dequantize=True)  # the same layers; counted and timed on the float graph
         return model, f"{args.src}: {model!r}"
     arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
     graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
@@ -166,6 +166,8 @@ def build_parser():
 
     from .classify import add_parsers  # `classify` and `demo`
     add_parsers(sub)
+    from .warmup import add_parser as add_warmup
+    add_warmup(sub)
     return parser
 
 

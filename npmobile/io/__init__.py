@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import WeightFileError
 from ..model import Model
+from ..qmodel import QuantizedImport, QuantizedModel
 from ..weights import read as read_native
 from .keras import load_h5, load_keras_zip
 from .onnx import load_onnx
@@ -42,9 +43,17 @@ def sniff(head):
     return None
 
 
-def load(path, **options):
-    """Load any weight file npmobile reads, as a ready-to-run Model. The suffix chooses the
-    reader, and the first bytes must agree with it: a renamed file is named for what it is."""
+# Readers whose quantized files run as integers (a QuantizedModel) unless loaded with
+# dequantize=True; every other format is float already and takes no such option.
+QUANTIZED_READERS = (load_tflite,)
+
+
+def load(path, *, dequantize=False, **options):
+    """Load any weight file npmobile reads, as a ready-to-run Model. A quantized file (TFLite
+    uint8/int8) loads as a QuantizedModel that computes the runtime's integers;
+    dequantize=True loads its weights dequantized into a float Model instead. The suffix
+    chooses the reader, and the first bytes must agree with it: a renamed file is named for what
+    it is."""
     path = Path(path)
     if path.is_dir():
         raise WeightFileError(f"{path}: is a directory; expected a weight file "
@@ -66,6 +75,9 @@ def load(path, **options):
                 raise WeightFileError(f"{path}: not what its extension says: expected {KINDS[kind]}, found none of "
                                       f"the formats npmobile reads (first bytes {head!r}): corrupted, or not a "
                                       "weight file")
-            return Model(*reader(path, **options))
+            if reader in QUANTIZED_READERS:
+                options["dequantize"] = dequantize
+            imported = reader(path, **options)
+            return QuantizedModel(*imported) if isinstance(imported, QuantizedImport) else Model(*imported)
     known = ", ".join(s for suffixes, _, _ in FORMATS for s in suffixes)
     raise WeightFileError(f"{path}: unknown weight file type {suffix!r}; expected one of {known}")
