@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -267,9 +268,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
             if bar is not None:
                 bar.update(len(done))
         writer.close()
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
-    finally:
+    finally:  # a closed output pipe (`| head`) raises BrokenPipeError: the CLI stops quietly (cli.main)
         if bar is not None:
             bar.close()
     return writer.count, failed
