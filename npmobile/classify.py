@@ -84,7 +84,7 @@ def read_image(path, resolution, crop):
     the crop needs), the EXIF orientation is applied, and grayscale, palette, 16-bit, CMYK and
     transparent images become RGB (transparency over white)."""
     Image, ImageOps = _pil()
-    if os.path.getsize(path) == 0:
+    if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:  # (a worker may pass bytes)
         raise UnreadableImage("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
