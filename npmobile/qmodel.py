@@ -89,9 +89,18 @@ class QuantizedModel:
         """What model(x) returns, as for the float Model: model.config.output."""
         return self.config.output
 
+    def __getstate__(self):
+        """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
+        thread-local plans."""
+        return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
+                "labels": self.labels, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
     def __call__(self, x, *, threads=None):
-        """Float batch in, the output dequantized to float32 out (probabilities for a softmax).
-        threads: as the float Model's (default set_num_threads; 1 keeps it on this thread)."""
+        """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
+        threads as in Model.__call__."""
         q = self.run_integers(self.quantize_input(x), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)

@@ -59,6 +59,8 @@ def load(path, *, dequantize=False, **options):
         raise WeightFileError(f"{path}: is a directory; expected a weight file "
                               "(.npz, .h5, .keras, .pth, .onnx or .tflite)")
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO (reading it would block), a device...
+            raise WeightFileError(f"{path}: not a regular file: expected a weight file")
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     for suffixes, kind, reader in FORMATS:
