@@ -37,6 +37,7 @@ def test_end_to_end_benchmark_quick(tmp_path, assets):
     assert png.stat().st_size > 10_000
     assert all(0 < r["npmobile_fraction_of_peak"] < 1 for r in rows.values()), rows
     assert "npm/ort" in run.stdout and "LiteRT" in run.stdout and "% of peak" in run.stdout
+    assert "DeprecationWarning" not in run.stderr and "not timed" not in run.stderr  # issue 17, case 7
 
 
 def test_layer_benchmark_quick(tmp_path):
