@@ -84,9 +84,18 @@ class QuantizedModel:
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
 
-    def __call__(self, x):
-        """Float batch in, the output dequantized to float32 out (probabilities for a softmax)."""
-        q = self.run_integers(self.quantize_input(x))
+    def __getstate__(self):
+        """Pickled without its threads' buffers (a worker process binds its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def __call__(self, x, *, threads=None):
+        """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
+        threads as in Model.run."""
+        q = self.run_integers(self.quantize_input(x), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)
 
@@ -94,13 +103,13 @@ class QuantizedModel:
         x = np.asarray(x)
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
-    def run_integers(self, q):
+    def run_integers(self, q, *, threads=None):
         """The fast engine on the integer input q (n, h, w, c): a new array of output integers.
         As in the float Model, a batch is split across the threads of npmobile.set_num_threads,
         and each thread runs its part PLAN_BATCH images at a time (the float32 scratch of the
         exact kernels grows with the batch: about 30 MB per image for V2-224)."""
         q = self._check_integer_input(q)
-        parts = min(get_num_threads(), len(q))
+        parts = min(threads or get_num_threads(), len(q))
         bounds = np.linspace(0, len(q), parts + 1).astype(int)
         chunks = [q[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         outs = [self._run_part(chunks[0])] if parts == 1 else list(_executor().map(self._run_part, chunks))
@@ -117,10 +126,11 @@ class QuantizedModel:
             outs.append(buffers[self.graph.output].copy())
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def run(self, x, *, oracle=False, intermediates=False):
+    def run(self, x, *, oracle=False, intermediates=False, threads=None):
         """The graph on x (a float batch, or integers of the input's dtype) with the fast
         kernels or the int64 oracles; returns a QTensor, or {name: QTensor} for "input" and
-        every node when intermediates=True."""
+        every node when intermediates=True. It runs on the calling thread (threads is accepted
+        for Model.run's signature; run_integers is the fast, threaded path)."""
         q = x if np.asarray(x).dtype == self.input_dtype else self.quantize_input(x)
         q = self._check_integer_input(q)
         values = {"input": q}
@@ -146,7 +156,8 @@ class QuantizedModel:
         q = np.asarray(q)
         expected = tuple(self.graph.input_shape)
         if q.dtype != self.input_dtype or q.ndim != 4 or q.shape[1:] != expected or len(q) < 1:
-            raise ValueError(f"input: expected a {self.input_dtype} batch of shape (n, {', '.join(map(str, expected))}), "
+            raise ValueError(f"input: expected a {self.input_dtype} batch of shape "
+                             f"(n, {', '.join(map(str, expected))}), "
                              f"found {q.dtype} {q.shape}")
         return np.ascontiguousarray(q)
 
