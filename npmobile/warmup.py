@@ -8,7 +8,8 @@ inference then takes milliseconds instead of seconds, on every worker.
 
 Warm-up runs small models that between them reach every loop (MobileNetV1 and V2 in each
 convention, with and without their classifier, batches of one and two, with and without
-intermediates, and the layers an imported graph may keep unfused), then checks that no loop was
+intermediates, the layers an imported graph may keep unfused, and every integer kernel of a
+quantized model for uint8 and int8), then checks that no loop was
 left uncompiled: a new loop in npmobile/kernels that none of these reach is named, and the
 command fails (tests/test_travel.py runs it), until `_unfused_layers` reaches it too.
 
@@ -68,6 +69,31 @@ def _unfused_layers():
     KERNELS["depthwise_conv2d"].fast(x, np.ones((5, 5, 16), dtype=np.float32), c, stride=1, pad=(2, 2, 2, 2))
 
 
+def _quantized_layers():
+    """Every integer kernel (npmobile/kernels/quantized), for uint8 and int8 tensors, each
+    convolution both on the float kernels (its exact path) and in its integer loop (a window too
+    large for float32 to hold the sum exactly)."""
+    from .kernels.quantized import QKERNELS, add_multipliers, softmax_params
+    k = QKERNELS
+    for dtype in (np.uint8, np.int8):
+        x = np.ones((1, 6, 6, 4), dtype=dtype)
+        rq = dict(x_zero=int(np.iinfo(dtype).max), y_zero=0, multiplier=np.full(4, 1 << 30), shift=np.full(4, -8))
+        k["qconv2d"].fast(x, np.ones((3, 3, 4, 4), dtype), None, w_zero=0, pad=(1, 1, 1, 1), **rq)
+        wide = np.full((5, 5, 16, 4), np.iinfo(dtype).min, dtype=dtype)  # 400 taps of |w - w_zero| = 255
+        k["qconv2d"].fast(np.ones((1, 6, 6, 16), dtype), wide, None, w_zero=int(np.iinfo(dtype).max),
+                          pad=(2, 2, 2, 2), **rq)
+        big = np.full((17, 17, 4), np.iinfo(dtype).min, dtype=dtype)  # 289 taps: the integer loop
+        k["qdepthwise_conv2d"].fast(x, big, None, w_zero=int(np.iinfo(dtype).max), pad=(8, 8, 8, 8), **rq)
+        k["qdepthwise_conv2d"].fast(x, np.ones((3, 3, 4), dtype), None, w_zero=0, pad=(1, 1, 1, 1), **rq)
+        k["qpointwise_conv2d"].fast(x, np.ones((4, 4), dtype), None, w_zero=0, **rq)
+        k["qdense"].fast(x[:, 0, 0], np.ones((4, 4), dtype), None, w_zero=0, **rq)
+        k["qadd"].fast(x, x, a_zero=0, b_zero=0, y_zero=0, **add_multipliers(0.1, 0.2, 0.3))
+        k["qglobal_avg_pool"].fast(x)
+        k["qsoftmax"].fast(x[:, 0, 0], **softmax_params(0.1))
+        k["dequantize"].fast(k["quantize"].fast(np.zeros(4, np.float32), scale=0.1, zero_point=0, dtype=dtype),
+                             scale=0.1, zero_point=0)
+
+
 def warmup():
     """Run every loop once; returns (loops, uncompiled names). Compiled code goes to the cache."""
     x = np.zeros((2, 32, 32, 3), dtype=np.float32)
@@ -76,6 +102,7 @@ def warmup():
             model(batch, threads=1)
             model.run(batch, intermediates=True)
     _unfused_layers()
+    _quantized_layers()
     loops = dispatchers()
     return len(loops), sorted(name for name, d in loops.items() if not d.signatures)
 
