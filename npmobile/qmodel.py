@@ -85,16 +85,17 @@ class QuantizedModel:
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
 
     def __getstate__(self):
-        """Pickled without its threads' buffers (a worker process binds its own)."""
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+        """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
+        thread-local plans."""
+        return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
+                "labels": self.labels, "source": self.source}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._local = threading.local()
+        self.__init__(**state)
 
     def __call__(self, x, *, threads=None):
         """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
-        threads as in Model.run."""
+        threads as in Model.__call__."""
         q = self.run_integers(self.quantize_input(x), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)
@@ -126,11 +127,10 @@ class QuantizedModel:
             outs.append(buffers[self.graph.output].copy())
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def run(self, x, *, oracle=False, intermediates=False, threads=None):
+    def run(self, x, *, oracle=False, intermediates=False):
         """The graph on x (a float batch, or integers of the input's dtype) with the fast
         kernels or the int64 oracles; returns a QTensor, or {name: QTensor} for "input" and
-        every node when intermediates=True. It runs on the calling thread (threads is accepted
-        for Model.run's signature; run_integers is the fast, threaded path)."""
+        every node when intermediates=True."""
         q = x if np.asarray(x).dtype == self.input_dtype else self.quantize_input(x)
         q = self._check_integer_input(q)
         values = {"input": q}
@@ -156,8 +156,7 @@ class QuantizedModel:
         q = np.asarray(q)
         expected = tuple(self.graph.input_shape)
         if q.dtype != self.input_dtype or q.ndim != 4 or q.shape[1:] != expected or len(q) < 1:
-            raise ValueError(f"input: expected a {self.input_dtype} batch of shape "
-                             f"(n, {', '.join(map(str, expected))}), "
+            raise ValueError(f"input: expected a {self.input_dtype} batch of shape (n, {', '.join(map(str, expected))}), "
                              f"found {q.dtype} {q.shape}")
         return np.ascontiguousarray(q)
 

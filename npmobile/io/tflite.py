@@ -33,8 +33,9 @@ import numpy as np
 from ..config import Preprocess
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, pad_same
-from ._common import Emitter, dequantize, refuse_unsupported
+from ._common import Emitter, dequantize, read_member, refuse_unsupported
 
+MAX_LABELS_BYTES = 4 << 20  # an appended labels.txt: 1001 ImageNet names are 11 kB
 
 def _tflite():
     with needs("tflite", "reading .tflite files", "tflite"):
@@ -249,19 +250,36 @@ def _check_supported(w, ops):
 
 
 def _labels(buf, path, classes):
-    """The label file TF-slim appends to the model as a zip, or None when there is none."""
+    """The label file TF-slim appends to the model as a zip, or None when there is none. A zip
+    that is there but cannot be read (truncated, corrupted) is an error, not "no labels"."""
     try:
         with zipfile.ZipFile(io.BytesIO(buf)) as z:
             txt = [n for n in z.namelist() if n.endswith(".txt")]
             if not txt:
                 return None
-            labels = z.read(txt[0]).decode("utf-8").splitlines()
-    except zipfile.BadZipFile:
+            labels = read_member(z, txt[0], MAX_LABELS_BYTES, path).decode("utf-8").splitlines()
+    except zipfile.BadZipFile as e:
+        if _appended_txt(buf):
+            raise WeightFileError(f"{path}: the appended labels zip is truncated or corrupted: {e}") from None
         return None
+    except (zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError, UnicodeDecodeError) as e:
+        raise WeightFileError(f"{path}: the appended labels zip cannot be read: {type(e).__name__}: {e}") from None
     labels = [s for s in labels if s.strip()]
     if len(labels) != classes:
         raise WeightFileError(f"{path}: the embedded {txt[0]} has {len(labels)} labels, the model {classes} outputs")
     return labels
+
+
+def _appended_txt(buf):
+    """Whether a zip local file header for a .txt member is in buf (what is left of a labels
+    zip whose central directory was cut off)."""
+    at = buf.find(b"PK\x03\x04")
+    while at >= 0:
+        name_len = int.from_bytes(buf[at + 26:at + 28], "little")
+        if buf[at + 30:at + 30 + name_len].endswith(b".txt"):
+            return True
+        at = buf.find(b"PK\x03\x04", at + 4)
+    return False
 
 
 def load_tflite(path, dequantize=False):
@@ -294,14 +312,7 @@ def _build(tfl, buf, path, dequantize=False):
         from .tflite_int import build_integer, is_integer_graph
         if is_integer_graph(reader, ops):
             return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(buf, path, classes))
-    for op in ops:
-        if op.inputs[0] not in w.values:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
-                                  f"{reader.name(op.inputs[0])!r}, which no earlier node computes")
-        try:
-            w.values[op.output] = TRANSLATE[op.kind](w, op, w.values[op.inputs[0]])
-        except ValueError as e:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+    translate_ops(w, ops, TRANSLATE)
     output = w.values.get(int(g.Outputs(0)))
     if output is None:
         raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
@@ -313,11 +324,27 @@ def _build(tfl, buf, path, dequantize=False):
     return Imported(graph, w.em.params, _labels(buf, path, graph.config.classes), str(path))
 
 
+def translate_ops(w, ops, table):
+    """Translate the operators in order with `table` (kind -> translator) into w's emitter,
+    recording each output's value in w.values; an error names the operator."""
+    path = w.reader.path
+    for op in ops:
+        if op.inputs[0] not in w.values:
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
+                                  f"{w.reader.name(op.inputs[0])!r}, which no earlier node computes")
+        try:
+            w.values[op.output] = table[op.kind](w, op, w.values[op.inputs[0]])
+        except ValueError as e:
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+
+
 def _preprocess(reader, inp):
     """The input quantization, real = scale * (q - zero_point), as the preprocessing: mean =
     zero_point, std = 1 / scale (int8 stores pixel - 128); a float input takes Keras' -1..1."""
     q, kind, types = reader.quant(inp), reader.tensor(inp).Type(), reader.tfl.TensorType
     if q is None or kind not in (types.UINT8, types.INT8):
         return Preprocess((127.5,) * 3, (127.5,) * 3, 0.875)
+    if not float(q[0][0]) > 0:  # NaN, 0 or negative: (pixel - mean) / std would be NaN or inf
+        raise WeightFileError(f"input {reader.name(inp)!r}: expected a quantization scale > 0, found {float(q[0][0])}")
     mean = float(q[1][0]) + (128.0 if kind == types.INT8 else 0.0)
     return Preprocess((mean,) * 3, (1.0 / float(q[0][0]),) * 3, 0.875)
