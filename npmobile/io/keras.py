@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from ..graph import Node
 from ..model import Model
 from ..models import mobilenet_v1, mobilenet_v2
 from ..weights import WeightFileError
@@ -77,6 +78,8 @@ def _config_layers(model_config):
     for layer in model_config.get("config", {}).get("layers", []):
         cfg = layer.get("config", {})
         layers[layer.get("name", cfg.get("name"))] = (layer.get("class_name"), cfg)
+        if "layers" in cfg:  # a nested model (a fine-tuned classifier's base): its layers too
+            layers.update(_config_layers(layer))
     return layers
 
 
@@ -102,9 +105,11 @@ def _read_legacy(root):
     weights, names = {}, _strings(root.attrs["layer_names"])
     for name in names:
         group = root[name]
-        arrays = [(_short(w), np.asarray(group[w])) for w in _strings(group.attrs.get("weight_names", []))]
-        if arrays:
-            weights[name] = arrays
+        for w in _strings(group.attrs.get("weight_names", [])):
+            # "<layer>/<weight>": a nested model's group holds the weights of all its layers
+            parts = w.split(":")[0].split("/")
+            layer = parts[-2] if len(parts) > 1 and parts[-2] in group else name
+            weights.setdefault(layer, []).append((_short(w), np.asarray(group[w])))
     return weights, names
 
 
@@ -118,6 +123,11 @@ def _read_vars(f, layers):
         used[base] = used.get(base, 0) + 1
     weights, names = {}, []
     for key, group in f["layers"].items():
+        if "layers" in group:  # a nested model (a fine-tuned classifier's base)
+            inner_weights, inner_names = _read_vars(group, {})
+            weights.update(inner_weights)
+            names += inner_names
+            continue
         variables = group.get("vars")
         name = variables.attrs.get("name") if variables is not None else None
         name = name.decode() if isinstance(name, bytes) else name
@@ -226,11 +236,60 @@ def _params(graph, weights):
     return params
 
 
-def _head_activation(layers, name):
-    cls, cfg = layers.get(name, (None, {}))
-    act = cfg.get("activation", "softmax") if cls in ("Activation", "Dense") else "softmax"
+def _activation_of(cfg):
+    act = cfg.get("activation", "softmax")
     act = act.get("class_name", act) if isinstance(act, dict) else act
     return "linear" if act is None else act
+
+
+def _head_activation(layers, name):
+    """The classifier's activation: that of layer `name` (keras.applications' head), and a
+    linear head followed by a softmax layer (a fine-tuned Dense + Activation) counts as softmax."""
+    cls, cfg = layers.get(name, (None, {}))
+    act = _activation_of(cfg) if cls in ("Activation", "Dense") else "softmax"
+    if act == "linear" and cls == "Dense" and any(c == "Softmax" or (c == "Activation" and _activation_of(f) == "softmax")
+                                                  for c, f in layers.values()):
+        return "softmax"
+    return act
+
+
+def _fine_tuned_head(weights, layers, spec, source):
+    """A fine-tuned classifier (base with include_top=False, pooling, Dropout, one Dense(k)): its
+    Dense's weights are moved to the graph's head node and its activation recorded under the
+    graph's activation layer. Dropout is the identity at inference and has no weights."""
+    dense = [name for name, arrays in weights.items() if arrays[0][1].ndim == 2 and name != spec["head"]]
+    if not dense:
+        return
+    if len(dense) > 1 or spec["head"] in weights:
+        raise WeightFileError(f"{source}: expected one Dense classifier on the MobileNet base, found Dense layers "
+                              f"{dense + [spec['head']] * (spec['head'] in weights)}")
+    if any(cls in ("GlobalMaxPooling2D", "MaxPooling2D") for cls, _ in layers.values()):
+        raise WeightFileError(f"{source}: a Dense head after max pooling: only average pooling is supported")
+    weights[spec["head"]] = weights.pop(dense[0])
+    layers[spec["activation"]] = ("Activation", {"activation": _head_activation(layers, dense[0])})
+
+
+def _with_rescaling(graph, layers, source):
+    """A Keras Rescaling layer in front (y = x * scale + offset, preprocessing inside the model)
+    becomes a batchnorm node with gamma = scale, beta = offset, mean 0, var 1 - eps; the model
+    then takes pixels as they are (preprocess mean 0, std 1). Returns (graph, its params)."""
+    found = [cfg for cls, cfg in layers.values() if cls == "Rescaling"]
+    if not found:
+        return graph, {}
+    if len(found) > 1:
+        raise WeightFileError(f"{source}: {len(found)} Rescaling layers (only one, in front, is supported)")
+    c = graph.input_shape[-1]
+    scale = np.broadcast_to(np.asarray(found[0].get("scale", 1.0), np.float32), (c,))
+    offset = np.broadcast_to(np.asarray(found[0].get("offset", 0.0), np.float32), (c,))
+    eps = 1e-3
+    node = Node("batchnorm", "rescaling", ("input",), {"eps": eps}, {p: (c,) for p in ("gamma", "beta", "mean", "var")},
+                graph.input_shape)
+    nodes = [node] + [n._replace(inputs=tuple("rescaling" if i == "input" else i for i in n.inputs))
+                      for n in graph.nodes]
+    config = dict(graph.config, preprocess=dict(graph.config["preprocess"], mean=[0.0] * c, std=[1.0] * c))
+    params = {"rescaling.gamma": scale.copy(), "rescaling.beta": offset.copy(),
+              "rescaling.mean": np.zeros(c, np.float32), "rescaling.var": np.full(c, 1 - eps, np.float32)}
+    return type(graph)(nodes, graph.input_shape, config), params
 
 
 def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
@@ -247,6 +306,7 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
             resolution = int(input_hw[0])
         else:  # input_shape=None in Keras: the name's size, else Keras' default 224
             resolution = int(match.group(2)) if match else 224
+    _fine_tuned_head(weights, layers, spec, source)
     include_top = spec["head"] in weights
     classes = weights[spec["head"]][0][1].shape[-1] if include_top else None
     pooling = None
@@ -272,7 +332,8 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
         graph = fit_alpha(build, {k: tuple(a.shape) for k, a in params.items()}, arch, estimate,
                           float(match.group(1)) if match else None)
     graph = _apply_layer_config(graph, layers, spec["activation"], source)
-    return Model(graph, _params(graph, weights), None, source=source)
+    graph, rescaling = _with_rescaling(graph, layers, source)
+    return Model(graph, {**_params(graph, weights), **rescaling}, None, source=source)
 
 
 def _apply_layer_config(graph, layers, activation_layer, source):

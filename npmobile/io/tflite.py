@@ -1,10 +1,12 @@
 """TFLite (.tflite) -> Model, read with the `tflite` flatbuffer parser (no TensorFlow).
 
 Supported: CONV_2D, DEPTHWISE_CONV_2D (any depth multiplier), AVERAGE_POOL_2D over the whole map
-(-> global_avg_pool), ADD, RESHAPE/SQUEEZE that only drop 1-axes of a pooled vector, SOFTMAX
-(beta 1), with fused activations NONE, RELU (clamp 0..inf) and RELU6. SAME/VALID padding becomes
-explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1 CONV_2D
-after the pool (TF-slim's 1001-class logits) becomes a dense node.
+and MEAN over H and W (-> global_avg_pool), ADD, RESHAPE/SQUEEZE that only drop 1-axes of a
+pooled vector, FULLY_CONNECTED on a pooled vector (-> dense: how TF's converter writes a Keras
+Dense head), SOFTMAX (beta 1), QUANTIZE/DEQUANTIZE (a change of representation only: the float
+network has none), with fused activations NONE, RELU (clamp 0..inf) and RELU6. SAME/VALID padding
+becomes explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1
+CONV_2D after the pool (TF-slim's 1001-class logits) becomes a dense node.
 
 Quantized models run as float: uint8/int8 weights become scale * (q - zero_point), per tensor or
 per output channel; int32 biases likewise with their own scale (input scale x weight scale).
@@ -20,6 +22,7 @@ the float softmax; config convention "tfslim" (1001 classes, index 0 = backgroun
 
 import io
 import zipfile
+from struct import error as struct_error
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,8 @@ from ..model import Model
 from ..weights import WeightFileError
 from ._common import Emitter, dequantize, imported_config, refuse_unsupported
 
-SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX"}
+SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MEAN", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX",
+             "FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"}
 _ACTIVATIONS = {0: None, 1: "relu", 3: "relu6"}  # ActivationFunctionType: NONE, RELU, RELU6
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
@@ -76,15 +80,18 @@ class _Reader:
             return None
         return q.ScaleAsNumpy(), q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1), q.QuantizedDimension()
 
+    def buffer_bytes(self, index):
+        """The bytes of buffer `index` (b"" when empty)."""
+        buffer = self.model.Buffers(index)
+        if buffer.Offset() > 1:  # large models keep data after the flatbuffer
+            return self.buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+        return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+
     def raw(self, i):
         """The stored values of a constant tensor in its own dtype, or None for an activation."""
         t = self.tensor(i)
-        buffer = self.model.Buffers(t.Buffer())
-        if buffer.Offset() > 1:  # large models keep data after the flatbuffer
-            data = self.buf[buffer.Offset():buffer.Offset() + buffer.Size()]
-        elif buffer.DataLength():
-            data = buffer.DataAsNumpy().tobytes()
-        else:
+        data = self.buffer_bytes(t.Buffer())
+        if not data:
             return None
         if t.Type() not in _DTYPES:
             raise WeightFileError(f"{self.path}: tensor {self.name(i)!r} has unsupported type code {t.Type()}")
@@ -165,6 +172,25 @@ def _translate(reader, em, values, op, kind):
         o = _options(reader, op, tfl.AddOptions)
         act = _ACTIVATIONS[o.FusedActivationFunction()] if o else None
         return em.activation(name, em.add(name if act is None else name + "_add", x, values[ins[1]]), act)
+    if kind == "MEAN":
+        axes = sorted(int(a) % 4 for a in np.ravel(reader.value(ins[1])))
+        if len(em.shape(x)) != 3 or axes != [1, 2]:
+            raise ValueError(f"only a mean over H and W of a map is supported: axes {axes} of {em.shape(x)}")
+        return em.global_avg_pool(name, x)
+    if kind == "FULLY_CONNECTED":
+        o = _options(reader, op, tfl.FullyConnectedOptions)
+        if o is not None and o.WeightsFormat() != 0:
+            raise ValueError(f"weights format {o.WeightsFormat()} (only DEFAULT)")
+        w = reader.value(ins[1])  # (out, in)
+        b = reader.value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+        if len(em.shape(x)) != 1 or w.ndim != 2:
+            raise ValueError(f"only a fully-connected layer on a pooled vector is supported: weights {w.shape} "
+                             f"on a value of shape {em.shape(x)}")
+        act = _ACTIVATIONS[o.FusedActivationFunction()] if o else None
+        y = em.linear(name if act is None else name + "_linear", x, w.T[None, None], b)
+        return em.activation(name, y, act)
+    if kind in ("QUANTIZE", "DEQUANTIZE"):  # the float network computes the real values themselves
+        return x
     if kind in ("RESHAPE", "SQUEEZE"):
         kept = [d for d in reader.shape(out)[1:] if d != 1]
         if em.shape(x) != tuple(reader.shape(out)[1:]) and not (len(em.shape(x)) == 1 and kept == list(em.shape(x))):
@@ -190,7 +216,8 @@ def _check_supported(reader):
             problems.append((name, kind, "op not supported"))
             continue
         cls = {"CONV_2D": tfl.Conv2DOptions, "DEPTHWISE_CONV_2D": tfl.DepthwiseConv2DOptions,
-               "AVERAGE_POOL_2D": tfl.Pool2DOptions, "ADD": tfl.AddOptions}.get(kind)
+               "AVERAGE_POOL_2D": tfl.Pool2DOptions, "ADD": tfl.AddOptions,
+               "FULLY_CONNECTED": tfl.FullyConnectedOptions}.get(kind)
         o = _options(reader, op, cls) if cls else None
         if o is not None and o.FusedActivationFunction() not in _ACTIVATIONS:
             problems.append((name, kind, f"fused activation code {o.FusedActivationFunction()} not supported"))
@@ -198,11 +225,14 @@ def _check_supported(reader):
         refuse_unsupported(reader.path, "TFLite", problems)
 
 
-def _labels(buf, path, classes):
-    """The label file TF-slim appends to the model as a zip, or None when there is none."""
+def _labels(reader, classes):
+    """The class names the file carries, or None: the file that the TFLite Metadata names as the
+    output's TENSOR_AXIS_LABELS (packed in the zip appended to the model, as tflite-support's
+    writers do), else the first .txt in an appended zip (TF-slim's hosted models)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(buf)) as z:
-            txt = [n for n in z.namelist() if n.endswith(".txt")]
+        with zipfile.ZipFile(io.BytesIO(reader.buf)) as z:
+            named = _metadata_label_file(reader)
+            txt = [named] if named in z.namelist() else [n for n in z.namelist() if n.endswith(".txt")]
             if not txt:
                 return None
             labels = z.read(txt[0]).decode("utf-8").splitlines()
@@ -210,8 +240,49 @@ def _labels(buf, path, classes):
         return None
     labels = [s for s in labels if s.strip()]
     if len(labels) != classes:
-        raise WeightFileError(f"{path}: the embedded {txt[0]} has {len(labels)} labels, the model {classes} outputs")
+        raise WeightFileError(f"{reader.path}: the embedded {txt[0]} has {len(labels)} labels, "
+                              f"the model {classes} outputs")
     return labels
+
+
+def _metadata_label_file(reader):
+    """The name of the output's label file in the TFLite Metadata flatbuffer ("TFLITE_METADATA",
+    tflite-support's metadata_schema.fbs), or None. Read field by field with `flatbuffers`
+    (the tflite package does not include that schema): ModelMetadata.subgraph_metadata[0]
+    .output_tensor_metadata[0].associated_files[i] with type TENSOR_AXIS_LABELS (2)."""
+    from flatbuffers import number_types, table
+    from flatbuffers.encode import Get
+    from flatbuffers.packer import uoffset
+
+    model = reader.model
+    entry = next((model.Metadata(i) for i in range(model.MetadataLength())
+                  if model.Metadata(i).Name() == b"TFLITE_METADATA"), None)
+    if entry is None:
+        return None
+    data = reader.buffer_bytes(entry.Buffer())
+
+    def field(t, slot):
+        o = t.Offset(4 + 2 * slot)
+        return o + t.Pos if o else None
+
+    def tables(t, slot):  # the tables of a vector field
+        o = t.Offset(4 + 2 * slot)
+        if not o:
+            return []
+        start = t.Vector(o)
+        return [table.Table(data, t.Indirect(start + 4 * i)) for i in range(t.VectorLen(o))]
+
+    try:
+        root = table.Table(data, Get(uoffset, data, 0))
+        for sub in tables(root, 3)[:1]:
+            for out in tables(sub, 3)[:1]:
+                for f in tables(out, 6):
+                    kind = field(f, 2)
+                    if kind is not None and f.Get(number_types.Int8Flags, kind) == 2 and field(f, 0):
+                        return f.String(field(f, 0)).decode("utf-8")
+    except (IndexError, UnicodeDecodeError, struct_error):
+        raise WeightFileError(f"{reader.path}: the TFLite Metadata flatbuffer is corrupted") from None
+    return None
 
 
 def load_tflite(path):
@@ -278,4 +349,4 @@ def _build(tfl, buf, path):
         graph = em.graph(output, config)
     except ValueError as e:
         raise WeightFileError(f"{path}: {e}") from None
-    return Model(graph, em.params, _labels(buf, path, classes), source=str(path))
+    return Model(graph, em.params, _labels(reader, classes), source=str(path))

@@ -1,0 +1,401 @@
+"""The TensorFlow half of the corpus (scripts/make_corpus.py runs it in .venv-tf with
+KERAS_BACKEND=tensorflow): Keras .keras/.h5 files, TFLite files from TF's converters, tf2onnx.
+
+Every TFLite form comes from one of three converter paths:
+- `tf.lite.TFLiteConverter.from_keras_model`: float32; dynamic range (Optimize.DEFAULT alone:
+  int8 weights, float activations); full integer (a representative dataset and
+  TFLITE_BUILTINS_INT8) with float input/output (QUANTIZE/DEQUANTIZE at the ends), or int8
+  input/output, or uint8 input/output;
+- `tf.compat.v1.lite.TFLiteConverter.from_frozen_graph` with inference_type=tf.uint8 on a graph
+  with FakeQuant ops after every activation (ranges measured on the calibration images): the
+  legacy all-uint8 files TF-slim's quantization-aware training produced (as in ../shared/assets).
+"""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from make_corpus import ASSETS, SEED, add_entry, calibration_images, label_names, photos  # noqa: E402
+
+RNG = np.random.default_rng(SEED)
+
+
+# --- weights shaped like a trained network's (see make_corpus's docstring) ---------------------
+
+def randomise(model, images):
+    """He-scaled kernels, random gamma/beta, BN statistics measured layer by layer on `images`."""
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            ws = layer.get_weights()
+            k = ws[0]
+            fan_in = k.shape[0] * k.shape[1] * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else k.shape[2])
+            ws[0] = (RNG.standard_normal(k.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            layer.set_weights(ws)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            x = keras.Model(model.inputs, layer.input)(images, training=False).numpy().reshape(-1, layer.input.shape[-1])
+            c = x.shape[-1]
+            layer.set_weights([RNG.uniform(0.5, 1.5, c).astype(np.float32),
+                               (0.5 + 0.25 * RNG.standard_normal(c)).astype(np.float32),
+                               x.mean(0), x.var(0) + 1e-3])
+
+
+def prototype_head(dense, features, gap=6.0):
+    """Class c's weights: the centred, normalised features of image c (random rows of a tenth
+    the norm beyond the images), scaled so an image's own class leads by about `gap` logits."""
+    k = dense.get_weights()[0].shape[-1]
+    f = features - features.mean(0)
+    f /= np.linalg.norm(f, axis=1, keepdims=True) + 1e-12
+    n = min(k, len(f))
+    w = RNG.standard_normal((f.shape[1], k)) * 0.1 / np.sqrt(f.shape[1])
+    w[:, :n] = f[:n].T
+    mu_logit = features.mean(0) @ w
+    spread = float(np.median(np.max(features @ w - mu_logit, axis=1)))
+    scale = gap / max(spread, 1e-6)
+    dense.set_weights([(w * scale).astype(np.float32), (-mu_logit * scale).astype(np.float32)])
+
+
+# --- the models ---------------------------------------------------------------------------------
+
+def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=False, sequential=False,
+               nested=False, pool="gap", head="dense"):
+    """A fine-tuned classifier: keras.applications base (include_top=False) + pooling + Dropout +
+    a Dense(classes) head (or a 1x1 Conv + squeeze), optionally Rescaling(1/127.5, -1) in front."""
+    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
+    base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, weights=None)
+    images = calibration_images(res)
+    randomise(base, images)
+    feats = base(images).numpy().mean((1, 2))
+    pre = [keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")] if rescaling else []
+    if head == "dense":
+        pooling = [keras.layers.GlobalAveragePooling2D(name="gap") if pool == "gap" else
+                   keras.layers.AveragePooling2D(base.output.shape[1:3], name="avg_pool")]
+        if pool != "gap":
+            pooling.append(keras.layers.Flatten(name="flatten"))
+        top = pooling + [keras.layers.Dropout(0.2, name="dropout"), keras.layers.Dense(classes, name="Logits")]
+    else:  # a 1x1 convolution on the pooled map, squeezed (how TF-slim writes its logits)
+        top = [keras.layers.GlobalAveragePooling2D(keepdims=True, name="gap"),
+               keras.layers.Dropout(0.2, name="dropout"), keras.layers.Conv2D(classes, 1, name="Logits"),
+               keras.layers.Lambda(lambda t: keras.ops.squeeze(t, axis=(1, 2)), name="squeeze")]
+    act = [keras.layers.Activation(activation, name="predictions")] if activation == "softmax" else []
+    if sequential:
+        model = keras.Sequential([keras.Input((res, res, 3))] + pre + [base] + top + act, name="sequential")
+    else:
+        inp = keras.Input((res, res, 3), name="image")
+        x = inp
+        for layer in pre:
+            x = layer(x)
+        x = base(x) if nested or rescaling else x
+        if not (nested or rescaling):
+            inp, x = base.input, base.output
+        for layer in top + act:
+            x = layer(x)
+        model = keras.Model(inp, x, name="finetuned")
+    dense = model.get_layer("Logits")
+    if head == "dense":
+        prototype_head(dense, feats)
+    else:  # the same head as a 1x1 convolution's kernel
+        tmp = keras.layers.Dense(classes)
+        tmp.build((None, feats.shape[1]))
+        prototype_head(tmp, feats)
+        w, b = tmp.get_weights()
+        dense.set_weights([w.reshape(1, 1, *w.shape), b])
+    return model
+
+
+def pretrained_v2(classes):
+    """A fine-tuned classifier on a trained base: keras.applications.MobileNetV2(1.0, 224,
+    include_top=False) holding the weights of ../shared/assets' V2 1.0-224 TFLite file
+    (dequantized; each BN the identity plus the folded bias), GAP, Dropout and a Dense(classes)
+    head made of the first `classes` ImageNet rows of that file's classifier (background dropped).
+    A random network's features barely differ between photos, so quantization noise decides its
+    top-1; a trained base gives the confident outputs a real fine-tuned file has."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    src = flatbuffer_utils.read_model(str(ASSETS / "models" / "mobilenet_v2_1.0_224_quant.tflite"))
+    g = src.subgraphs[0]
+
+    def value(i):
+        t = g.tensors[i]
+        q = np.frombuffer(bytes(src.buffers[t.buffer].data), dtype=np.uint8 if t.type == 3 else np.int32)
+        q = q.reshape(t.shape).astype(np.float64)
+        return (q - t.quantization.zeroPoint[0]) * t.quantization.scale[0]
+
+    linear = [(src.operatorCodes[op.opcodeIndex].builtinCode, value(op.inputs[1]), value(op.inputs[2]))
+              for op in g.operators if src.operatorCodes[op.opcodeIndex].builtinCode in (3, 4)]
+    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=None)
+    layers = [l for l in base.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(layers) == len(bns) == len(linear) - 1, (len(layers), len(bns), len(linear))
+    for layer, bn, (code, w, b) in zip(layers, bns, linear):
+        layer.set_weights([(w.transpose(1, 2, 3, 0) if code == 3 else w[0][..., None]).astype(np.float32)])
+        c = b.size
+        bn.set_weights([np.ones(c, np.float32), b.astype(np.float32), np.zeros(c, np.float32),
+                        np.full(c, 1 - bn.epsilon, np.float32)])
+    _, w, b = linear[-1]
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    dense = keras.layers.Dense(classes, activation="softmax", name="Logits")
+    model = keras.Model(base.input, dense(x), name="finetuned")
+    dense.set_weights([w[1:classes + 1, 0, 0, :].T.astype(np.float32), b[1:classes + 1].astype(np.float32)])
+    return model
+
+
+def headless(arch, alpha, res, pooling):
+    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
+    base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, pooling=pooling, weights=None)
+    randomise(base, calibration_images(res))
+    return base
+
+
+def slim_classifier(alpha, res, classes):
+    """keras.applications.MobileNet(include_top=True, classes=k): GAP (keepdims) -> Dropout ->
+    1x1 Conv -> Reshape -> softmax, the head Keras writes for V1."""
+    model = keras.applications.MobileNet(input_shape=(res, res, 3), alpha=alpha, classes=classes, weights=None)
+    images = calibration_images(res)
+    randomise(model, images)
+    feats = keras.Model(model.inputs, model.get_layer("conv_pw_13_relu").output)(images).numpy().mean((1, 2))
+    tmp = keras.layers.Dense(classes)
+    tmp.build((None, feats.shape[1]))
+    prototype_head(tmp, feats)
+    w, b = tmp.get_weights()
+    model.get_layer("conv_preds").set_weights([w.reshape(1, 1, *w.shape), b])
+    return model
+
+
+# --- TFLite --------------------------------------------------------------------------------------
+
+def representative(res):
+    def gen():
+        for x in calibration_images(res):
+            yield [x[None]]
+    return gen
+
+
+def to_tflite(model, mode):
+    """mode: float | dynamic | int8-float-io | int8 | uint8-io (the TF2 converter)."""
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode != "float":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode not in ("float", "dynamic"):
+        c.representative_dataset = representative(model.input.shape[1])
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if mode in ("int8", "uint8-io"):
+        c.inference_input_type = c.inference_output_type = tf.int8 if mode == "int8" else tf.uint8
+    return c.convert()
+
+
+class _FakeQuant(keras.layers.Layer):
+    """Wraps a layer: its output through FakeQuant with the range measured while calibrating."""
+
+    def __init__(self, inner):
+        super().__init__(name=inner.name + "_fq")
+        self.inner, self.lo, self.hi, self.calibrating = inner, 0.0, 0.0, True
+
+    def call(self, inputs, **kwargs):
+        y = self.inner(inputs)
+        if self.calibrating:
+            if tf.executing_eagerly():  # (not while Keras traces the clone symbolically)
+                self.lo, self.hi = min(self.lo, float(tf.reduce_min(y))), max(self.hi, float(tf.reduce_max(y)))
+            return y
+        return tf.quantization.fake_quant_with_min_max_args(y, min=self.lo, max=self.hi, num_bits=8)
+
+
+_QUANTIZED_OUTPUTS = (keras.layers.ReLU, keras.layers.Add, keras.layers.GlobalAveragePooling2D,
+                      keras.layers.AveragePooling2D, keras.layers.Dense, keras.layers.Activation)
+
+
+def to_legacy_uint8(model, path):
+    """TF-slim's quantization-aware files: FakeQuant after every tensor the uint8 graph keeps
+    (ReLU6 outputs, the linear projections' BN outputs, adds, the pool, logits, softmax), then the
+    TF1 converter with inference_type=uint8 (input real = (q - 128) / 127.5... as quantized_input_stats)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    users = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                users.setdefault(t._keras_history.operation.name, []).append(layer)
+    wrappers = []
+
+    def wrap(layer):
+        linear_bn = isinstance(layer, keras.layers.BatchNormalization) and not any(
+            isinstance(u, keras.layers.ReLU) for u in users.get(layer.name, []))
+        if isinstance(layer, _QUANTIZED_OUTPUTS) or linear_bn:
+            wrappers.append(_FakeQuant(layer))
+            return wrappers[-1]
+        return layer
+
+    fq = keras.models.clone_model(model, clone_function=wrap)
+    for a, b in zip(fq.weights, model.weights):
+        a.assign(b)
+    res = model.input.shape[1]
+    fq(calibration_images(res), training=False)
+    for w in wrappers:
+        w.calibrating = False
+    fn = tf.function(lambda x: fq(x, training=False)).get_concrete_function(
+        tf.TensorSpec((1, res, res, 3), tf.float32, name="input"))
+    frozen = convert_variables_to_constants_v2(fn)
+    pb = str(path) + ".pb"
+    tf.io.write_graph(frozen.graph.as_graph_def(), os.path.dirname(pb), os.path.basename(pb), as_text=False)
+    out = frozen.outputs[0].name.split(":")[0]
+    c = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(pb, ["input"], [out], {"input": [1, res, res, 3]})
+    c.inference_type = tf.uint8
+    c.quantized_input_stats = {"input": (127.5, 127.5)}  # real = (q - mean) / std: q/127.5 - 1
+    data = c.convert()
+    os.remove(pb)
+    return data
+
+
+def append_labels(data, labels):
+    """The label file appended as a zip, as TF-slim's hosted models carry it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("labels.txt", "\n".join(labels) + "\n")
+    return data + buf.getvalue()
+
+
+def with_metadata(data, labels, name):
+    """TFLite Metadata (tflite-support's metadata_schema.fbs, identifier "M001") naming labels.txt
+    as the output's TENSOR_AXIS_LABELS associated file, with the file packed into the model as a
+    zip, as tflite-support's metadata writers do (tflite-support does not install beside TF 2.21,
+    so the flatbuffer is built here, table by table)."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    b = flatbuffers.Builder(1024)
+
+    def table(fields):  # fields: [(slot, kind, value)], kind "offset" | "byte" | "vector"
+        refs = []
+        for slot, kind, value in fields:
+            if kind == "vector":
+                b.StartVector(4, len(value), 4)
+                for v in reversed(value):
+                    b.PrependUOffsetTRelative(v)
+                refs.append((slot, "offset", b.EndVector()))
+            else:
+                refs.append((slot, kind, value))
+        b.StartObject(8)
+        for slot, kind, value in refs:
+            if kind == "offset":
+                b.PrependUOffsetTRelativeSlot(slot, value, 0)
+            else:
+                b.PrependInt8Slot(slot, value, 0)
+        return b.EndObject()
+
+    label_file = table([(0, "offset", b.CreateString("labels.txt")), (2, "byte", 2)])  # TENSOR_AXIS_LABELS
+    tin = table([(0, "offset", b.CreateString("image"))])
+    tout = table([(0, "offset", b.CreateString("probability")), (6, "vector", [label_file])])
+    sub = table([(2, "vector", [tin]), (3, "vector", [tout])])
+    root = table([(0, "offset", b.CreateString(name)), (3, "vector", [sub]),
+                  (7, "offset", b.CreateString("1.0.0"))])
+    b.Finish(root, file_identifier=b"M001")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(b.Output()), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = "TFLITE_METADATA", len(model.buffers) - 1
+    model.metadata = (model.metadata or []) + [entry]
+    return append_labels(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), labels)
+
+
+def to_onnx(out, model, name, opset):
+    """tf2onnx from the Keras model's tf.function: NHWC input, Transposes around the convs."""
+    import tf2onnx
+    res = model.input.shape[1]
+    spec = (tf.TensorSpec((1, res, res, 3), tf.float32, name="input"),)
+    fn = tf.function(lambda x: model(x, training=False))
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    (out / name).write_bytes(proto.SerializeToString())
+    add_entry(out, dict(file=name, format="onnx", writer=f"tf2onnx {tf2onnx.__version__}", quantized=False,
+                        runtime="onnxruntime", form=f"tf2onnx from Keras, opset {opset}, NHWC input, MatMul + Add head"))
+    print(f"  {name}", flush=True)
+
+
+# --- the corpus -----------------------------------------------------------------------------------
+
+def write(out, name, data, **entry):
+    (out / name).write_bytes(data)
+    add_entry(out, dict(file=name, **entry))
+    print(f"  {name}: {len(data) // 1024} kB", flush=True)
+
+
+def save_keras(out, model, name, **entry):
+    model.save(out / name)
+    add_entry(out, dict(file=name, **entry))
+    print(f"  {name}", flush=True)
+
+
+def write_all(out):
+    from pathlib import Path
+    out = Path(out)
+    print("TensorFlow half:", tf.__version__, "keras", keras.__version__, flush=True)
+    # V2 0.35-96, 965 classes, Dense head: the acceptance files.
+    m = classifier("v2", 0.35, 96, 965)
+    for mode in ("float", "dynamic", "int8-float-io", "int8", "uint8-io"):
+        write(out, f"v2_035_96_fc965_{mode}.tflite", to_tflite(m, mode), format="tflite", writer="TFLiteConverter",
+              form=f"{mode}; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes", quantized=mode != "float",
+              runtime="litert")
+    data = append_labels(to_legacy_uint8(m, out / "legacy"), label_names(965))
+    write(out, "v2_035_96_fc965_legacy_uint8.tflite", data, format="tflite", quantized=True, runtime="litert",
+          writer="compat.v1 TFLiteConverter (FakeQuant graph, inference_type=uint8)",
+          form="legacy uint8; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes; labels in an appended zip",
+          labels=True)
+    save_keras(out, m, "v2_035_96_fc965.keras", format="keras", writer="keras (tensorflow backend)",
+               form="Functional: base + GAP + Dropout + Dense(965, softmax)", quantized=False, runtime="keras")
+    to_onnx(out, m, "v2_035_96_fc965_tf2onnx.onnx", opset=13)
+
+    # V1 0.5-128, Keras' own classifier head (1x1 conv + reshape), 10 classes.
+    m = slim_classifier(0.5, 128, 10)
+    for mode in ("float", "int8"):
+        write(out, f"v1_05_128_conv10_{mode}.tflite", with_metadata(to_tflite(m, mode), label_names(10), "v1"),
+              format="tflite", writer="TFLiteConverter", quantized=mode != "float", runtime="litert", labels=True,
+              form=f"{mode}; MEAN + CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes; labels from TFLite Metadata")
+    write(out, "v1_05_128_conv10_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), format="tflite",
+          writer="compat.v1 TFLiteConverter (FakeQuant graph)", quantized=True, runtime="litert",
+          form="legacy uint8; CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes")
+    save_keras(out, m, "v1_05_128_conv10.h5", format="keras", writer="keras (tensorflow backend)", quantized=False,
+               form="keras.applications.MobileNet(classes=10) .h5", runtime="keras")
+
+    # Wrappers with preprocessing inside, linear heads, other poolings.
+    m = classifier("v2", 0.5, 128, 37, activation=None, rescaling=True, sequential=True)
+    save_keras(out, m, "v2_05_128_seq_rescale_linear37.keras", format="keras", quantized=False, runtime="keras",
+               writer="keras (tensorflow backend)", form="Sequential: Rescaling + base + GAP + Dropout + Dense(37, linear)")
+    save_keras(out, m, "v2_05_128_seq_rescale_linear37.h5", format="keras", quantized=False, runtime="keras",
+               writer="keras (tensorflow backend)", form="the same Sequential model as legacy .h5")
+    m = classifier("v1", 0.5, 96, 5, rescaling=True)
+    save_keras(out, m, "v1_05_96_func_rescale_softmax5.keras", format="keras", quantized=False, runtime="keras",
+               writer="keras (tensorflow backend)", form="Functional: Rescaling + nested base + GAP + Dropout + Dense(5, softmax)")
+    save_keras(out, m, "v1_05_96_func_rescale_softmax5.h5", format="keras", quantized=False, runtime="keras",
+               writer="keras (tensorflow backend)", form="the same Functional model as legacy .h5")
+    m = classifier("v1", 0.5, 96, 12, activation=None, pool="avg")
+    write(out, "v1_05_96_avgpool_linear12_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
+          writer="TFLiteConverter", runtime="litert",
+          form="float; AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED head (no softmax), 12 classes")
+    write(out, "v1_05_96_avgpool_linear12_int8-float-io.tflite", to_tflite(m, "int8-float-io"), format="tflite",
+          quantized=True, writer="TFLiteConverter", runtime="litert",
+          form="int8 with float I/O; AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED, 12 classes")
+    m = classifier("v2", 0.5, 96, 20, head="conv")
+    write(out, "v2_05_96_conv_squeeze20_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
+          writer="TFLiteConverter", runtime="litert", form="float; MEAN + CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes")
+    write(out, "v2_05_96_conv_squeeze20_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), format="tflite",
+          quantized=True, writer="compat.v1 TFLiteConverter (FakeQuant graph)", runtime="litert",
+          form="legacy uint8; CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes")
+
+    # Headless embedding extractors.
+    m = headless("v1", 0.5, 96, "avg")
+    write(out, "v1_05_96_headless_avg_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
+          writer="TFLiteConverter", runtime="litert", form="float; headless extractor (include_top=False, pooling=avg)")
+    write(out, "v1_05_96_headless_avg_int8.tflite", to_tflite(m, "int8"), format="tflite", quantized=True,
+          writer="TFLiteConverter", runtime="litert", form="int8 I/O; headless extractor (pooling=avg)", embedding=True)
+    m = headless("v2", 0.35, 128, None)
+    write(out, "v2_035_128_headless_map_dynamic.tflite", to_tflite(m, "dynamic"), format="tflite", quantized=True,
+          embedding=True, writer="TFLiteConverter", runtime="litert", form="dynamic range; headless, the 4x4x1280 feature map out")

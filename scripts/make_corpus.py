@@ -1,0 +1,124 @@
+"""Write the corpus: small MobileNet V1/V2 files in every form the converters write, by the
+converters themselves (docs/real-models.md lists them with the figures the tests measured).
+
+    python scripts/make_corpus.py OUT_DIR            # everything (creates .venv-tf when needed)
+    python scripts/make_corpus.py OUT_DIR --part tf  # only the TensorFlow half (run in .venv-tf)
+
+Two halves, two interpreters. TensorFlow (its TFLite converter, Keras with the tensorflow backend,
+tf2onnx) would change numpy/keras/protobuf in the test environment, so it lives in its own venv,
+`.venv-tf` beside the repository's `.venv` (pinned in TF_REQUIREMENTS, created on first use), and
+that half runs in a child process with KERAS_BACKEND=tensorflow. The torch half (torch.onnx,
+ONNX Runtime's quantizers, torchvision state_dicts, torch.export) runs in the test environment.
+
+Weights are random but shaped like a trained network's, so that outputs are confident and depend
+on the input (a random network's outputs are nearly flat, and top-1 agreement on flat outputs
+means nothing):
+- convolutions He-scaled; every batch norm's statistics are *measured*: its moving mean and
+  variance are the mean and variance of its input over calibration images (the asset photos),
+  layer by layer, as after training; gamma and beta are drawn at random (gamma in 0.5..1.5, beta
+  around 0.5), so the statistics are not the identity and a wrong epsilon or a swapped mean and
+  variance shows;
+- the classifier is a nearest-prototype head: class c's weights are the centred, normalised
+  pooled features of one calibration image (classes beyond the images get random rows of a
+  tenth the norm), scaled so the logit gap is a few units. Each photo then has its own class,
+  a clear top-1 that a runtime must keep through quantization.
+
+Nothing written here is committed. Each file is listed in OUT_DIR/manifest.json: its name, format,
+form, the writer, and whether it is quantized. Reference outputs are computed at test time by each
+file's own runtime (Keras, ONNX Runtime, LiteRT), which the test environment has.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+PHOTOS = [ASSETS / "photos", ASSETS / "imagenet-dev-100"]
+TF_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "pillow>=10"]
+TF_VENV = ROOT / ".venv-tf"
+CALIBRATION = 32  # images used for BN statistics, prototypes and quantization ranges
+SEED = 12
+
+
+# --- shared by both halves --------------------------------------------------------------------
+
+def photos(resolution, n=None):
+    """The asset photos (sorted; the first n) as float32 NHWC in -1..1, centre-cropped to 0.875
+    and resized bilinearly, or seeded noise blobs where the assets are absent."""
+    import numpy as np
+    files = [p for d in PHOTOS if d.is_dir() for p in sorted(d.iterdir())
+             if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
+    if not files:
+        rng = np.random.default_rng(SEED)
+        return rng.uniform(-1, 1, (n or CALIBRATION, resolution, resolution, 3)).astype(np.float32)
+    from PIL import Image
+    out = []
+    for p in files[:n]:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        side = int(min(w, h) * 0.875)
+        im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        out.append(np.asarray(im.resize((resolution, resolution), Image.BILINEAR), dtype=np.float32))
+    return np.stack(out) / np.float32(127.5) - np.float32(1)
+
+
+def calibration_images(resolution):
+    """Every third photo: shared by BN statistics, prototypes and quantization ranges."""
+    return photos(resolution)[::3][:CALIBRATION]
+
+
+def add_entry(out, entry):
+    """Append one file's description to OUT/manifest.json (written by both halves)."""
+    path = Path(out) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else []
+    manifest = [e for e in manifest if e["file"] != entry["file"]] + [entry]
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def label_names(classes):
+    return [f"class_{i:04d}" for i in range(classes)]
+
+
+# --- the TensorFlow half (runs in .venv-tf) ---------------------------------------------------
+
+def tf_python():
+    """The interpreter of the TensorFlow venv: $NPMOBILE_TF_PYTHON, else .venv-tf (created and
+    filled with TF_REQUIREMENTS the first time)."""
+    if os.environ.get("NPMOBILE_TF_PYTHON"):
+        return os.environ["NPMOBILE_TF_PYTHON"]
+    python = TF_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TF_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *TF_REQUIREMENTS], check=True)
+    return str(python)
+
+
+def run_tf_half(out):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    subprocess.run([tf_python(), str(Path(__file__).resolve()), str(out), "--part", "tf"], check=True, env=env)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--part", choices=("all", "tf", "torch"), default="all")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.part == "tf":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import corpus_tf
+        corpus_tf.write_all(args.out)
+        return
+    if args.part == "all":
+        run_tf_half(args.out)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import corpus_torch
+    corpus_torch.write_all(args.out)
+
+
+if __name__ == "__main__":
+    main()
