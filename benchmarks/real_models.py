@@ -117,6 +117,9 @@ def markdown(results, photo_names):
     return "\n".join(lines)
 
 
+CORPUS_SECTION = "## Every form the converters write"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--assets", type=Path, default=ASSETS)
@@ -129,7 +132,9 @@ def main(argv=None):
         print(summary_line(results[-1]))
     photos = [n for n, _, c in images if c is None]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, photos) + "\n")
+    old = args.out.read_text() if args.out.exists() else ""
+    kept = old[old.index(CORPUS_SECTION):] if CORPUS_SECTION in old else ""  # scripts/make_corpus.py's
+    args.out.write_text(markdown(results, photos) + "\n" + ("\n" + kept if kept else ""))
     print(f"wrote {args.out}")
 
 

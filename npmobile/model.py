@@ -56,7 +56,8 @@ class Model:
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
         self.params = weights.check_params(graph, params, source)
-        self.labels = list(labels) if labels is not None else None
+        # The file's class names; else ImageNet's for a 1000/1001-class output (data.default_labels).
+        self.labels = list(labels) if labels is not None else _default_labels(graph)
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
@@ -134,6 +135,12 @@ class Model:
 
     def save(self, path):
         weights.save(path, self.graph, self.params, self.labels)
+
+
+def _default_labels(graph):
+    from .data import default_labels
+    out = graph.nodes[-1].shape
+    return default_labels(out[0]) if len(out) == 1 else None
 
 
 def from_native(path):

@@ -29,21 +29,26 @@ RNG = np.random.default_rng(SEED)
 # --- weights shaped like a trained network's (see make_corpus's docstring) ---------------------
 
 def randomise(model, images):
-    """He-scaled kernels, random gamma/beta, BN statistics measured layer by layer on `images`."""
-    for layer in model.layers:
+    """He-scaled kernels, random gamma/beta, and BN statistics measured on `images`: the layers
+    run one by one in order on the images, each BN given the mean and variance of its own input
+    just before it runs (one pass calibrates every layer, later ones seeing the earlier ones)."""
+    values = {id(model.inputs[0]): tf.constant(images)}
+    for layer in model.layers[1:]:
+        node = layer._inbound_nodes[0]
+        args = [values[id(t)] for t in node.input_tensors]
+        x = args[0] if len(args) == 1 else args
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            ws = layer.get_weights()
-            k = ws[0]
+            k = layer.get_weights()[0]
             fan_in = k.shape[0] * k.shape[1] * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else k.shape[2])
-            ws[0] = (RNG.standard_normal(k.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-            layer.set_weights(ws)
-    for layer in model.layers:
+            layer.set_weights([(RNG.standard_normal(k.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)]
+                              + layer.get_weights()[1:])
         if isinstance(layer, keras.layers.BatchNormalization):
-            x = keras.Model(model.inputs, layer.input)(images, training=False).numpy().reshape(-1, layer.input.shape[-1])
-            c = x.shape[-1]
+            flat = x.numpy().reshape(-1, x.shape[-1])
+            c = flat.shape[-1]
             layer.set_weights([RNG.uniform(0.5, 1.5, c).astype(np.float32),
                                (0.5 + 0.25 * RNG.standard_normal(c)).astype(np.float32),
-                               x.mean(0), x.var(0) + 1e-3])
+                               flat.mean(0), flat.var(0) + 1e-3])
+        values[id(node.output_tensors[0])] = layer(x, training=False)
 
 
 def prototype_head(dense, features, gap=6.0):
@@ -338,20 +343,20 @@ def write_all(out):
     from pathlib import Path
     out = Path(out)
     print("TensorFlow half:", tf.__version__, "keras", keras.__version__, flush=True)
-    # V2 0.35-96, 965 classes, Dense head: the acceptance files.
-    m = classifier("v2", 0.35, 96, 965)
+    # A fine-tuned V2 (trained base, 965 classes, Dense head): the acceptance files.
+    m = pretrained_v2(965)
     for mode in ("float", "dynamic", "int8-float-io", "int8", "uint8-io"):
-        write(out, f"v2_035_96_fc965_{mode}.tflite", to_tflite(m, mode), format="tflite", writer="TFLiteConverter",
+        write(out, f"v2_10_224_fc965_{mode}.tflite", to_tflite(m, mode), format="tflite", writer="TFLiteConverter",
               form=f"{mode}; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes", quantized=mode != "float",
               runtime="litert")
     data = append_labels(to_legacy_uint8(m, out / "legacy"), label_names(965))
-    write(out, "v2_035_96_fc965_legacy_uint8.tflite", data, format="tflite", quantized=True, runtime="litert",
+    write(out, "v2_10_224_fc965_legacy_uint8.tflite", data, format="tflite", quantized=True, runtime="litert",
           writer="compat.v1 TFLiteConverter (FakeQuant graph, inference_type=uint8)",
           form="legacy uint8; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes; labels in an appended zip",
           labels=True)
-    save_keras(out, m, "v2_035_96_fc965.keras", format="keras", writer="keras (tensorflow backend)",
+    save_keras(out, m, "v2_10_224_fc965.keras", format="keras", writer="keras (tensorflow backend)",
                form="Functional: base + GAP + Dropout + Dense(965, softmax)", quantized=False, runtime="keras")
-    to_onnx(out, m, "v2_035_96_fc965_tf2onnx.onnx", opset=13)
+    to_onnx(out, m, "v2_10_224_fc965_tf2onnx.onnx", opset=13)
 
     # V1 0.5-128, Keras' own classifier head (1x1 conv + reshape), 10 classes.
     m = slim_classifier(0.5, 128, 10)

@@ -19,21 +19,25 @@ def nchw(x):
 
 @torch.no_grad()
 def randomise(model, images):
-    """Random gamma/beta; each BN's running statistics measured on `images` in forward order
-    (a hook sets them from the BN's own input, so later layers see the calibrated earlier ones)."""
+    """Random gamma/beta; each BN's running statistics measured on `images`: a pre-hook sets them
+    from the BN's own input just before it runs, so one forward pass calibrates every layer in
+    order (later layers see the calibrated earlier ones)."""
     model.eval()
+
+    def measure(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3), unbiased=False) + 1e-3)
+
+    handles = []
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         c = bn.num_features
         bn.weight.copy_(torch.rand(c, generator=GEN) + 0.5)
         bn.bias.copy_(0.5 + 0.25 * torch.randn(c, generator=GEN))
-
-        def measure(module, inputs):
-            x = inputs[0]
-            module.running_mean.copy_(x.mean((0, 2, 3)))
-            module.running_var.copy_(x.var((0, 2, 3), unbiased=False) + 1e-3)
-        handle = bn.register_forward_pre_hook(measure)
-        model.features(images)
-        handle.remove()
+        handles.append(bn.register_forward_pre_hook(measure))
+    model.features(images)
+    for h in handles:
+        h.remove()
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ means nothing):
   tenth the norm), scaled so the logit gap is a few units. Each photo then has its own class,
   a clear top-1 that a runtime must keep through quantization.
 
-Nothing written here is committed. Each file is listed in OUT_DIR/manifest.json: its name, format,
+Nothing written here is committed. Each file is described in OUT_DIR/manifest/<file>.json: its name, format,
 form, the writer, and whether it is quantized. Reference outputs are computed at test time by each
 file's own runtime (Keras, ONNX Runtime, LiteRT), which the test environment has.
 """
@@ -31,6 +31,7 @@ file's own runtime (Keras, ONNX Runtime, LiteRT), which the test environment has
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,16 @@ def calibration_images(resolution):
 
 
 def add_entry(out, entry):
-    """Append one file's description to OUT/manifest.json (written by both halves)."""
-    path = Path(out) / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else []
-    manifest = [e for e in manifest if e["file"] != entry["file"]] + [entry]
-    path.write_text(json.dumps(manifest, indent=1))
+    """Describe one written file: OUT/manifest/<file>.json (one file each, so the two halves
+    never write the same file)."""
+    folder = Path(out) / "manifest"
+    folder.mkdir(exist_ok=True)
+    (folder / (entry["file"] + ".json")).write_text(json.dumps(entry, indent=1))
+
+
+def manifest(out):
+    """{file name: its description} for every file written."""
+    return {e["file"]: e for e in (json.loads(p.read_text()) for p in sorted((Path(out) / "manifest").glob("*.json")))}
 
 
 def label_names(classes):
@@ -102,12 +108,58 @@ def run_tf_half(out):
     subprocess.run([tf_python(), str(Path(__file__).resolve()), str(out), "--part", "tf"], check=True, env=env)
 
 
+def stamp():
+    """What the corpus depends on: the generator's own source (a changed generator rebuilds)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("make_corpus.py", "corpus_tf.py", "corpus_torch.py"):
+        h.update((ROOT / "scripts" / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def is_built(out):
+    return (Path(out) / "stamp").exists() and (Path(out) / "stamp").read_text() == stamp()
+
+
+DOC = ROOT / "docs" / "real-models.md"
+SECTION = "## Every form the converters write"
+
+
+def report(out):
+    """The docs/real-models.md section: every corpus file, its writer, runtime and the figure
+    tests/test_corpus.py measured (OUT/results.json)."""
+    entries = manifest(out).values()
+    results = json.loads((Path(out) / "results.json").read_text()) if (Path(out) / "results.json").exists() else {}
+    rows = ["| file | form | written by | checked against | figure |", "|---|---|---|---|---|"]
+    for e in sorted(entries, key=lambda e: (e["format"], e["file"])):
+        r = results.get(e["file"], {})
+        rows.append(f"| `{e['file']}` | {e['form']} | {e['writer']} | {r.get('runtime', e['runtime'])} | "
+                    f"{r.get('figure', 'not run')} |")
+    return "\n".join(rows)
+
+
+def write_docs(out):
+    """Replace the corpus table in docs/real-models.md (the text above the table stays)."""
+    text = DOC.read_text()
+    head, _, rest = text.partition(SECTION)
+    intro, sep, _ = rest.partition("\n| file |")
+    DOC.write_text(head + SECTION + intro + "\n" + report(out) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--part", choices=("all", "tf", "torch"), default="all")
+    ap.add_argument("--docs", action="store_true", help="only rewrite the table in docs/real-models.md from "
+                    "OUT/results.json (written by tests/test_corpus.py)")
     args = ap.parse_args()
+    if args.docs:
+        write_docs(args.out)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stamp").unlink(missing_ok=True)
+    if args.part == "all":
+        shutil.rmtree(args.out / "manifest", ignore_errors=True)
     if args.part == "tf":
         sys.path.insert(0, str(ROOT / "scripts"))
         import corpus_tf
@@ -118,6 +170,8 @@ def main():
     sys.path.insert(0, str(ROOT / "scripts"))
     import corpus_torch
     corpus_torch.write_all(args.out)
+    if args.part == "all":
+        (args.out / "stamp").write_text(stamp())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,25 @@ def assets():
     return ASSETS
 
 
+@pytest.fixture(scope="session")
+def corpus(assets, tmp_path_factory):
+    """The generated corpus (scripts/make_corpus.py: every MobileNet form the converters write),
+    built once per session: in $NPMOBILE_CORPUS_DIR when set (reused while the generator is
+    unchanged), else in a temporary directory. Returns (folder, {file name: manifest entry})."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    import make_corpus
+
+    out = Path(os.environ["NPMOBILE_CORPUS_DIR"]) if os.environ.get("NPMOBILE_CORPUS_DIR") else \
+        tmp_path_factory.mktemp("corpus")
+    if not make_corpus.is_built(out):
+        subprocess.run([sys.executable, str(root / "scripts" / "make_corpus.py"), str(out)], check=True)
+    return out, make_corpus.manifest(out)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI every test runs: a skip (a framework missing, the assets absent) fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -15,7 +15,8 @@ weights: Keras' unfolded batch norm, a Gemm's bias), Pad (constant zeros on H an
 GlobalAveragePool, AveragePool and ReduceMean over the whole map, Flatten/Reshape/Squeeze/
 Unsqueeze of a pooled vector, Gemm, MatMul, Softmax, Transpose, Identity, Dropout, Cast (to
 float). Quantized: QuantizeLinear/DequantizeLinear, QLinearConv, QLinearMatMul and
-(com.microsoft) QLinearAdd, QLinearGlobalAveragePool: weights are dequantized as
+(com.microsoft) QLinearAdd, QLinearGlobalAveragePool, and quantize_dynamic's
+DynamicQuantizeLinear + MatMulInteger + Mul by the scales: weights are dequantized as
 scale * (q - zero_point), per tensor or per channel, int32 biases with scale x_scale * w_scale,
 and the network runs as float (activations are not re-quantized).
 Nodes whose inputs are all constant (shape arithmetic such as Shape -> Gather -> Concat ->
@@ -47,7 +48,7 @@ ALIAS = {"Identity", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear", "T
 ACTIVATION_OPS = {"Conv", "QLinearConv", "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div",
                   "QLinearAdd", "Pad", "GlobalAveragePool", "QLinearGlobalAveragePool", "AveragePool",
                   "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Gemm", "MatMul",
-                  "QLinearMatMul", "Softmax"}
+                  "QLinearMatMul", "Softmax", "DynamicQuantizeLinear", "MatMulInteger"}
 SUPPORTED = CONST_ONLY | ALIAS | ACTIVATION_OPS
 _MS = {"QLinearAdd", "QLinearGlobalAveragePool"}  # com.microsoft contrib ops
 
@@ -128,6 +129,9 @@ class _Importer:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.consts = {}
         self.acts = {}
+        # quantize_dynamic's runtime scales: tensor -> its constant factor (the activation's own
+        # scale, known only at run time, cancels: see _op_DynamicQuantizeLinear)
+        self.runtime = {}
         self.count = {}  # tensor -> how many node inputs (and graph outputs) read it
         self.readers = {}  # npmobile value -> readers not yet accounted for as aliases
         for n in self.g.node:
@@ -218,7 +222,7 @@ class _Importer:
             attrs = _attrs(node)
             known = [t for t in node.input if t]
             for t in known:
-                if t not in self.consts and t not in self.acts:
+                if t not in self.consts and t not in self.acts and t not in self.runtime:
                     self.fail(f"node {name!r} ({node.op_type}) reads {t!r}, which no earlier node computes")
             try:
                 if node.op_type == "Shape" or all(t in self.consts for t in known):
@@ -402,8 +406,36 @@ class _Importer:
     def _op_Add(self, node, name, attrs, x):
         return self._binary(node, name, "Add", node.input[0], node.input[1])
 
+    def _op_Mul(self, node, name, attrs, x):
+        a, b = node.input[:2]
+        if a in self.runtime or b in self.runtime:  # quantize_dynamic's rescaling
+            r, other = (a, b) if a in self.runtime else (b, a)
+            if other in self.consts:  # x_scale * w_scale: keep w_scale
+                self.runtime[node.output[0]] = self.runtime[r] * np.asarray(self.consts[other], np.float64)
+                return None
+            return self._affine(self.acts[other], "Mul", self.runtime[r])
+        return self._binary(node, name, "Mul", a, b)
+
+    def _op_DynamicQuantizeLinear(self, node, name, attrs, x):
+        """y, y_scale, y_zero_point = quantize(x) with a scale computed at run time. As float: y is x
+        itself, and the MatMulInteger that reads y becomes x @ (w - w_zero_point), which is
+        y_scale times the integer product; the Mul by y_scale * w_scale after it then scales by
+        w_scale alone (the run-time factor cancels)."""
+        self.readers[x.value] -= 1
+        self._set(node.output[0], _Act(x.value, x.layout))
+        for t in node.output[1:]:
+            if t:
+                self.runtime[t] = np.float64(1.0)
+        return None
+
+    def _op_MatMulInteger(self, node, name, attrs, x):
+        if len(node.input) < 3 or node.input[2] not in self.runtime:
+            raise ValueError("only the MatMulInteger of quantize_dynamic (after DynamicQuantizeLinear) is supported")
+        w = self.const(node, 1).astype(np.float64)
+        zp = self.const(node, 3, False)
+        return self._dense(name, x, w - (0 if zp is None else np.asarray(zp, np.float64)), None)
+
     _op_Sub = lambda self, node, name, attrs, x: self._binary(node, name, "Sub", node.input[0], node.input[1])
-    _op_Mul = lambda self, node, name, attrs, x: self._binary(node, name, "Mul", node.input[0], node.input[1])
     _op_Div = lambda self, node, name, attrs, x: self._binary(node, name, "Div", node.input[0], node.input[1])
 
     def _op_QLinearAdd(self, node, name, attrs, x):

@@ -143,3 +143,12 @@ def load_pth(path, **options):
     if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
         sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
     return from_state_dict(sd, source=str(path), **options)
+
+
+def refuse_export_archive(path, **options):
+    """A torch.export archive (.pt2, torch.export.save) is refused: its weights and constants are
+    stored through torch's pickle-based serialisation, so reading it means running torch's
+    unpickler on the file (torch.export.load), which npmobile never does with a user's file."""
+    raise WeightFileError(f"{path}: a torch.export archive (.pt2) cannot be read without running torch's "
+                          "unpickler on it; save the model's weights instead (torch.save(model.state_dict(), "
+                          "'model.pth'), read with weights_only=True) or export it to ONNX")
