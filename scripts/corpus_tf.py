@@ -69,14 +69,20 @@ def prototype_head(dense, features, gap=6.0):
 # --- the models ---------------------------------------------------------------------------------
 
 def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=False, sequential=False,
-               nested=False, pool="gap", head="dense"):
+               nested=False, pool="gap", head="dense", trained=False):
     """A fine-tuned classifier: keras.applications base (include_top=False) + pooling + Dropout +
-    a Dense(classes) head (or a 1x1 Conv + squeeze), optionally Rescaling(1/127.5, -1) in front."""
-    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
-    base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, weights=None)
-    images = calibration_images(res)
-    randomise(base, images)
-    feats = base(images).numpy().mean((1, 2))
+    a Dense(classes) head (or a 1x1 Conv + squeeze), optionally Rescaling(1/127.5, -1) in front.
+    trained: the base and head from trained_base (224, its own alpha), else random weights
+    (randomise) with a prototype head."""
+    if trained:
+        base, kernel, bias = trained_base(arch)
+        res = 224
+    else:
+        app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
+        base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, weights=None)
+        images = calibration_images(res)
+        randomise(base, images)
+        feats = base(images).numpy().mean((1, 2))
     pre = [keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")] if rescaling else []
     if head == "dense":
         pooling = [keras.layers.GlobalAveragePooling2D(name="gap") if pool == "gap" else
@@ -88,6 +94,7 @@ def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=Fal
         top = [keras.layers.GlobalAveragePooling2D(keepdims=True, name="gap"),
                keras.layers.Dropout(0.2, name="dropout"), keras.layers.Conv2D(classes, 1, name="Logits"),
                keras.layers.Lambda(lambda t: keras.ops.squeeze(t, axis=(1, 2)), name="squeeze")]
+    # the softmax as its own layer, so the legacy converter's FakeQuant also sees the logits
     act = [keras.layers.Activation(activation, name="predictions")] if activation == "softmax" else []
     if sequential:
         model = keras.Sequential([keras.Input((res, res, 3))] + pre + [base] + top + act, name="sequential")
@@ -103,24 +110,36 @@ def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=Fal
             x = layer(x)
         model = keras.Model(inp, x, name="finetuned")
     dense = model.get_layer("Logits")
-    if head == "dense":
-        prototype_head(dense, feats)
-    else:  # the same head as a 1x1 convolution's kernel
-        tmp = keras.layers.Dense(classes)
-        tmp.build((None, feats.shape[1]))
+    tmp = keras.layers.Dense(classes)
+    tmp.build((None, dense.input.shape[-1]))
+    if trained:
+        tmp.set_weights(list(imagenet_rows(kernel, bias, classes)))
+    else:
         prototype_head(tmp, feats)
-        w, b = tmp.get_weights()
-        dense.set_weights([w.reshape(1, 1, *w.shape), b])
+    w, b = tmp.get_weights()
+    dense.set_weights([w if head == "dense" else w.reshape(1, 1, *w.shape), b])
     return model
 
 
-def pretrained_v2(classes):
-    """A fine-tuned classifier on a trained base: keras.applications.MobileNetV2(1.0, 224,
-    include_top=False) holding the weights of ../shared/assets' V2 1.0-224 TFLite file
-    (dequantized; each BN the identity plus the folded bias), GAP, Dropout and a Dense(classes)
-    head made of the first `classes` ImageNet rows of that file's classifier (background dropped).
+def trained_base(arch, pooling=None):
+    """A keras.applications base (include_top=False) at 224 holding trained ImageNet weights from
+    ../shared/assets, and that network's classifier (kernel (c, 1000), bias (1000,)):
+    - v1: MobileNet 0.25 from mobilenet_v1_0.25_224.h5 (Keras, float);
+    - v2: MobileNetV2 1.0 from mobilenet_v2_1.0_224_quant.tflite (dequantized; each BN the
+      identity plus the folded bias; the background class dropped).
     A random network's features barely differ between photos, so quantization noise decides its
     top-1; a trained base gives the confident outputs a real fine-tuned file has."""
+    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
+    base = app(input_shape=(224, 224, 3), alpha=0.25 if arch == "v1" else 1.0, include_top=False, pooling=pooling,
+               weights=None)
+    if arch == "v1":
+        full = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25,
+                                            weights=str(ASSETS / "models" / "mobilenet_v1_0.25_224.h5"))
+        for layer in base.layers:
+            if layer.weights:
+                layer.set_weights(full.get_layer(layer.name).get_weights())
+        k, b = full.get_layer("conv_preds").get_weights()
+        return base, k[0, 0], b
     from tensorflow.lite.tools import flatbuffer_utils
 
     src = flatbuffer_utils.read_model(str(ASSETS / "models" / "mobilenet_v2_1.0_224_quant.tflite"))
@@ -129,12 +148,10 @@ def pretrained_v2(classes):
     def value(i):
         t = g.tensors[i]
         q = np.frombuffer(bytes(src.buffers[t.buffer].data), dtype=np.uint8 if t.type == 3 else np.int32)
-        q = q.reshape(t.shape).astype(np.float64)
-        return (q - t.quantization.zeroPoint[0]) * t.quantization.scale[0]
+        return (q.reshape(t.shape).astype(np.float64) - t.quantization.zeroPoint[0]) * t.quantization.scale[0]
 
     linear = [(src.operatorCodes[op.opcodeIndex].builtinCode, value(op.inputs[1]), value(op.inputs[2]))
               for op in g.operators if src.operatorCodes[op.opcodeIndex].builtinCode in (3, 4)]
-    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=None)
     layers = [l for l in base.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
     bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert len(layers) == len(bns) == len(linear) - 1, (len(layers), len(bns), len(linear))
@@ -144,32 +161,33 @@ def pretrained_v2(classes):
         bn.set_weights([np.ones(c, np.float32), b.astype(np.float32), np.zeros(c, np.float32),
                         np.full(c, 1 - bn.epsilon, np.float32)])
     _, w, b = linear[-1]
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
-    x = keras.layers.Dropout(0.2, name="dropout")(x)
-    dense = keras.layers.Dense(classes, activation="softmax", name="Logits")
-    model = keras.Model(base.input, dense(x), name="finetuned")
-    dense.set_weights([w[1:classes + 1, 0, 0, :].T.astype(np.float32), b[1:classes + 1].astype(np.float32)])
-    return model
+    return base, w[1:, 0, 0, :].T, b[1:]
 
 
-def headless(arch, alpha, res, pooling):
+def imagenet_rows(kernel, bias, classes):
+    """`classes` of the 1000 ImageNet classifier rows, spread evenly (a fine-tuned head's stand-in)."""
+    rows = np.linspace(0, 999, classes).round().astype(int)
+    return kernel[:, rows].astype(np.float32), bias[rows].astype(np.float32)
+
+
+def headless(arch, alpha, res, pooling, trained=False):
+    if trained:
+        return trained_base(arch, pooling)[0]
     app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
     base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, pooling=pooling, weights=None)
     randomise(base, calibration_images(res))
     return base
 
 
-def slim_classifier(alpha, res, classes):
-    """keras.applications.MobileNet(include_top=True, classes=k): GAP (keepdims) -> Dropout ->
-    1x1 Conv -> Reshape -> softmax, the head Keras writes for V1."""
-    model = keras.applications.MobileNet(input_shape=(res, res, 3), alpha=alpha, classes=classes, weights=None)
-    images = calibration_images(res)
-    randomise(model, images)
-    feats = keras.Model(model.inputs, model.get_layer("conv_pw_13_relu").output)(images).numpy().mean((1, 2))
-    tmp = keras.layers.Dense(classes)
-    tmp.build((None, feats.shape[1]))
-    prototype_head(tmp, feats)
-    w, b = tmp.get_weights()
+def slim_classifier(classes):
+    """keras.applications.MobileNet(0.25, 224, include_top=True, classes=k) on the trained base:
+    GAP (keepdims) -> Dropout -> 1x1 Conv -> Reshape -> softmax, the head Keras writes for V1."""
+    model = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, classes=classes, weights=None)
+    base, kernel, bias = trained_base("v1")
+    for layer in base.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    w, b = imagenet_rows(kernel, bias, classes)
     model.get_layer("conv_preds").set_weights([w.reshape(1, 1, *w.shape), b])
     return model
 
@@ -258,11 +276,14 @@ def to_legacy_uint8(model, path):
     return data
 
 
-def append_labels(data, labels):
-    """The label file appended as a zip, as TF-slim's hosted models carry it."""
+def append_labels(data, labels, name="labels.txt", before=()):
+    """The label file appended as a zip, as TF-slim's hosted models carry it (`before`: other
+    (name, text) files packed ahead of it)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("labels.txt", "\n".join(labels) + "\n")
+        for other, text in before:
+            z.writestr(other, text)
+        z.writestr(name, "\n".join(labels) + "\n")
     return data + buf.getvalue()
 
 
@@ -295,7 +316,7 @@ def with_metadata(data, labels, name):
                 b.PrependInt8Slot(slot, value, 0)
         return b.EndObject()
 
-    label_file = table([(0, "offset", b.CreateString("labels.txt")), (2, "byte", 2)])  # TENSOR_AXIS_LABELS
+    label_file = table([(0, "offset", b.CreateString("probability_labels.txt")), (2, "byte", 2)])  # TENSOR_AXIS_LABELS
     tin = table([(0, "offset", b.CreateString("image"))])
     tout = table([(0, "offset", b.CreateString("probability")), (6, "vector", [label_file])])
     sub = table([(2, "vector", [tin]), (3, "vector", [tout])])
@@ -309,7 +330,9 @@ def with_metadata(data, labels, name):
     entry = schema.MetadataT()
     entry.name, entry.buffer = "TFLITE_METADATA", len(model.buffers) - 1
     model.metadata = (model.metadata or []) + [entry]
-    return append_labels(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), labels)
+    # a readme first: a reader that took the zip's first .txt would get it, not the labels
+    return append_labels(bytes(flatbuffer_utils.convert_object_to_bytearray(model)), labels, "probability_labels.txt",
+                         before=[("readme.txt", "A MobileNet written by npmobile's corpus generator.\n")])
 
 
 def to_onnx(out, model, name, opset):
@@ -339,68 +362,65 @@ def save_keras(out, model, name, **entry):
     print(f"  {name}", flush=True)
 
 
+def tflite_forms(out, model, stem, modes, form, **extra):
+    for mode in modes:
+        write(out, f"{stem}_{mode}.tflite", to_tflite(model, mode), format="tflite", writer="TFLiteConverter",
+              runtime="litert", quantized=mode != "float", form=f"{mode}; {form}", **extra)
+
+
 def write_all(out):
     from pathlib import Path
     out = Path(out)
     print("TensorFlow half:", tf.__version__, "keras", keras.__version__, flush=True)
+    keras_file = dict(format="keras", writer="keras (tensorflow backend)", quantized=False, runtime="keras")
+    legacy = dict(format="tflite", writer="compat.v1 TFLiteConverter (FakeQuant graph, inference_type=uint8)",
+                  quantized=True, runtime="litert")
+
     # A fine-tuned V2 (trained base, 965 classes, Dense head): the acceptance files.
-    m = pretrained_v2(965)
-    for mode in ("float", "dynamic", "int8-float-io", "int8", "uint8-io"):
-        write(out, f"v2_10_224_fc965_{mode}.tflite", to_tflite(m, mode), format="tflite", writer="TFLiteConverter",
-              form=f"{mode}; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes", quantized=mode != "float",
-              runtime="litert")
-    data = append_labels(to_legacy_uint8(m, out / "legacy"), label_names(965))
-    write(out, "v2_10_224_fc965_legacy_uint8.tflite", data, format="tflite", quantized=True, runtime="litert",
-          writer="compat.v1 TFLiteConverter (FakeQuant graph, inference_type=uint8)",
-          form="legacy uint8; MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes; labels in an appended zip",
-          labels=True)
-    save_keras(out, m, "v2_10_224_fc965.keras", format="keras", writer="keras (tensorflow backend)",
-               form="Functional: base + GAP + Dropout + Dense(965, softmax)", quantized=False, runtime="keras")
+    m = classifier("v2", 1.0, 224, 965, trained=True)
+    head = "MEAN + FULLY_CONNECTED + SOFTMAX head, 965 classes"
+    tflite_forms(out, m, "v2_10_224_fc965", ("float", "dynamic", "int8-float-io", "int8", "uint8-io"), head)
+    write(out, "v2_10_224_fc965_legacy_uint8.tflite", append_labels(to_legacy_uint8(m, out / "legacy"), label_names(965)),
+          form=f"legacy uint8; {head}; labels in an appended zip", **legacy)
+    save_keras(out, m, "v2_10_224_fc965.keras", form="Functional: base + GAP + Dropout + Dense(965) + softmax",
+               **keras_file)
     to_onnx(out, m, "v2_10_224_fc965_tf2onnx.onnx", opset=13)
 
-    # V1 0.5-128, Keras' own classifier head (1x1 conv + reshape), 10 classes.
-    m = slim_classifier(0.5, 128, 10)
+    # V1 0.25-224 with Keras' own classifier head (1x1 conv + reshape), 10 classes.
+    m = slim_classifier(10)
+    head = "MEAN + CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes"
     for mode in ("float", "int8"):
-        write(out, f"v1_05_128_conv10_{mode}.tflite", with_metadata(to_tflite(m, mode), label_names(10), "v1"),
-              format="tflite", writer="TFLiteConverter", quantized=mode != "float", runtime="litert", labels=True,
-              form=f"{mode}; MEAN + CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes; labels from TFLite Metadata")
-    write(out, "v1_05_128_conv10_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), format="tflite",
-          writer="compat.v1 TFLiteConverter (FakeQuant graph)", quantized=True, runtime="litert",
-          form="legacy uint8; CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes")
-    save_keras(out, m, "v1_05_128_conv10.h5", format="keras", writer="keras (tensorflow backend)", quantized=False,
-               form="keras.applications.MobileNet(classes=10) .h5", runtime="keras")
+        write(out, f"v1_025_224_conv10_{mode}.tflite", with_metadata(to_tflite(m, mode), label_names(10), "v1"),
+              format="tflite", writer="TFLiteConverter", quantized=mode != "float", runtime="litert",
+              form=f"{mode}; {head}; labels from the TFLite Metadata")
+    write(out, "v1_025_224_conv10_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), form=f"legacy uint8; {head}",
+          **legacy)
+    save_keras(out, m, "v1_025_224_conv10.h5", form="keras.applications.MobileNet(classes=10), legacy .h5", **keras_file)
 
-    # Wrappers with preprocessing inside, linear heads, other poolings.
-    m = classifier("v2", 0.5, 128, 37, activation=None, rescaling=True, sequential=True)
-    save_keras(out, m, "v2_05_128_seq_rescale_linear37.keras", format="keras", quantized=False, runtime="keras",
-               writer="keras (tensorflow backend)", form="Sequential: Rescaling + base + GAP + Dropout + Dense(37, linear)")
-    save_keras(out, m, "v2_05_128_seq_rescale_linear37.h5", format="keras", quantized=False, runtime="keras",
-               writer="keras (tensorflow backend)", form="the same Sequential model as legacy .h5")
-    m = classifier("v1", 0.5, 96, 5, rescaling=True)
-    save_keras(out, m, "v1_05_96_func_rescale_softmax5.keras", format="keras", quantized=False, runtime="keras",
-               writer="keras (tensorflow backend)", form="Functional: Rescaling + nested base + GAP + Dropout + Dense(5, softmax)")
-    save_keras(out, m, "v1_05_96_func_rescale_softmax5.h5", format="keras", quantized=False, runtime="keras",
-               writer="keras (tensorflow backend)", form="the same Functional model as legacy .h5")
-    m = classifier("v1", 0.5, 96, 12, activation=None, pool="avg")
-    write(out, "v1_05_96_avgpool_linear12_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
-          writer="TFLiteConverter", runtime="litert",
-          form="float; AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED head (no softmax), 12 classes")
-    write(out, "v1_05_96_avgpool_linear12_int8-float-io.tflite", to_tflite(m, "int8-float-io"), format="tflite",
-          quantized=True, writer="TFLiteConverter", runtime="litert",
-          form="int8 with float I/O; AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED, 12 classes")
-    m = classifier("v2", 0.5, 96, 20, head="conv")
-    write(out, "v2_05_96_conv_squeeze20_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
-          writer="TFLiteConverter", runtime="litert", form="float; MEAN + CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes")
-    write(out, "v2_05_96_conv_squeeze20_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), format="tflite",
-          quantized=True, writer="compat.v1 TFLiteConverter (FakeQuant graph)", runtime="litert",
-          form="legacy uint8; CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes")
+    # Other heads on trained bases: AVERAGE_POOL_2D + Flatten + linear Dense; 1x1 conv + squeeze.
+    m = classifier("v1", 0.25, 224, 12, activation=None, pool="avg", trained=True)
+    tflite_forms(out, m, "v1_025_224_avgpool_linear12", ("float", "int8-float-io"),
+                 "AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED head (no softmax), 12 classes")
+    m = classifier("v2", 1.0, 224, 20, head="conv", trained=True)
+    head = "MEAN + CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes"
+    tflite_forms(out, m, "v2_10_224_conv_squeeze20", ("float",), head)
+    write(out, "v2_10_224_conv_squeeze20_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"),
+          form=f"legacy uint8; {head}", **legacy)
 
     # Headless embedding extractors.
-    m = headless("v1", 0.5, 96, "avg")
-    write(out, "v1_05_96_headless_avg_float.tflite", to_tflite(m, "float"), format="tflite", quantized=False,
-          writer="TFLiteConverter", runtime="litert", form="float; headless extractor (include_top=False, pooling=avg)")
-    write(out, "v1_05_96_headless_avg_int8.tflite", to_tflite(m, "int8"), format="tflite", quantized=True,
-          writer="TFLiteConverter", runtime="litert", form="int8 I/O; headless extractor (pooling=avg)", embedding=True)
+    m = headless("v1", 0.25, 224, "avg", trained=True)
+    tflite_forms(out, m, "v1_025_224_headless_avg", ("float", "int8"), "headless extractor (pooling=avg)",
+                 embedding=True)
     m = headless("v2", 0.35, 128, None)
-    write(out, "v2_035_128_headless_map_dynamic.tflite", to_tflite(m, "dynamic"), format="tflite", quantized=True,
-          embedding=True, writer="TFLiteConverter", runtime="litert", form="dynamic range; headless, the 4x4x1280 feature map out")
+    tflite_forms(out, m, "v2_035_128_headless_map", ("dynamic",), "headless, random weights, the 4x4x1280 map out",
+                 embedding=True)
+
+    # Small random-weight networks (alpha 0.35-0.5): Keras wrappers with preprocessing inside.
+    m = classifier("v2", 0.5, 128, 37, activation=None, rescaling=True, sequential=True)
+    for suffix in (".keras", ".h5"):
+        save_keras(out, m, "v2_05_128_seq_rescale_linear37" + suffix,
+                   form="Sequential: Rescaling + base + GAP + Dropout + Dense(37, linear)", **keras_file)
+    m = classifier("v1", 0.5, 96, 5, rescaling=True)
+    for suffix in (".keras", ".h5"):
+        save_keras(out, m, "v1_05_96_func_rescale_softmax5" + suffix,
+                   form="Functional: Rescaling + nested base + GAP + Dropout + Dense(5) + softmax", **keras_file)

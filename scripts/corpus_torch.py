@@ -8,13 +8,19 @@ import numpy as np
 import torch
 import torchvision
 
-from make_corpus import SEED, add_entry, calibration_images, photos
+from make_corpus import ASSETS, SEED, add_entry, calibration_images, photos
 
 GEN = torch.Generator().manual_seed(SEED)
 
 
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def torch_images(res):
+    """The calibration photos as torchvision's models take them, and as npmobile's ONNX importer
+    preprocesses for an NCHW file (convention "torch"): (pixel / 255 - mean) / std, NCHW."""
+    pixels = (calibration_images(res) + 1) * 127.5
+    return np.ascontiguousarray(((pixels / 255 - MEAN) / STD).transpose(0, 3, 1, 2)).astype(np.float32)
 
 
 @torch.no_grad()
@@ -58,11 +64,40 @@ def prototype_head(linear, features, gap=6.0):
 
 def mobilenet_v2(width, res, classes):
     model = torchvision.models.mobilenet_v2(num_classes=classes, width_mult=width)
-    images = nchw(calibration_images(res))
+    images = torch.from_numpy(torch_images(res))
     randomise(model, images)
     with torch.no_grad():
         prototype_head(model.classifier[1], model.features(images).mean((2, 3)))
     return model.eval()
+
+
+@torch.no_grad()
+def pretrained_v2(classes):
+    """torchvision mobilenet_v2(1.0, num_classes=classes) holding the trained weights of
+    ../shared/assets' V2 1.0-224 TFLite file (read by npmobile, dequantized; each BN the identity
+    plus the folded bias; the head the first `classes` ImageNet rows). TF-slim padded its stride-2
+    convolutions (0, 1) where torchvision pads (1, 1), so this is not the same function as the
+    TFLite file, but its outputs are as confident and photo-dependent as a trained network's,
+    which is what quantized files need for top-1 agreement to mean something."""
+    import npmobile
+    src = npmobile.load(ASSETS / "models" / "mobilenet_v2_1.0_224_quant.tflite")
+    linear = [n for n in src.graph.nodes if n.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")]
+    model = torchvision.models.mobilenet_v2(num_classes=classes).eval()
+    convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(bns) == len(linear) - 1
+    for conv, bn, node in zip(convs, bns, linear):
+        w, b = (torch.from_numpy(src.params[f"{node.name}.{p}"]) for p in ("w", "b"))
+        conv.weight.copy_(w.permute(3, 2, 0, 1) if w.ndim == 4 else  # HWIO
+                          w.permute(2, 0, 1)[:, None] if node.op == "depthwise_conv2d" else w.T[:, :, None, None])
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(b)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+    head = linear[-1].name
+    model.classifier[1].weight.copy_(torch.from_numpy(src.params[f"{head}.w"][:, 1:classes + 1].T))
+    model.classifier[1].bias.copy_(torch.from_numpy(src.params[f"{head}.b"][1:classes + 1]))
+    return model
 
 
 class MatMulHead(torch.nn.Module):
@@ -105,7 +140,7 @@ def quantize(out, src, name, res, per_channel=None, dynamic=False):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"input": x[None]} for x in calibration_images(res).transpose(0, 3, 1, 2)])
+            self.items = iter([{"input": x[None]} for x in torch_images(res)])
 
         def get_next(self):
             return next(self.items, None)
@@ -137,17 +172,22 @@ def write_all(out):
     export(MatMulHead(model).eval(), out / name, res, 17, dynamo=False)
     entry(out, name, format="onnx", writer="torch.onnx (legacy)", quantized=False, runtime="onnxruntime",
           form="opset 17; ReduceMean + Reshape + MatMul + Add + Softmax head")
-    src = "tv_v2_05_112_c100_legacy_op13.onnx"
+    # Quantized: a trained network (see pretrained_v2), exported float, then quantized by ORT.
+    src = "tv_v2_10_224_c100_legacy_op13.onnx"
+    export(pretrained_v2(100), out / src, 224, 13, dynamo=False)
+    entry(out, src, format="onnx", writer="torch.onnx (legacy)", quantized=False, runtime="onnxruntime",
+          form="opset 13, the trained V2 1.0-224 the quantized ONNX files come from")
     for per_channel, tag in ((True, "qdq_per_channel"), (False, "qdq_per_tensor")):
-        name = f"tv_v2_05_112_c100_{tag}.onnx"
-        quantize(out, src, name, res, per_channel=per_channel)
+        name = f"tv_v2_10_224_c100_{tag}.onnx"
+        quantize(out, src, name, 224, per_channel=per_channel)
         entry(out, name, format="onnx", writer="onnxruntime.quantization.quantize_static", quantized=True,
-              runtime="onnxruntime", form=f"quantize_static QDQ, {'per-channel int8' if per_channel else 'per-tensor uint8 activations'}")
-    name = "tv_v2_05_112_c100_dynamic.onnx"
-    quantize(out, src, name, res, dynamic=True)
+              runtime="onnxruntime", form=f"quantize_static QDQ, {'per-channel, int8 activations' if per_channel else 'per-tensor, uint8 activations'}")
+    name = "tv_v2_10_224_c100_dynamic.onnx"
+    quantize(out, src, name, 224, dynamic=True)
     entry(out, name, format="onnx", writer="onnxruntime.quantization.quantize_dynamic", quantized=True,
-          runtime="onnxruntime", form="quantize_dynamic (int8 Gemm/MatMul weights)")
+          runtime="onnxruntime", form="quantize_dynamic (int8 Gemm weights, activations quantized at run time)")
     name = "tv_v2_05_112_c100.pt2"
     torch.export.save(torch.export.export(model, (torch.zeros(1, 3, res, res),)), str(out / name))
-    entry(out, name, format="torch.export", writer="torch.export.save", quantized=False, runtime="refused",
-          form="torch.export archive: refused (reading it means running torch's unpickler on the archive)")
+    entry(out, name, format="torch.export", writer="torch.export.save", quantized=False, runtime="torch",
+          width=width, resolution=res, classes=classes,
+          form="torch.export archive of the same model (raw weights + JSON, read without torch)")

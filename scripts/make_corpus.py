@@ -29,6 +29,7 @@ file's own runtime (Keras, ONNX Runtime, LiteRT), which the test environment has
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ SEED = 12
 
 # --- shared by both halves --------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4)
 def photos(resolution, n=None):
     """The asset photos (sorted; the first n) as float32 NHWC in -1..1, centre-cropped to 0.875
     and resized bilinearly, or seeded noise blobs where the assets are absent."""

@@ -15,7 +15,7 @@ FORMATS = [
     ((".h5", ".hdf5"), b"\x89HDF\r\n\x1a\n", "npmobile.io.keras:load_h5"),
     ((".keras",), b"PK", "npmobile.io.keras:load_keras_zip"),
     ((".pth", ".pt"), b"PK", "npmobile.io.torchvision:load_pth"),
-    ((".pt2",), b"PK", "npmobile.io.torchvision:refuse_export_archive"),
+    ((".pt2",), b"PK", "npmobile.io.torchvision:load_pt2"),
     ((".onnx",), None, "npmobile.io.onnx:load_onnx"),
     ((".tflite",), None, "npmobile.io.tflite:load_tflite"),
 ]

@@ -44,11 +44,11 @@ from ._common import LINEAR, Emitter, dequantize, imported_config, refuse_unsupp
 # Ops whose inputs must all be constants: they are folded at import.
 CONST_ONLY = {"Constant", "Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Range", "Sqrt",
               "Reciprocal", "Neg", "Floor", "Ceil", "Equal", "Where", "Expand", "Size", "Pow"}
-ALIAS = {"Identity", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear", "Transpose"}
+ALIAS = {"Identity", "Dropout", "Cast", "DequantizeLinear", "Transpose"}
 ACTIVATION_OPS = {"Conv", "QLinearConv", "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div",
                   "QLinearAdd", "Pad", "GlobalAveragePool", "QLinearGlobalAveragePool", "AveragePool",
                   "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Gemm", "MatMul",
-                  "QLinearMatMul", "Softmax", "DynamicQuantizeLinear", "MatMulInteger"}
+                  "QLinearMatMul", "Softmax", "DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear"}
 SUPPORTED = CONST_ONLY | ALIAS | ACTIVATION_OPS
 _MS = {"QLinearAdd", "QLinearGlobalAveragePool"}  # com.microsoft contrib ops
 
@@ -194,6 +194,12 @@ class _Importer:
             s = np.array(self.shape(self.acts[node.input[0]]), dtype=np.int64)
             self.readers[self.acts[node.input[0]].value] -= 1  # reads the shape, not the values
             self.consts[node.output[0]] = s[attrs.get("start", 0):attrs.get("end", len(s))]
+            return
+        if node.op_type == "DequantizeLinear":  # (onnx's evaluator lacks some opsets of it)
+            scale, zp = self.const(node, 1), self.const(node, 2, False)
+            axis = attrs.get("axis", 1) if np.size(scale) > 1 else 0
+            self.consts[node.output[0]] = dequantize(self.consts[node.input[0]], scale, 0 if zp is None else zp,
+                                                     axis=axis % max(np.ndim(self.consts[node.input[0]]), 1))
             return
         from onnx import helper
         feeds = {t: self.consts[t] for t in node.input if t}
@@ -415,6 +421,19 @@ class _Importer:
                 return None
             return self._affine(self.acts[other], "Mul", self.runtime[r])
         return self._binary(node, name, "Mul", a, b)
+
+    def _op_QuantizeLinear(self, node, name, attrs, x):
+        """As float, quantizing an activation is the identity, except that it saturates: a range
+        that starts at 0 (zero point = the type's minimum) is how a QDQ quantizer replaces the
+        Relu/Clip it removed, so it becomes clamp(0, scale * (qmax - zero point))."""
+        zp = self.const(node, 2, False)
+        scale = self.const(node, 1)
+        if zp is not None and np.size(zp) == 1 and np.size(scale) == 1 and int(zp) == np.iinfo(zp.dtype).min:
+            info = np.iinfo(zp.dtype)
+            return _Act(self.em.clamp(name, x.value, 0.0, float(scale) * (info.max - info.min)), x.layout)
+        self.readers[x.value] -= 1
+        self._set(node.output[0], _Act(x.value, x.layout))
+        return None
 
     def _op_DynamicQuantizeLinear(self, node, name, attrs, x):
         """y, y_scale, y_zero_point = quantize(x) with a scale computed at run time. As float: y is x

@@ -33,7 +33,12 @@ from ..weights import WeightFileError
 from ._common import Emitter, dequantize, imported_config, refuse_unsupported
 
 SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MEAN", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX",
-             "FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"}
+             "FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"} | {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
+# Shape arithmetic: the converter computes a RESHAPE's target from the batch size at run time
+# (Keras' Flatten/Reshape with a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE). The
+# RESHAPE's own output shape says where it goes, so these ops are accepted and skipped, as long
+# as they read only shapes and constants and feed only each other or a RESHAPE's shape input.
+SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
 _ACTIVATIONS = {0: None, 1: "relu", 3: "relu6"}  # ActivationFunctionType: NONE, RELU, RELU6
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 
@@ -304,6 +309,26 @@ def load_tflite(path):
                               f"{type(e).__name__}: {e}") from None
 
 
+def _check_shape_op(reader, op, kind, values, shapes):
+    """A shape-arithmetic op may read an activation only through SHAPE (its shape, not its
+    values), otherwise shapes and constants; its output may feed only shape ops and RESHAPE's
+    shape input. Anything else is a branch the engine cannot run."""
+    name = _node_name(reader, op.OutputsAsNumpy()[0])
+    for j in (int(t) for t in op.InputsAsNumpy() if t >= 0):
+        ok = j in shapes or reader.raw(j) is not None or (kind == "SHAPE" and j in values)
+        if not ok:
+            raise WeightFileError(f"{reader.path}: node {name!r} ({kind}) combines activations (only shape "
+                                  "arithmetic is supported: a branch or a concatenation of activations is not)")
+    out = int(op.OutputsAsNumpy()[0])
+    g = reader.g
+    for i in range(g.OperatorsLength()):
+        user = g.Operators(i)
+        ins = [int(t) for t in user.InputsAsNumpy()]
+        if out in ins and reader.op_name(user) not in SHAPE_OPS and not (reader.op_name(user) == "RESHAPE" and ins.index(out) == 1):
+            raise WeightFileError(f"{reader.path}: node {name!r} ({kind}) feeds {reader.op_name(user)}: only shape "
+                                  "arithmetic for a RESHAPE is supported")
+
+
 def _build(tfl, buf, path):
     reader = _Reader(tfl, buf, path)
     g = reader.g
@@ -316,10 +341,15 @@ def _build(tfl, buf, path):
         raise WeightFileError(f"{path}: expected a square NHWC RGB input (1, r, r, 3), found {shape}")
     em = Emitter(shape[1:])
     values = {inp: "input"}
+    shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
     for i in range(g.OperatorsLength()):
         op = g.Operators(i)
         kind = reader.op_name(op)
         out = int(op.OutputsAsNumpy()[0])
+        if kind in SHAPE_OPS:
+            _check_shape_op(reader, op, kind, values, shapes)
+            shapes.add(out)
+            continue
         for j in op.InputsAsNumpy()[:1]:
             if int(j) not in values:
                 raise WeightFileError(f"{path}: node {_node_name(reader, out)!r} ({kind}) reads tensor "
