@@ -1,4 +1,4 @@
-"""The TensorFlow half of the corpus (scripts/make_corpus.py runs it in .venv-tf with
+"""The TensorFlow half of the corpus (scripts/make_corpus.py runs it in its TensorFlow venv with
 KERAS_BACKEND=tensorflow): Keras .keras/.h5 files, TFLite files from TF's converters, tf2onnx.
 
 Every TFLite form comes from one of three converter paths:

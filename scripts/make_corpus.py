@@ -1,13 +1,13 @@
 """Write the corpus: small MobileNet V1/V2 files in every form the converters write, by the
 converters themselves (docs/real-models.md lists them with the figures the tests measured).
 
-    python scripts/make_corpus.py OUT_DIR            # everything (creates .venv-tf when needed)
-    python scripts/make_corpus.py OUT_DIR --part tf  # only the TensorFlow half (run in .venv-tf)
+    python scripts/make_corpus.py OUT_DIR            # everything (creates the TensorFlow venv when needed)
+    python scripts/make_corpus.py OUT_DIR --part tf  # only the TensorFlow half (run in that venv)
 
 Two halves, two interpreters. TensorFlow (its TFLite converter, Keras with the tensorflow backend,
 tf2onnx) would change numpy/keras/protobuf in the test environment, so it lives in its own venv,
-`.venv-tf` beside the repository's `.venv` (pinned in TF_REQUIREMENTS, created on first use), and
-that half runs in a child process with KERAS_BACKEND=tensorflow. The torch half (torch.onnx,
+~/.cache/npmobile/venv-tf-2.21 (pinned in TF_REQUIREMENTS, created on first use; or
+$NPMOBILE_TF_PYTHON), and that half runs in a child process with KERAS_BACKEND=tensorflow. The torch half (torch.onnx,
 ONNX Runtime's quantizers, torchvision state_dicts, torch.export) runs in the test environment.
 
 Weights are random but shaped like a trained network's, so that outputs are confident and depend
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 PHOTOS = [ASSETS / "photos", ASSETS / "imagenet-dev-100"]
 TF_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "tf2onnx==1.17.0", "pillow>=10"]
-TF_VENV = ROOT / ".venv-tf"
+CACHE = Path(os.environ.get("NPMOBILE_CACHE") or Path.home() / ".cache" / "npmobile")
+TF_VENV = CACHE / "venv-tf-2.21"  # one per machine, shared by every checkout
 CALIBRATION = 32  # images used for BN statistics, prototypes and quantization ranges
 SEED = 12
 
@@ -91,10 +92,10 @@ def label_names(classes):
     return [f"class_{i:04d}" for i in range(classes)]
 
 
-# --- the TensorFlow half (runs in .venv-tf) ---------------------------------------------------
+# --- the TensorFlow half (runs in the TensorFlow venv) ----------------------------------------
 
 def tf_python():
-    """The interpreter of the TensorFlow venv: $NPMOBILE_TF_PYTHON, else .venv-tf (created and
+    """The interpreter of the TensorFlow venv: $NPMOBILE_TF_PYTHON, else TF_VENV (created and
     filled with TF_REQUIREMENTS the first time)."""
     if os.environ.get("NPMOBILE_TF_PYTHON"):
         return os.environ["NPMOBILE_TF_PYTHON"]

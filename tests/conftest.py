@@ -30,10 +30,12 @@ def assets():
 
 
 @pytest.fixture(scope="session")
-def corpus(assets, tmp_path_factory):
+def corpus(assets):
     """The generated corpus (scripts/make_corpus.py: every MobileNet form the converters write),
-    built once per session: in $NPMOBILE_CORPUS_DIR when set (reused while the generator is
-    unchanged), else in a temporary directory. Returns (folder, {file name: manifest entry})."""
+    built once and reused while the generator is unchanged: in $NPMOBILE_CORPUS_DIR, else
+    ~/.cache/npmobile/corpus (a lock keeps two sessions from building it at once).
+    Returns (folder, {file name: manifest entry})."""
+    import fcntl
     import subprocess
     import sys
 
@@ -41,10 +43,12 @@ def corpus(assets, tmp_path_factory):
     sys.path.insert(0, str(root / "scripts"))
     import make_corpus
 
-    out = Path(os.environ["NPMOBILE_CORPUS_DIR"]) if os.environ.get("NPMOBILE_CORPUS_DIR") else \
-        tmp_path_factory.mktemp("corpus")
-    if not make_corpus.is_built(out):
-        subprocess.run([sys.executable, str(root / "scripts" / "make_corpus.py"), str(out)], check=True)
+    out = Path(os.environ.get("NPMOBILE_CORPUS_DIR") or make_corpus.CACHE / "corpus")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not make_corpus.is_built(out):
+            subprocess.run([sys.executable, str(root / "scripts" / "make_corpus.py"), str(out)], check=True)
     return out, make_corpus.manifest(out)
 
 
