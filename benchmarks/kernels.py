@@ -7,29 +7,24 @@ times fast kernel, oracle and torch.nn.functional (torch in its native NCHW layo
 run: median of several runs after a warm-up that also absorbs numba's compile. It prints MACs,
 GFLOP/s and the ratios per layer and per kernel, and writes benchmarks/results/kernels.json.
 
-Threads are pinned to 1 for every peer (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
-MKL_NUM_THREADS, torch.set_num_threads) before anything is imported.
+Threads are pinned to 1 for every peer (npmobile.measure.pin_threads: numba, BLAS and OpenMP through
+threadpoolctl, torch.set_num_threads, and the environment).
 
     python benchmarks/kernels.py [--quick] [--arch mobilenet_v2] [--out FILE]
 """
 
-import os
+import argparse
+import json
+import platform
+from pathlib import Path
 
-for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from npmobile.cost import node_macs  # noqa: E402
-from npmobile.kernels import KERNELS  # noqa: E402
-from npmobile.models import mobilenet_v1, mobilenet_v2, random_params  # noqa: E402
+from npmobile.cost import node_macs
+from npmobile.kernels import KERNELS
+from npmobile.architectures import mobilenet_v1, mobilenet_v2, random_params
+from npmobile.io._common import to_torch
+from npmobile.measure import median_time, pin_threads
 
 U = 2.0 ** -24
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,18 +59,6 @@ def macs(node, inputs):
     return inputs[0].shape[0] * node_macs(node, inputs[0].shape[1:])
 
 
-def median_time(fn, repeats, min_time=0.0):
-    fn()  # warm-up (and the JIT compile on the first call)
-    times = []
-    while len(times) < repeats or sum(times) < min_time:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if len(times) >= 50 * repeats:
-            break
-    return statistics.median(times)
-
-
 def torch_call(node, inputs, tensors):
     """The same layer in torch.nn.functional, on NCHW tensors prepared outside the timing."""
     import torch
@@ -85,16 +68,16 @@ def torch_call(node, inputs, tensors):
     p = node.attrs.get("pad", (0, 0, 0, 0))
     torch_pad = (p[2], p[3], p[0], p[1])
     if node.op == "conv2d":
-        w = torch.from_numpy(tensors[0]).permute(3, 2, 0, 1).contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         return lambda: F.conv2d(F.pad(t[0], torch_pad), w, stride=node.attrs["stride"])
     if node.op == "depthwise_conv2d":
-        w = torch.from_numpy(tensors[0]).permute(2, 0, 1)[:, None].contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         c = inputs[0].shape[-1]
         if p[0] == p[1] and p[2] == p[3]:  # symmetric: let conv2d pad, as torchvision does
             return lambda: F.conv2d(t[0], w, stride=node.attrs["stride"], padding=(p[0], p[2]), groups=c)
         return lambda: F.conv2d(F.pad(t[0], torch_pad), w, stride=node.attrs["stride"], groups=c)
     if node.op == "pointwise_conv2d":
-        w = torch.from_numpy(tensors[0]).T[:, :, None, None].contiguous()
+        w = torch.from_numpy(to_torch(node.op, tensors[0]))
         return lambda: F.conv2d(t[0], w)
     if node.op == "batchnorm":
         g, b, m, v = (torch.from_numpy(a) for a in tensors)
@@ -106,7 +89,7 @@ def torch_call(node, inputs, tensors):
     if node.op == "global_avg_pool":
         return lambda: F.adaptive_avg_pool2d(t[0], 1)
     if node.op == "dense":
-        w, b = torch.from_numpy(tensors[0].T.copy()), torch.from_numpy(tensors[1])
+        w, b = torch.from_numpy(to_torch(node.op, tensors[0])), torch.from_numpy(tensors[1])
         return lambda: F.linear(t[0], w, b)
     if node.op == "softmax":
         return lambda: F.softmax(t[0], dim=-1)
@@ -140,7 +123,6 @@ def check(node, inputs, tensors):
 
 def bench(arch, graph, quick):
     import torch
-    torch.set_num_threads(1)
     rows = []
     cases = layer_cases(graph)
     if quick:
@@ -149,10 +131,10 @@ def bench(arch, graph, quick):
         node, inputs, tensors = case["node"], case["inputs"], case["tensors"]
         kernel = KERNELS[node.op]
         check(node, inputs, tensors)
-        t_fast = median_time(lambda: kernel.fast(*inputs, *tensors, **node.attrs), 3 if quick else 9, 0.05)
-        t_ref = median_time(lambda: kernel.ref(*inputs, *tensors, **node.attrs), 1 if quick else 3)
+        t_fast = median_time(lambda: kernel.fast(*inputs, *tensors, **node.attrs), 3 if quick else 9, 0.05)[0]
+        t_ref = median_time(lambda: kernel.ref(*inputs, *tensors, **node.attrs), 1 if quick else 3)[0]
         with torch.inference_mode():
-            t_torch = median_time(torch_call(node, inputs, tensors), 3 if quick else 9, 0.05)
+            t_torch = median_time(torch_call(node, inputs, tensors), 3 if quick else 9, 0.05)[0]
         m = macs(node, inputs)
         rows.append(dict(arch=arch, layer=node.name, op=node.op, input=list(inputs[0].shape),
                          output=[1, *node.shape], macs=m, fast_s=t_fast, oracle_s=t_ref, torch_s=t_torch,
@@ -189,6 +171,7 @@ def main(argv=None):
                                                  "not written by --quick)")
     args = parser.parse_args(argv)
     import torch
+    threads = pin_threads(1)
     nets = {"mobilenet_v1": mobilenet_v1(1.0, 224), "mobilenet_v2": mobilenet_v2(1.0, 224)}
     rows = []
     for arch, graph in nets.items():
@@ -200,8 +183,7 @@ def main(argv=None):
     for key, s in summary.items():
         print(f"{key:36s} {s['layers']:6d} {s['macs'] / 1e6:9.1f}M {s['fast_s'] * 1e3:8.2f}ms {s['gflops']:8.2f} "
               f"{s['oracle_over_fast']:11.1f}x {s['min_oracle_over_fast']:12.1f}x {s['torch_over_fast']:9.2f}x")
-    env = dict(threads="1 (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, "
-                       "torch.set_num_threads)", numpy=np.__version__, torch=torch.__version__,
+    env = dict(threads=threads, numpy=np.__version__, torch=torch.__version__,
                machine=platform.processor() or platform.machine(), quick=args.quick)
     out = args.out or (None if args.quick else RESULTS / "kernels.json")
     if out:

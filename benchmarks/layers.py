@@ -2,8 +2,8 @@
 
 npmobile's side times each step of the fast engine's plan on its own (the fused graph: BN folded,
 bias and ReLU6 in the kernel); ONNX Runtime's side comes from its own profiler, on the ONNX file
-torch.onnx exports from the same weights (the module npmobile.bench builds). Both on one thread
-(NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, intra_op_num_threads = 1), medians
+torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on one thread
+(npmobile.measure.pin_threads(1), ONNX Runtime's intra_op_num_threads = 1), medians
 over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the rest.
 ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
 under pointwise; npmobile's are under "other".
@@ -13,23 +13,20 @@ under pointwise; npmobile's are under "other".
 writes benchmarks/results/layers-{arch}.md unless told otherwise.
 """
 
+import argparse
+import json
 import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from npmobile import Model, engine  # noqa: E402
-from npmobile.bench import check_agrees, export_onnx, torch_module  # noqa: E402
-from npmobile.models import ARCHITECTURES, random_params  # noqa: E402
+from npmobile import Model, engine
+from npmobile.bench import export_onnx
+from npmobile.measure import check_agrees, pin_threads, torch_twin
+from npmobile.architectures import ARCHITECTURES, random_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}
@@ -50,13 +47,13 @@ def layer_kinds(graph):
 
 def npmobile_layers(model, x, runs):
     """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    graph, _ = model.fused()
-    plan = engine.Plan(*model.fused(), 1)
+    plan = engine.Plan(*engine.fuse(model.graph, model.params), 1)
+    graph = plan.graph
     for _ in range(10):
         plan.run(x)
     times = [[] for _ in plan.steps]
     for _ in range(runs):
-        np.copyto(plan.views["input"], x)  # what plan.run does first (not timed here)
+        np.copyto(plan.values["input"], x)  # what plan.run does first (not timed here)
         for k, run in enumerate(plan.steps):  # one bound step per node of the fused graph, in order
             t = time.perf_counter()
             run()
@@ -72,7 +69,7 @@ def onnxruntime_layers(graph, params, x, runs, expected):
 
     torch.set_num_threads(1)
     folder = tempfile.mkdtemp(prefix="npmobile-layers-")
-    path = export_onnx(torch_module(graph, params), graph, folder)
+    path = export_onnx(torch_twin(graph, params), graph, folder)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.enable_profiling = True
@@ -103,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--out", help="markdown file to write (default: benchmarks/results/layers-ARCH.md)")
     args = parser.parse_args(argv)
+    pin_threads(1)
     graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
     params = random_params(graph, seed=1)
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)

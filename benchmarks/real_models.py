@@ -69,7 +69,7 @@ def evaluate(path, images, assets):
     from npmobile.io import load
     from npmobile.preprocess import center_crop_resize
     model = load(path)
-    res = model.config["resolution"]
+    res = model.config.resolution
     pixels = np.stack([center_crop_resize(rgb, res, 0.875) for _, rgb, _ in images])
     ours = model.predict(model.preprocess(pixels), batch_size=16)
     ref = runtime_scores(path, model, pixels)

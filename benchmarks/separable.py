@@ -17,8 +17,8 @@ the pointwise node after it). For each row:
   the achieved GFLOP/s of each kernel are written beside, to show why the time ratio departs from
   the MAC ratio (docs/separable.md).
 
-Threads: NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS are set to 1
-before numpy, numba or torch is imported, and torch.set_num_threads(1): one core for everyone.
+Threads: one core for everyone (npmobile.measure.pin_threads(1): numba, BLAS and OpenMP through
+threadpoolctl, torch.set_num_threads, and the environment).
 
     python benchmarks/separable.py [--quick] [--repeats 5] [--out benchmarks/results]
 
@@ -27,26 +27,23 @@ achieved GFLOP/s against arithmetic intensity) and separable.json (machine, thre
 medians quoted by the README). --quick runs a handful of rows in seconds (for the tests).
 """
 
-import os
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+from fractions import Fraction
+from pathlib import Path
 
-for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from fractions import Fraction  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from npmobile import cost  # noqa: E402
-from npmobile.graph import Builder, Graph, pad_same  # noqa: E402
-from npmobile.kernels import KERNELS  # noqa: E402
-from npmobile.models import mobilenet_v1, mobilenet_v2  # noqa: E402
+from npmobile import cost
+from npmobile.graph import Builder, Graph, pad_same
+from npmobile.kernels import KERNELS
+from npmobile.architectures import mobilenet_v1, mobilenet_v2
+from npmobile.io._common import to_torch
+from npmobile.measure import median_time, pin_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHANNELS = (8, 32, 128, 512, 1024)
@@ -110,16 +107,6 @@ def intensity(macs, *shapes):
 
 # --- timing ------------------------------------------------------------------------------------
 
-def median_time(fn, repeats):
-    fn()  # warm-up: numba's compile, torch's first-call allocations, caches
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def time_row(m, n, k, d_f, stride, repeats, torch, rng):
     """Seconds for the standard conv, the depthwise and the pointwise: npmobile, then torch."""
     std_graph, sep_graph = layer_graphs(m, n, k, d_f, stride)
@@ -140,9 +127,9 @@ def time_row(m, n, k, d_f, stride, repeats, torch, rng):
     F = torch.nn.functional
     top, bottom, left, right = pad
     xt = F.pad(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), (left, right, top, bottom))
-    wt_std = torch.from_numpy(w_std).permute(3, 2, 0, 1).contiguous()
-    wt_dw = torch.from_numpy(w_dw).permute(2, 0, 1).unsqueeze(1).contiguous()
-    wt_pw = torch.from_numpy(w_pw).T.reshape(n, m, 1, 1).contiguous()
+    wt_std = torch.from_numpy(to_torch("conv2d", w_std))
+    wt_dw = torch.from_numpy(to_torch("depthwise_conv2d", w_dw))
+    wt_pw = torch.from_numpy(to_torch("pointwise_conv2d", w_pw))
     yt_dw = F.conv2d(xt, wt_dw, stride=stride, groups=m)
     theirs = {"std": lambda: F.conv2d(xt, wt_std, stride=stride),
               "dw": lambda: F.conv2d(xt, wt_dw, stride=stride, groups=m),
@@ -153,8 +140,8 @@ def time_row(m, n, k, d_f, stride, repeats, torch, rng):
             a, b = ours[part](), theirs[part]().permute(0, 2, 3, 1).numpy()
             if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-4 * (np.abs(b).max() + 1)):
                 raise AssertionError(f"M={m} N={n} k={k} D_F={d_f} s={stride}: npmobile and torch disagree on {part}")
-        return ({part: median_time(fn, repeats) for part, fn in ours.items()},
-                {part: median_time(fn, repeats) for part, fn in theirs.items()})
+        return ({part: median_time(fn, repeats)[0] for part, fn in ours.items()},
+                {part: median_time(fn, repeats)[0] for part, fn in theirs.items()})
 
 
 def measure(rows, repeats, torch, log=print):
@@ -226,7 +213,7 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def headline(rows, torch):
+def headline(rows, torch, threads):
     def med(key, source=None):
         vals = [r[key] for r in rows if source is None or r["source"] == source]
         return statistics.median(vals) if vals else None
@@ -234,8 +221,7 @@ def headline(rows, torch):
     return {
         "rows": len(rows),
         "exact_rows": sum(r["ratio_counted"] == r["ratio_predicted"] for r in rows),
-        "threads": {v: os.environ[v] for v in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                               "MKL_NUM_THREADS")} | {"torch.get_num_threads()": torch.get_num_threads()},
+        "threads": threads,
         "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "numpy": np.__version__, "torch": torch.__version__},
         "median": {src: {"counted": float(med("ratio_predicted", src)),
@@ -255,7 +241,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    torch.set_num_threads(1)
+    threads = pin_threads(1)
 
     if args.quick:
         rows = grid_rows(channels=(8, 128), kernels=(3,)) + mobilenet_rows()[5:7]
@@ -268,7 +254,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(results, args.out / "separable.csv")
     plot(results, args.out / "separable.png")
-    summary = headline(results, torch) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
+    summary = headline(results, torch, threads) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
     (args.out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary["median"], indent=1))
     print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly; "

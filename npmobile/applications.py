@@ -6,7 +6,7 @@
     print(npmobile.decode_predictions(probs, top=3))
 
 weights: "imagenet" (the official Keras weights, npmobile.download), None (random weights with
-randomised batch-norm statistics, npmobile.models.random_params), or the path of any file
+randomised batch-norm statistics, npmobile.architectures.random_params), or the path of any file
 npmobile.load reads. The result is a `Model`: model(x), model.predict(x), model.preprocess(images).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from .download import imagenet_model
 from .model import Model
-from .models import mobilenet_v1, mobilenet_v2, random_params
+from .architectures import mobilenet_v1, mobilenet_v2, random_params
 
 
 def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, include_top=True, weights="imagenet",
@@ -47,18 +47,18 @@ def _with_weights(graph, weights):
     if weights is None:
         return Model(graph, random_params(graph), source="random weights")
     if isinstance(weights, str) and weights == "imagenet":
-        if c.get("depth_multiplier", 1) != 1 or (c["include_top"] and c["classes"] != 1000):
+        if c.depth_multiplier != 1 or (c.include_top and c.classes != 1000):
             raise ValueError("weights='imagenet' needs depth_multiplier=1 and, with include_top, classes=1000; "
-                             f"found depth_multiplier={c.get('depth_multiplier', 1)}, classes={c['classes']}")
-        source = imagenet_model(c["arch"], c["alpha"], c["resolution"])
+                             f"found depth_multiplier={c.depth_multiplier}, classes={c.classes}")
+        source = imagenet_model(c.arch, c.alpha, c.resolution)
     else:
         from .io import load
         source = load(weights)
-    found = {k: source.config.get(k) for k in ("arch", "alpha", "resolution")}
-    wanted = {k: c.get(k) for k in found}
+    found = {k: getattr(source.config, k) for k in ("arch", "alpha", "resolution")}
+    wanted = {k: getattr(c, k) for k in found}
     if found != wanted:
         raise ValueError(f"{source.source}: holds {found}, expected {wanted}")
-    if c["include_top"]:
+    if c.include_top:
         return source
     names = graph.param_shapes()
     return Model(graph, {k: v for k, v in source.params.items() if k in names}, source=source.source)

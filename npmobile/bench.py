@@ -21,86 +21,13 @@ npmobile / ONNX Runtime of each row comes from that same process.
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+from .measure import check_agrees, median_time, thread_env, torch_twin
+
 ARCHS = ("mobilenet_v1", "mobilenet_v2")
-
-
-def _median(fn, repeats, min_seconds):
-    fn()  # warm-up
-    times = []
-    t_start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - t_start) < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), len(times)
-
-
-def torch_module(graph, params):
-    """The graph as a torch module with the same weights (NCHW, BN unfolded, as torchvision
-    runs it). Only the ops MobileNet graphs use."""
-    import numpy as np
-    import torch
-
-    nn = torch.nn
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleDict()
-            self.nodes = graph.nodes
-            for node in graph.nodes:
-                p = {k: torch.from_numpy(np.ascontiguousarray(params[f"{node.name}.{k}"])) for k in node.params}
-                if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d"):
-                    top, bottom, left, right = node.attrs.get("pad", (0, 0, 0, 0))
-                    if (top, left) != (bottom, right):
-                        raise ValueError(f"{node.name}: torch_module takes symmetric padding only")
-                    w = p["w"]
-                    if node.op == "conv2d":
-                        w = w.permute(3, 2, 0, 1)
-                    elif node.op == "depthwise_conv2d":
-                        w = w.permute(2, 0, 1)[:, None]
-                    else:
-                        w = w.T[:, :, None, None]
-                    c_out, c_in_g, k_h, k_w = w.shape
-                    groups = c_out // c_in_g if node.op == "depthwise_conv2d" else 1
-                    m = nn.Conv2d(c_in_g * groups, c_out, (k_h, k_w), stride=node.attrs.get("stride", 1),
-                                  padding=(top, left), groups=groups, bias="b" in p)
-                    m.weight.data = w.contiguous()
-                    if "b" in p:
-                        m.bias.data = p["b"]
-                elif node.op == "batchnorm":
-                    m = nn.BatchNorm2d(p["gamma"].shape[0], eps=node.attrs["eps"])
-                    m.weight.data, m.bias.data = p["gamma"], p["beta"]
-                    m.running_mean.data, m.running_var.data = p["mean"], p["var"]
-                elif node.op == "clamp":
-                    m = nn.Hardtanh(node.attrs["lo"], node.attrs["hi"])
-                elif node.op == "dense":
-                    m = nn.Linear(*p["w"].shape)
-                    m.weight.data, m.bias.data = p["w"].T.contiguous(), p["b"]
-                elif node.op == "global_avg_pool":
-                    m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-                elif node.op == "softmax":
-                    m = nn.Softmax(dim=-1)
-                elif node.op == "add":
-                    m = None
-                else:
-                    raise ValueError(f"{node.name}: torch_module has no op {node.op!r}")
-                if m is not None:
-                    self.layers[node.name] = m
-
-        def forward(self, x):
-            values = {"input": x}
-            for node in self.nodes:
-                args = [values[i] for i in node.inputs]
-                values[node.name] = args[0] + args[1] if node.op == "add" else self.layers[node.name](args[0])
-            return values[self.nodes[-1].name]
-
-    return Net().eval()
 
 
 def worker(threads, quick):
@@ -108,7 +35,7 @@ def worker(threads, quick):
     import numpy as np
 
     import npmobile
-    from npmobile.models import ARCHITECTURES, random_params
+    from npmobile.architectures import ARCHITECTURES, random_params
 
     npmobile.set_num_threads(threads)
     rows = []
@@ -124,7 +51,7 @@ def worker(threads, quick):
             # npmobile uses its threads by splitting a batch (BLAS on one thread per part); a
             # single image can use them only inside the matrix products, through BLAS's threads.
             with _blas_threads(threads if batch == 1 else 1) as blas:
-                t, runs = _median(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
+                t, runs = median_time(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
             row["npmobile_ms"], row["npmobile_runs"], row["npmobile_blas_threads"] = 1e3 * t, runs, blas
             for name, (call, max_batch, one_call) in peers.items():
                 if batch > max_batch:
@@ -135,11 +62,11 @@ def worker(threads, quick):
                     call(x)
                     row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
                 else:
-                    t, runs = _median(lambda: call(x), 3 if quick else 10, 0.5 if quick else 3.0)
+                    t, runs = median_time(lambda: call(x), 3 if quick else 10, 0.5 if quick else 3.0)
                     row[f"{name}_ms"], row[f"{name}_runs"] = 1e3 * t, runs
             if not quick or batch == 1:
                 t0 = time.perf_counter()
-                model.run(x, engine_name="oracle")
+                model.run(x, oracle=True)
                 row["oracle_ms"] = 1e3 * (time.perf_counter() - t0)
             if "onnxruntime_ms" in row:
                 row["npmobile_over_onnxruntime"] = row["npmobile_ms"] / row["onnxruntime_ms"]
@@ -176,7 +103,7 @@ def _peers(graph, params, threads):
         print("# torch not installed: no PyTorch, ONNX Runtime or reference-evaluator rows", file=sys.stderr)
         return peers
     torch.set_num_threads(threads)
-    net = torch_module(graph, params)
+    net = torch_twin(graph, params)
 
     def torch_call(x):
         with torch.inference_mode():
@@ -205,25 +132,15 @@ def _peers(graph, params, threads):
 
 
 def export_onnx(net, graph, folder):
-    """Write the torch module `net` (torch_module(graph, ...)) as folder/{arch}.onnx with a free
+    """Write the torch module `net` (torch_twin(graph, ...)) as folder/{arch}.onnx with a free
     batch axis; returns the path. The input is NCHW and named "input"."""
     import torch
 
-    path = os.path.join(folder, f"{graph.config['arch']}.onnx")
+    path = os.path.join(folder, f"{graph.config.arch}.onnx")
     torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
                       output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
                       opset_version=17, dynamo=False)
     return path
-
-
-def check_agrees(what, out, ours, bound=1e-4):
-    """A peer's output against npmobile's, relative to the peer's largest value: a benchmark
-    times the same network or nothing."""
-    import numpy as np
-
-    err = float(np.abs(out - ours).max() / max(1.0, np.abs(out).max()))
-    if err > bound:
-        raise AssertionError(f"{what} disagrees with npmobile: {err:.3g}")
 
 
 def first_inference_seconds():
@@ -233,7 +150,7 @@ def first_inference_seconds():
             "import npmobile\n"
             "t = time.perf_counter()\n"
             "g = npmobile.mobilenet_v2()\n"
-            "from npmobile.models import random_params\n"
+            "from npmobile.architectures import random_params\n"
             "m = npmobile.Model(g, random_params(g))\n"
             "m(np.zeros((1, 224, 224, 3), np.float32))\n"
             "print(time.perf_counter() - t)\n")
@@ -245,8 +162,7 @@ def first_inference_seconds():
 def run_all(thread_counts=(1, 2), quick=False):
     rows = []
     for t in thread_counts:
-        env = dict(os.environ, NUMBA_NUM_THREADS=str(t), NPMOBILE_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS="1",
-                   OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+        env = thread_env(t, blas=1)
         cmd = [sys.executable, "-m", "npmobile.bench", "--worker", str(t)] + (["--quick"] if quick else [])
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

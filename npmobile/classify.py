@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from .errors import needs
 from .preprocess import center_crop_resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -30,10 +31,8 @@ MAX_IMAGE_PIXELS = 12_000 * 12_000
 
 
 def _pil():
-    try:
+    with needs("Pillow", "classifying image files", "cli"):
         from PIL import Image, ImageOps
-    except ImportError:
-        raise ImportError("classifying image files needs Pillow: pip install 'npmobile[cli]'") from None
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     return Image, ImageOps
 
@@ -127,7 +126,7 @@ def _reason(e):
 def probabilities(model, outputs):
     """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
     TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
-    if model.graph.nodes[-1].op == "softmax":
+    if model.config.output == "probabilities":
         return outputs
     z = outputs - outputs.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -191,7 +190,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
     named by its path (relative to `relative_to` when given). Returns (classified, failed) counts."""
     out = out or sys.stdout
     config = model.config
-    crop = config.get("preprocess", {}).get("crop", 1.0)
+    crop = config.preprocess.crop
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
     batch, failed = [], 0
@@ -205,7 +204,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
         batch.clear()
 
     try:
-        for path, image, reason in iter_inputs(paths, config["resolution"], crop):
+        for path, image, reason in iter_inputs(paths, config.resolution, crop):
             if reason:
                 writer.error(path, reason)
                 failed += 1

@@ -17,8 +17,9 @@ def _add_arch_flags(p):
 
 def cmd_convert(args):
     from .io import load
+    from .weights import save
     model = load(args.src)
-    model.save(args.output)
+    save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
     return 0
 
@@ -28,7 +29,7 @@ def cmd_summary(args):
     import json
 
     from . import cost
-    from .models import ARCHITECTURES
+    from .architectures import ARCHITECTURES
 
     flags = {k: getattr(args, k) for k in ("arch", "alpha", "resolution", "classes", "convention")}
     if args.src:
@@ -41,7 +42,7 @@ def cmd_summary(args):
     else:
         graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
         title = (f"{args.arch} alpha={args.alpha} resolution={args.resolution} "
-                 f"classes={graph.config['classes']} convention={args.convention}")
+                 f"classes={graph.config.classes} convention={args.convention}")
     c = cost.count(graph)
     text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
     if args.output:

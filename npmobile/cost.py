@@ -25,8 +25,9 @@ subset reproduces which published figure.
 
 from dataclasses import dataclass, field
 
+from .graph import LINEAR_OPS
+
 PARAM_KINDS = ("weights", "biases", "bn_scale", "bn_shift", "bn_stats")
-_LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
 _KIND = {"w": "weights", "b": "biases", "gamma": "bn_scale", "beta": "bn_shift",
          "mean": "bn_stats", "var": "bn_stats"}
 
@@ -55,7 +56,7 @@ def dense_macs(c_in, c_out):
 def node_macs(node, input_shape):
     """MACs of one node for one sample, from its weight shapes and its input and output shapes."""
     op, shape = node.op, tuple(node.shape)
-    if op not in _LINEAR:
+    if op not in LINEAR_OPS:
         return 0
     w = tuple(node.params.get("w", ()))
     expected_ndim = {"conv2d": 4, "depthwise_conv2d": 3, "pointwise_conv2d": 2, "dense": 2}[op]
@@ -108,7 +109,7 @@ class LayerCost:
 @dataclass
 class Cost:
     layers: list
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the graph's Config as JSON
 
     @property
     def macs(self):
@@ -161,7 +162,7 @@ def count(graph):
         layers.append(LayerCost(node.name, node.op, input_shape, tuple(node.shape),
                                 node_macs(node, input_shape), node_params(node)))
         shapes[node.name] = tuple(node.shape)
-    return Cost(layers, dict(graph.config))
+    return Cost(layers, graph.config.to_json() if graph.config else {})
 
 
 def format_table(cost, title=None):

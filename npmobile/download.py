@@ -25,11 +25,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .weights import WeightFileError
+from .architectures import PUBLISHED_ALPHAS
+from .weights import WeightFileError, save
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # What keras.applications accepts for weights="imagenet".
-KERAS_ALPHAS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+KERAS_ALPHAS = PUBLISHED_ALPHAS  # Keras publishes them all
 KERAS_RESOLUTIONS = {"mobilenet_v1": (128, 160, 192, 224), "mobilenet_v2": (96, 128, 160, 192, 224)}
 SHA256 = {}  # file name -> sha256 hex; Keras publishes none for these files (see above)
 CHUNK = 1 << 20
@@ -141,11 +142,11 @@ def imagenet_model(arch="mobilenet_v2", alpha=1.0, resolution=224):
             model = load(h5, alpha=float(alpha), resolution=resolution)
         except WeightFileError as e:
             raise WeightFileError(f"{url}: the downloaded file is not the expected weights: {e}") from None
-        found = (model.config.get("arch"), model.config.get("classes"))
+        found = (model.config.arch, model.config.classes)
         if found != (arch, 1000):
             raise WeightFileError(f"{url}: expected {arch} with 1000 classes, found {found[0]} with {found[1]}")
         model.labels = [label for _, label in imagenet_classes()]
-        model.save(cached)
+        save(cached, model)
     return load(cached)
 
 

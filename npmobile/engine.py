@@ -1,22 +1,24 @@
-"""Running a graph: one loop over its nodes with a dict of named values.
+"""Running a graph: a `Plan` binds each node to its kernel once, then `run` is one loop.
 
-Two engines share that loop:
-- the fast engine runs the numba kernels on the *fused* graph (`fuse`): every batch norm folded
-  into the convolution before it, every ReLU6 fused into the kernel that produces its input;
-- the oracle engine runs the float64 NumPy oracles on the graph exactly as built, one node per
-  layer, for reading and for tests.
-
-Both can return every intermediate value by node name: a layer-by-layer diff against a framework
-is how one finds the first layer that disagrees. A fused node carries the name of the last node it
-absorbed, so its value is comparable with the oracle's value of that name.
+As in ONNX's reference evaluator: implementations are bound once, the loop runs them in order
+over named values, and any intermediate value is returned on request (a layer-by-layer diff
+against a framework is how one finds the first layer that disagrees). Fast or oracle is chosen
+when the plan is built:
+- fast: the numba kernels on the *fused* graph (`fuse`): zero padding folded into the
+  convolution after it, every batch norm into the linear layer before it, every clamp (ReLU6)
+  into the kernel that produces its input; every value a view into a few float32 buffers
+  allocated once (`_lay_out`);
+- oracle: the float64 NumPy oracles on the graph exactly as built, one node per layer.
+A fused node carries the name of the last node it absorbed, so its value is comparable with
+the oracle's value of that name.
 """
+
+import functools
 
 import numpy as np
 
-from .graph import Graph, Node
+from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
-
-_LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
 _PADDED = ("conv2d", "depthwise_conv2d")
 
 
@@ -34,22 +36,62 @@ def check_input(graph, x):
     return x
 
 
-def run(graph, params, x, *, oracle=False, intermediates=False):
-    """Run `graph` on the NHWC batch x. Returns the output, or {name: value} for every node
-    (and "input") when intermediates=True."""
-    x = check_input(graph, x)
-    values = {"input": x if oracle else x.astype(np.float32, copy=False)}
-    last_use = _last_use(graph.nodes)
-    for i, node in enumerate(graph.nodes):
-        kernel = KERNELS[node.op]
-        fn = kernel.ref if oracle else kernel.fast
-        args = [values[name] for name in node.inputs] + [params[f"{node.name}.{p}"] for p in node.params]
-        values[node.name] = fn(*args, **node.attrs)
-        if not intermediates:  # drop what no later node reads, so memory stays at a few layers
-            for name in node.inputs:
-                if last_use[name] == i:
-                    del values[name]
-    return values if intermediates else values[graph.output]
+class Plan:
+    """`graph` bound to its fast kernels (oracle=False) or oracles, for batches of `batch` images;
+    `run` is the one loop. The fast engine is a fast Plan of `fuse(graph, params)`.
+
+    A Plan holds the values of its last run (the fast plan in buffers reused call after call),
+    so it is not thread-safe: Model keeps one per thread.
+    """
+
+    def __init__(self, graph, params, batch, *, oracle=False):
+        self.graph, self.oracle, self.batch = graph, oracle, batch
+        if oracle:
+            self.values, last_use = {}, _last_use(self.graph.nodes)
+            self.steps = [_bind_oracle(node, params, self.values, {n for n in node.inputs if last_use[n] == i})
+                          for i, node in enumerate(self.graph.nodes)]
+        else:
+            self.values = _lay_out(self.graph, batch)
+            self.steps = [_bind_fast(node, params, self.values) for node in self.graph.nodes]
+
+    def run(self, x, *, intermediates=False):
+        """Run on x, a (batch, h, w, c) float batch. Returns a new array holding the output,
+        or, with intermediates, {name: value} for "input" and every node."""
+        x = check_input(self.graph, x)
+        if len(x) != self.batch:
+            raise ValueError(f"input: this plan runs batches of {self.batch}, found {len(x)}")
+        if self.oracle:
+            self.values["input"] = x
+        else:
+            np.copyto(self.values["input"], x)
+        seen = {"input": np.array(x)} if intermediates else None
+        for node, step in zip(self.graph.nodes, self.steps):
+            step()
+            if intermediates:  # a copy: a later node may reuse this buffer
+                seen[node.name] = self.values[node.name].copy()
+        return seen if intermediates else self.values[self.graph.output].copy()
+
+
+def _bind_fast(node, params, views):
+    """The node's fast kernel checked once against the buffers it reads and writes
+    (`kernel.check`); returns the step that runs its loops on them (`kernel.run`)."""
+    kernel = KERNELS[node.op]
+    args = kernel.check(*[views[name] for name in node.inputs], *[params[f"{node.name}.{p}"] for p in node.params],
+                        **node.attrs, out=views[node.name])
+    return functools.partial(kernel.run, *args)
+
+
+def _bind_oracle(node, params, values, done):
+    """A step that runs the node's oracle on `values` and stores its result there, then drops the
+    values in `done` (read for the last time) so memory stays at a few layers."""
+    ref = KERNELS[node.op].ref
+    weights = [params[f"{node.name}.{p}"] for p in node.params]
+
+    def step():
+        values[node.name] = ref(*[values[name] for name in node.inputs], *weights, **node.attrs)
+        for name in done:
+            del values[name]
+    return step
 
 
 def _last_use(nodes):
@@ -57,7 +99,50 @@ def _last_use(nodes):
     return {name: i for i, node in enumerate(nodes) for name in node.inputs}
 
 
-def _consumers(nodes):
+def _lay_out(graph, batch):
+    """{value name: float32 view} for "input" and every node, the node views sharing a few flat
+    buffers. A buffer is handed to a new node as soon as no later node reads the value it holds
+    (liveness, as a register allocator does), and never to a node that reads it, so a kernel's
+    output never overlaps its input. For MobileNetV2 at batch 1 that is three buffers instead of
+    one allocation per layer per call."""
+    last_use = _last_use(graph.nodes)
+    sizes, free, slots = [], [], {}
+    for i, node in enumerate(graph.nodes):
+        size = batch * int(np.prod(node.shape))
+        slots[node.name] = (_take_buffer(sizes, free, size), size, (batch, *node.shape))
+        # Values read for the last time by this node free their buffer for later nodes
+        # (not for this one: it is still reading them).
+        free += [slots[name][0] for name in set(node.inputs) if last_use.get(name) == i and name in slots]
+        if node.name not in last_use and node.name != graph.output:
+            free.append(slots[node.name][0])
+    buffers = [np.empty(s, dtype=np.float32) for s in sizes]
+    views = {name: buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in slots.items()}
+    # The caller's batch is copied into a buffer of its own, so that every step can be bound
+    # once to the buffers it reads and writes.
+    views["input"] = np.empty((batch, *graph.input_shape), dtype=np.float32)
+    return views
+
+
+def _take_buffer(sizes, free, size):
+    """The index of a buffer for `size` floats: the smallest free one that fits, else the largest
+    free one grown to fit, else a new one."""
+    fits = [b for b in free if sizes[b] >= size]
+    if fits:
+        buf = min(fits, key=lambda b: sizes[b])
+    elif free:
+        buf = max(free, key=lambda b: sizes[b])
+        sizes[buf] = size
+    else:
+        sizes.append(size)
+        return len(sizes) - 1
+    free.remove(buf)
+    return buf
+
+
+# --- the fused graph ----------------------------------------------------------------------
+
+def _readers(nodes):
+    """value name -> the nodes that read it."""
     users = {}
     for node in nodes:
         for name in node.inputs:
@@ -67,15 +152,16 @@ def _consumers(nodes):
 
 def _fold_pads(nodes, output):
     """A zero_pad read only by a convolution becomes that convolution's own padding."""
-    users = _consumers(nodes)
-    pads = {}  # conv name -> (zero_pad node it absorbs)
+    users = _readers(nodes)
+    pads = {}  # conv name -> the zero_pad node it absorbs
     for node in nodes:
         readers = users.get(node.name, [])
         if node.op == "zero_pad" and node.name != output and len(readers) == 1 and readers[0].op in _PADDED:
             pads[readers[0].name] = node
+    absorbed = {zp.name for zp in pads.values()}
     out = []
     for node in nodes:
-        if node.op == "zero_pad" and any(p is node for p in pads.values()):
+        if node.name in absorbed:
             continue
         if node.name in pads:
             zp = pads[node.name]
@@ -87,10 +173,10 @@ def _fold_pads(nodes, output):
 
 def fuse(graph, params):
     """The fast engine's graph: zero padding folded into the convolution after it, BN folded into
-    the linear layer before it, ReLU6 (any clamp) fused into the kernel. Returns (graph, params);
-    neither input is modified."""
+    the linear layer before it, a clamp (ReLU6) fused into the kernel. Returns the pair
+    (fused graph, its params); neither input is modified."""
     nodes = _fold_pads(graph.nodes, graph.output)
-    users = _consumers(nodes)
+    users = _readers(nodes)
 
     def only_reader(node, op):
         readers = users.get(node.name, [])
@@ -102,14 +188,12 @@ def fuse(graph, params):
     for node in nodes:
         if node.name in absorbed:
             continue
-        if node.op not in _LINEAR:
+        if node.op not in LINEAR_OPS:
             fused.append(node)
             new_params.update({f"{node.name}.{p}": params[f"{node.name}.{p}"] for p in node.params})
             continue
-        w = params[f"{node.name}.w"]
-        b = params.get(f"{node.name}.b")
-        attrs = dict(node.attrs)
-        tail = node
+        w, b = params[f"{node.name}.w"], params.get(f"{node.name}.b")
+        attrs, tail = dict(node.attrs), node
         if bn := only_reader(tail, "batchnorm"):
             stats = (params[f"{bn.name}.{p}"] for p in ("gamma", "beta", "mean", "var"))
             w, b = fold_batchnorm(w, b, *stats, eps=bn.attrs["eps"])
@@ -119,66 +203,15 @@ def fuse(graph, params):
             attrs["clamp"] = (clamp.attrs["lo"], clamp.attrs["hi"])
             absorbed.add(clamp.name)
             tail = clamp
-        w = np.ascontiguousarray(w, dtype=np.float32)
-        node_params = {"w": w.shape}
-        new_params[f"{tail.name}.w"] = w
-        if b is not None:
-            node_params["b"] = (w.shape[-1],)
-            new_params[f"{tail.name}.b"] = np.ascontiguousarray(b, dtype=np.float32)
-        fused.append(Node(node.op, tail.name, node.inputs, attrs, node_params, tail.shape))
-    return Graph(fused, graph.input_shape, dict(graph.config)), new_params
+        fused.append(_linear_node(node, tail.name, attrs, w, b, new_params, tail.shape))
+    return Graph(fused, graph.input_shape, graph.config), new_params
 
 
-class Plan:
-    """The fused graph prepared for one batch size, with its activation buffers.
-
-    Every node's output is a view into one of a few flat float32 buffers, allocated once and
-    reused by every later call. A buffer is handed to a new node as soon as no later node reads
-    the value it holds (liveness, as a register allocator does), and never to a node that reads
-    it, so a kernel's output never overlaps its input. For MobileNetV2 at batch 1 that is three
-    buffers instead of one allocation per layer per call.
-
-    A Plan is not thread-safe (its buffers are shared state): Model keeps one per thread.
-    """
-
-    def __init__(self, graph, params, batch):
-        self.graph, self.batch = graph, batch
-        last_use = _last_use(graph.nodes)
-        sizes, free, self.slots = [], [], {}
-        for i, node in enumerate(graph.nodes):
-            size = batch * int(np.prod(node.shape))
-            fits = [b for b in free if sizes[b] >= size]
-            if fits:
-                buf = min(fits, key=lambda b: sizes[b])  # the smallest free buffer that fits
-                free.remove(buf)
-            elif free:  # grow the largest free buffer rather than add one
-                buf = max(free, key=lambda b: sizes[b])
-                free.remove(buf)
-                sizes[buf] = size
-            else:
-                buf = len(sizes)
-                sizes.append(size)
-            self.slots[node.name] = (buf, size, (batch, *node.shape))
-            # Values read for the last time by this node free their buffer for later nodes
-            # (not for this one: it is still reading them).
-            free += [self.slots[name][0] for name in set(node.inputs)
-                     if last_use.get(name) == i and name in self.slots]
-            if node.name not in last_use and node.name != graph.output:
-                free.append(buf)
-        self.buffers = [np.empty(s, dtype=np.float32) for s in sizes]
-        self.views = {name: self.buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in self.slots.items()}
-        # The caller's batch is copied into a buffer of its own (17 µs at 224x224), so that every
-        # step can be bound once, here, to the buffers it reads and writes: `kernel.bind` checks
-        # the arguments and returns the loop, and a call runs loops and nothing else.
-        self.views["input"] = np.empty((batch, *graph.input_shape), dtype=np.float32)
-        self.steps = [KERNELS[node.op].fast.bind(*[self.views[i] for i in node.inputs],
-                                                 *[params[f"{node.name}.{p}"] for p in node.params],
-                                                 **node.attrs, out=self.views[node.name])
-                      for node in graph.nodes]
-
-    def run(self, x):
-        """Run on x (batch, h, w, c) float32; returns a new array (the buffers are reused)."""
-        np.copyto(self.views["input"], x)
-        for run in self.steps:
-            run()
-        return self.views[self.graph.output].copy()
+def _linear_node(node, name, attrs, w, b, new_params, shape):
+    """The fused linear node named `name`, its float32 weights stored into new_params."""
+    new_params[f"{name}.w"] = w = np.ascontiguousarray(w, dtype=np.float32)
+    node_params = {"w": w.shape}
+    if b is not None:
+        node_params["b"] = (w.shape[-1],)
+        new_params[f"{name}.b"] = np.ascontiguousarray(b, dtype=np.float32)
+    return Node(node.op, name, node.inputs, attrs, node_params, shape)

@@ -14,8 +14,18 @@ another (cost.py), and a graph can be compared with a framework layer by layer b
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
+
+from .config import Config
+from .errors import WeightFileError
+
+
+# The ops with weights that are a linear map of their input (and so absorb a batch norm, a bias,
+# a per-channel scale): what fusion, cost tables and importers single out.
+LINEAR_OPS = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
 
 
 class Node(NamedTuple):
@@ -31,7 +41,14 @@ class Node(NamedTuple):
 class Graph:
     nodes: list
     input_shape: tuple  # (h, w, c) of one sample
-    config: dict = field(default_factory=dict)  # architecture and conventions, JSON-serialisable
+    config: Config = None  # architecture and conventions; None for a bare graph (tests, cost tables)
+
+    def __post_init__(self):
+        ends_in_softmax = bool(self.nodes) and self.nodes[-1].op == "softmax"
+        if self.config is not None and ends_in_softmax != (self.config.output == "probabilities"):
+            raise ValueError(f"config.output is {self.config.output!r} but the graph's last node is "
+                             f"{self.nodes[-1].op if self.nodes else None!r}: probabilities come from a softmax, "
+                             "and only from one")
 
     @property
     def output(self):
@@ -46,6 +63,40 @@ class Graph:
     def param_shapes(self):
         """Every weight tensor the graph needs: {"{node}.{param}": shape}."""
         return {f"{n.name}.{p}": tuple(s) for n in self.nodes for p, s in n.params.items()}
+
+
+def check_params(graph, params, source):
+    """Raise one WeightFileError naming every tensor that does not fit `graph`."""
+    expected = graph.param_shapes()
+    # in graph order, so the first layer at fault comes first
+    missing = [k for k in expected if k not in params]
+    extra = sorted(set(params) - set(expected))
+    wrong = []
+    for key in (k for k in expected if k in params):
+        a = params[key]
+        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
+            wrong.append(f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}")
+        elif tuple(a.shape) != expected[key]:
+            wrong.append(f"{key}: expected shape {expected[key]}, found {tuple(a.shape)}")
+        elif not np.isfinite(a).all():
+            wrong.append(f"{key}: expected finite values, found NaN or inf")
+    if missing or extra or wrong:
+        arch = graph.config.arch if graph.config else "the graph"
+        lines = [f"{source}: the tensors do not fit {arch} {_describe(graph.config)}:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+        if extra:
+            lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:20])}" + (" ..." if len(extra) > 20 else ""))
+        lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
+        raise WeightFileError("\n".join(lines))
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+def _describe(config):
+    if config is None:
+        return ""
+    keys = ("alpha", "resolution", "classes", "convention")
+    return "(" + ", ".join(f"{k}={getattr(config, k)}" for k in keys if getattr(config, k) is not None) + ")"
 
 
 # --- padding, resolved once when a graph is built -------------------------------------------
@@ -178,3 +229,11 @@ def graph_from_json(data, config, ops):
         return Graph(nodes, tuple(int(a) for a in data["input_shape"]), config)
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"malformed graph description: {e!r}") from None
+
+
+class Imported(NamedTuple):
+    """What every reader returns (the native one and each importer); `Model(*imported)` is the model."""
+    graph: Graph
+    params: dict
+    labels: list = None
+    source: str = "<memory>"

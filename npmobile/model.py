@@ -1,4 +1,11 @@
-"""`Model`: a graph, its weights and its conventions, callable on a batch."""
+"""`Model`: a graph, its weights and its labels, callable on a batch.
+
+    model(x)                                             the fast engine: what the graph outputs
+    model.run(x, oracle=True, intermediates=True)        the float64 oracles, every layer by name
+
+Both go through `engine.Plan`. Reading and writing files is not the model's business: see
+`npmobile.load` and `npmobile.weights.save`.
+"""
 
 import os
 import threading
@@ -6,17 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import engine, weights
+from . import engine
+from .graph import check_params
+from .preprocess import preprocess_batch
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
 _pool, _pool_size = None, 0
 _pool_lock = threading.Lock()
 
-# A batch runs through a Plan at most CHUNK images at a time. Two images keep the activations of
-# MobileNet-224's large layers closer to the cache than eight do: measured 2.5-6% faster per image
-# than whole batches of 8 or 32 on V1/V2-224. And a Plan's buffers stay the size of two images
-# however large the batch (8.4 MB per image for V2-224: 270 MB at Keras' predict batch of 32).
-CHUNK = 2
+# A batch runs through a Plan at most PLAN_BATCH images at a time. Two images keep the activations
+# of MobileNet-224's large layers closer to the cache than eight do: measured 2.5-6% faster per
+# image than whole batches of 8 or 32 on V1/V2-224. And a Plan's buffers stay the size of two
+# images however large the batch (8.4 MB per image for V2-224: 270 MB at Keras' predict batch of 32).
+PLAN_BATCH = 2
 
 
 def set_num_threads(n):
@@ -49,19 +58,19 @@ class Model:
     """A MobileNet ready to run.
 
     model(x) runs the fast engine on an NHWC float batch that is already preprocessed and returns
-    what the source framework returns for it (softmax probabilities for Keras and TF-slim models,
-    logits for torchvision). model.preprocess turns uint8 RGB images into that input.
+    what the graph computes (`model.config.output`: softmax probabilities for Keras and TF-slim
+    models, logits for torchvision). model.preprocess turns uint8 RGB images into that input.
     """
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
-        self.params = weights.check_params(graph, params, source)
-        # The file's class names; else ImageNet's for a 1000/1001-class output (data.default_labels).
-        self.labels = list(labels) if labels is not None else _default_labels(graph)
+        self.params = check_params(graph, params, source)
+        # The file's class names; else ImageNet's for a 1000/1001-class classifier (data.default_labels).
+        self.labels = list(labels) if labels is not None else _default_labels(graph.config)
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
-        self._local = threading.local()  # per thread: {batch size: engine.Plan}
+        self._local = threading.local()  # per thread: {(oracle, batch size): engine.Plan}
 
     @property
     def config(self):
@@ -69,53 +78,47 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"Model({c.get('arch')}, alpha={c.get('alpha')}, resolution={c.get('resolution')}, "
-                f"classes={c.get('classes')}, convention={c.get('convention')!r}, source={self.source!r})")
+        return (f"Model({c.arch}, alpha={c.alpha}, resolution={c.resolution}, classes={c.classes}, "
+                f"output={c.output!r}, convention={c.convention!r}, source={self.source!r})")
 
-    def fused(self):
-        """The fast engine's graph and parameters, computed once (thread-safe)."""
+    def __call__(self, x):
+        """The fast engine on an NHWC float batch; returns a new float32 array."""
+        return self.run(x)
+
+    def run(self, x, *, oracle=False, intermediates=False):
+        """Run on an NHWC float batch with the fast kernels on the fused graph, or (oracle=True)
+        the float64 oracles on the graph as built. Returns the output, or with intermediates
+        {name: value} for "input" and every node. A batch is split across the threads of
+        set_num_threads; each thread runs its part PLAN_BATCH images at a time."""
+        x = engine.check_input(self.graph, x)
+        if not oracle:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = min(_num_threads, len(x))
+        bounds = np.linspace(0, len(x), parts + 1).astype(int)
+        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+        def run_part(part):
+            return _concat([self._plan(len(c), oracle).run(c, intermediates=intermediates)
+                            for c in (part[i:i + PLAN_BATCH] for i in range(0, len(part), PLAN_BATCH))])
+        return run_part(x) if parts == 1 else _concat(list(_executor().map(run_part, chunks)))
+
+    def _plan(self, batch, oracle):
+        """This thread's Plan for this batch size (its buffers are reused call after call).
+        At most two batch sizes are kept per thread and engine: a stream of full batches and its last."""
+        plans = self._local.__dict__.setdefault(oracle, {})
+        if batch not in plans:
+            if len(plans) >= 2:
+                plans.pop(next(iter(plans)))
+            graph, params = (self.graph, self.params) if oracle else self._fused_graph()
+            plans[batch] = engine.Plan(graph, params, batch, oracle=oracle)
+        return plans[batch]
+
+    def _fused_graph(self):
+        """engine.fuse of this model, computed once and shared by every thread's plans."""
         with self._lock:
             if self._fused is None:
                 self._fused = engine.fuse(self.graph, self.params)
         return self._fused
-
-    def _plan(self, batch):
-        """This thread's Plan for this batch size (its buffers are reused call after call).
-        At most two batch sizes are kept per thread: a stream of full batches and its last one."""
-        plans = getattr(self._local, "plans", None)
-        if plans is None:
-            plans = self._local.plans = {}
-        if batch not in plans:
-            if len(plans) >= 2:
-                plans.pop(next(iter(plans)))
-            plans[batch] = engine.Plan(*self.fused(), batch)
-        return plans[batch]
-
-    def __call__(self, x):
-        """The fast engine on an NHWC float batch; returns a new float32 array."""
-        x = np.ascontiguousarray(engine.check_input(self.graph, x), dtype=np.float32)
-        n = len(x)
-        parts = min(_num_threads, n)
-        if parts <= 1:
-            return self._run_part(x)
-        bounds = np.linspace(0, n, parts + 1).astype(int)
-        chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        return np.concatenate(list(_executor().map(self._run_part, chunks)))
-
-    def _run_part(self, x):
-        """One thread's images, through this thread's Plan, CHUNK images at a time."""
-        outs = [self._plan(len(c)).run(c) for c in (x[i:i + CHUNK] for i in range(0, len(x), CHUNK))]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
-
-    def run(self, x, *, engine_name="fast", intermediates=False):
-        """Run with the "fast" engine (fused graph, numba kernels) or the "oracle" engine
-        (the graph as built, float64 NumPy oracles); optionally return every intermediate."""
-        if engine_name == "fast":
-            graph, params = self.fused()
-            return engine.run(graph, params, x, intermediates=intermediates)
-        if engine_name == "oracle":
-            return engine.run(self.graph, self.params, x, oracle=True, intermediates=intermediates)
-        raise ValueError(f"engine_name: expected 'fast' or 'oracle', found {engine_name!r}")
 
     def predict(self, x, batch_size=32):
         """model(x) in batches of batch_size, concatenated (Keras' predict)."""
@@ -129,20 +132,19 @@ class Model:
         Each is centre-cropped to the convention's fraction and resized (Pillow, bilinear) when it
         is not already resolution x resolution, then normalised: (pixel - mean) / std.
         """
-        from .preprocess import preprocess_batch
-        pre = self.config["preprocess"]
-        return preprocess_batch(images, self.config["resolution"], pre["mean"], pre["std"], pre["crop"])
-
-    def save(self, path):
-        weights.save(path, self.graph, self.params, self.labels)
+        pre = self.config.preprocess
+        return preprocess_batch(images, self.config.resolution, pre.mean, pre.std, pre.crop)
 
 
-def _default_labels(graph):
+def _default_labels(config):
     from .data import default_labels
-    out = graph.nodes[-1].shape
-    return default_labels(out[0]) if len(out) == 1 else None
+    return default_labels(config.classes) if config.include_top else None
 
 
-def from_native(path):
-    graph, params, labels = weights.read(path)
-    return Model(graph, params, labels, source=str(path))
+def _concat(outs):
+    """Outputs of consecutive parts of a batch, joined: arrays, or dicts of arrays (intermediates)."""
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], dict):
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return np.concatenate(outs)

@@ -10,6 +10,8 @@ resolution x resolution is only normalised.
 
 import numpy as np
 
+from .errors import needs
+
 
 def _as_rgb_array(image, i):
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
@@ -27,10 +29,8 @@ def center_crop_resize(rgb, resolution, crop):
     h, w = rgb.shape[:2]
     if (h, w) == (resolution, resolution):
         return rgb
-    try:
+    with needs("Pillow", "resizing images", "images"):
         from PIL import Image
-    except ImportError:
-        raise ImportError("resizing images needs Pillow: pip install 'npmobile[images]'") from None
     side = max(1, int(round(min(h, w) * crop)))
     top, left = (h - side) // 2, (w - side) // 2
     square = Image.fromarray(rgb[top:top + side, left:left + side])

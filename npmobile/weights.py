@@ -8,6 +8,10 @@ np.load(allow_pickle=False), so no code in the file can run.
 
 Loading checks every tensor against the graph the config rebuilds, and names every missing,
 extra, mis-shaped or non-float tensor in one error (pattern: nanoGPT's from_pretrained).
+
+Files written before the config had its `output` field (version 1 has both) keep reading: their
+config's "eps" and "softmax" keys are dropped (each BN node has its eps; the last node says
+whether the output is softmax probabilities) and `output` is read off the graph.
 """
 
 import json
@@ -16,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .graph import graph_from_json, graph_to_json
+from .config import Config
+from .errors import WeightFileError
+from .graph import Imported, check_params, graph_from_json, graph_to_json
 from .kernels import KERNELS
 
 FORMAT = "npmobile-weights"
@@ -24,46 +30,11 @@ VERSION = 1
 META_KEY = "__npmobile__"
 
 
-class WeightFileError(ValueError):
-    """A weight file that cannot be read, or does not fit the model it describes."""
-
-
-def check_params(graph, params, source):
-    """Raise one WeightFileError naming every tensor that does not fit `graph`."""
-    expected = graph.param_shapes()
-    # in graph order, so the first layer at fault comes first
-    missing = [k for k in expected if k not in params]
-    extra = sorted(set(params) - set(expected))
-    wrong = []
-    for key in (k for k in expected if k in params):
-        a = params[key]
-        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
-            wrong.append(f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}")
-        elif tuple(a.shape) != expected[key]:
-            wrong.append(f"{key}: expected shape {expected[key]}, found {tuple(a.shape)}")
-        elif not np.isfinite(a).all():
-            wrong.append(f"{key}: expected finite values, found NaN or inf")
-    if missing or extra or wrong:
-        arch = graph.config.get("arch", "the graph")
-        lines = [f"{source}: the tensors do not fit {arch} {_describe(graph.config)}:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
-        if extra:
-            lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:20])}" + (" ..." if len(extra) > 20 else ""))
-        lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
-        raise WeightFileError("\n".join(lines))
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
-
-
-def _describe(config):
-    keys = ("alpha", "resolution", "classes", "convention")
-    return "(" + ", ".join(f"{k}={config[k]}" for k in keys if k in config) + ")"
-
-
-def save(path, graph, params, labels=None):
-    """Write the native file: tensors plus the config and labels as JSON metadata."""
-    params = check_params(graph, params, str(path))
-    meta = {"format": FORMAT, "version": VERSION, "config": graph.config, "graph": graph_to_json(graph),
+def save(path, model):
+    """Write `model` as the native file: tensors plus the config, graph and labels as JSON metadata."""
+    graph, labels = model.graph, model.labels
+    params = check_params(graph, model.params, str(path))
+    meta = {"format": FORMAT, "version": VERSION, "config": graph.config.to_json(), "graph": graph_to_json(graph),
             "labels": labels}
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     path = Path(path)
@@ -74,7 +45,8 @@ def save(path, graph, params, labels=None):
 
 
 def read(path):
-    """Read a native file: returns (graph, params, labels); the params are not yet checked."""
+    """Read a native file: returns an Imported (graph, params, labels, source); the params are
+    checked when it becomes a Model."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -94,10 +66,21 @@ def read(path):
     if meta.get("version") != VERSION:
         raise WeightFileError(f"{path}: expected format version {VERSION}, found {meta.get('version')!r}")
     try:
-        graph = graph_from_json(meta["graph"], meta["config"], set(KERNELS))
-    except (KeyError, ValueError) as e:
+        graph = graph_from_json(meta["graph"], _config(meta["config"], meta["graph"]), set(KERNELS))
+    except (KeyError, ValueError, TypeError) as e:
         raise WeightFileError(f"{path}: the graph in the metadata is not valid: {e}") from None
     labels = meta.get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(s, str) for s in labels)):
         raise WeightFileError(f"{path}: expected the labels as a list of strings")
-    return graph, params, labels
+    return Imported(graph, params, labels, str(path))
+
+
+def _config(data, graph_json):
+    """The Config of a file's metadata, including files written before `output` existed."""
+    if isinstance(data, dict) and "include_top" in data:  # the old dict: drop what nodes now record
+        top = data["include_top"]
+        data = {k: v for k, v in data.items() if k not in ("include_top", "eps", "softmax")}
+        if "output" not in data:
+            last_op = graph_json["nodes"][-1]["op"] if graph_json.get("nodes") else None
+            data["output"] = "probabilities" if last_op == "softmax" else ("logits" if top else "features")
+    return Config.from_json(data)

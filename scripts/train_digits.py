@@ -7,13 +7,15 @@ test-split digits as npmobile/data/samples/*.png, so that `npmobile demo` shows 
 on a machine with no network. The data set ships inside scikit-learn (1,797 8x8 grayscale digits
 with values 0..16); each is drawn dark-on-white and upsampled to 32x32 with Pillow.
 
-torch trains the network, but the network it trains is npmobile's own graph: `GraphNet` runs
-`npmobile.mobilenet_v1(...)` node by node with torch ops and keeps every tensor in npmobile's
-layout (HWIO, HWC, IO), so exporting is copying the tensors. The held-out accuracy printed at the
+torch trains the network, but the network it trains is npmobile's own graph: its torch twin
+(npmobile.measure.torch_twin, the same one the benchmarks time) runs `npmobile.mobilenet_v1(...)`
+node by node with torch ops, and `twin.export()` turns the trained tensors back into npmobile's
+layout (HWIO, HWC, IO) with the importers' transposes. The held-out accuracy printed at the
 end is measured by npmobile's engine on the saved file, not by torch.
 """
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,72 +28,17 @@ from sklearn.model_selection import train_test_split
 import npmobile
 from npmobile.data import digit_images
 from npmobile.model import Model
+from npmobile.graph import Graph
+from npmobile.measure import torch_twin
+from npmobile.weights import save
 
 DATA = Path(__file__).resolve().parents[1] / "npmobile" / "data"
 RESOLUTION = 32
 
 
-class GraphNet(torch.nn.Module):
-    """An npmobile Graph run with torch ops, its tensors stored in npmobile's layout and names."""
-
-    def __init__(self, graph, init):
-        super().__init__()
-        self.graph = graph
-        self.weights = torch.nn.ParameterDict()
-        for key, value in init.items():
-            node, param = key.rsplit(".", 1)
-            if param in ("mean", "var"):  # BN running statistics: buffers, not trained
-                self.register_buffer(_safe(key), torch.tensor(value))
-            else:
-                self.weights[_safe(key)] = torch.nn.Parameter(torch.tensor(value))
-
-    def tensor(self, key):
-        return self.weights[_safe(key)] if _safe(key) in self.weights else getattr(self, _safe(key))
-
-    def forward(self, x):  # x: NCHW float32; returns logits (the graph's softmax is left out)
-        values = {"input": x}
-        for node in self.graph.nodes:
-            x = values[node.inputs[0]]
-            p = {name: self.tensor(f"{node.name}.{name}") for name in node.params}
-            if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d"):
-                top, bottom, left, right = node.attrs.get("pad", (0, 0, 0, 0))
-                x = F.pad(x, (left, right, top, bottom))
-                stride = node.attrs.get("stride", 1)
-                if node.op == "conv2d":  # HWIO -> OIHW
-                    y = F.conv2d(x, p["w"].permute(3, 2, 0, 1), stride=stride)
-                elif node.op == "depthwise_conv2d":  # HWC -> C1HW
-                    y = F.conv2d(x, p["w"].permute(2, 0, 1)[:, None], stride=stride, groups=x.shape[1])
-                else:  # IO -> OI11
-                    y = F.conv2d(x, p["w"].t()[:, :, None, None])
-            elif node.op == "batchnorm":
-                y = F.batch_norm(x, self.tensor(f"{node.name}.mean"), self.tensor(f"{node.name}.var"),
-                                 p["gamma"], p["beta"], self.training, 0.1, node.attrs["eps"])
-            elif node.op == "clamp":
-                y = x.clamp(node.attrs["lo"], node.attrs["hi"])
-            elif node.op == "add":
-                y = x + values[node.inputs[1]]
-            elif node.op == "global_avg_pool":
-                y = x.mean(dim=(2, 3))
-            elif node.op == "dense":
-                y = x @ p["w"] + p["b"]
-            elif node.op == "softmax":
-                y = x
-            else:
-                raise ValueError(f"GraphNet: op {node.op!r} is not supported")
-            values[node.name] = y
-        return values[self.graph.output]
-
-    def export(self):
-        return {key: self.tensor(key).detach().numpy().astype(np.float32) for key in self.graph.param_shapes()}
-
-
-def _safe(key):  # ParameterDict and buffer names may not contain "."
-    return key.replace(".", "__")
-
-
 def initial_params(graph, seed):
-    """He-initialised weights (npmobile.models.random_params) with BN reset to the identity."""
-    params = npmobile.models.random_params(graph, seed)
+    """He-initialised weights (npmobile.architectures.random_params) with BN reset to the identity."""
+    params = npmobile.architectures.random_params(graph, seed)
     for key, shape in graph.param_shapes().items():
         kind = key.rsplit(".", 1)[1]
         if kind in ("gamma", "var"):
@@ -118,12 +65,14 @@ def main():
     idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.25, random_state=args.seed,
                                            stratify=digits.target)
     graph = npmobile.mobilenet_v1(0.25, RESOLUTION, classes=10)
-    graph.config["preprocess"]["crop"] = 1.0  # a digit fills its frame: resize the whole image
+    # a digit fills its frame: resize the whole image
+    graph.config = graph.config.replace(preprocess=replace(graph.config.preprocess, crop=1.0))
     probe = Model(graph, initial_params(graph, args.seed), labels=[str(d) for d in range(10)])
     x_all = torch.tensor(probe.preprocess(np.repeat(images[..., None], 3, axis=-1))).permute(0, 3, 1, 2)
     y_all = torch.tensor(digits.target)
 
-    net = GraphNet(graph, probe.params)
+    # the graph's torch twin without its softmax: cross_entropy takes logits
+    net = torch_twin(Graph(graph.nodes[:-1], graph.input_shape), probe.params)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     steps = args.epochs * -(-len(idx_train) // args.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -145,7 +94,7 @@ def main():
 
     net.eval()
     model = Model(graph, net.export(), labels=[str(d) for d in range(10)], source="scripts/train_digits.py")
-    model.save(args.out)
+    save(args.out, model)
 
     # Held-out accuracy, measured by npmobile on the file just written.
     saved = npmobile.load(args.out)

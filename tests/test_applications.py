@@ -42,7 +42,7 @@ def test_preprocess_input_matches_keras():
 def test_weights_from_a_file_with_and_without_the_classifier(tmp_path):
     full = npmobile.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None)
     path = tmp_path / "v2.npz"
-    full.save(path)
+    npmobile.save(path, full)
     again = npmobile.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=str(path))
     x = np.random.default_rng(2).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
     np.testing.assert_array_equal(again(x), full(x))
@@ -84,7 +84,7 @@ def test_imagenet_weights_from_the_cache_on_real_photos(assets, tmp_path, monkey
     points at a closed port), and the real Keras V1-0.25 weights find the cat and the espresso."""
     cached = npmobile.load(assets / "models" / "mobilenet_v1_0.25_224.h5")
     cached.labels = [name for _, name in imagenet_classes()]
-    cached.save(tmp_path / "mobilenet_v1_0.25_224_imagenet.npz")
+    npmobile.save(tmp_path / "mobilenet_v1_0.25_224_imagenet.npz", cached)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

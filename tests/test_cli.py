@@ -168,18 +168,21 @@ def test_folder_with_bad_images(tmp_path):
 
 def test_csv_output_and_text_file(tmp_path):
     shutil.copy(sorted(SAMPLES.glob("digit7_*.png"))[0], tmp_path / "seven.png")
-    run = npmobile_cli("classify", "--weights", DIGITS_MODEL, tmp_path / "seven.png", "--csv", "--top", "4")
+    run = npmobile_cli("classify", "--weights", DIGITS_MODEL, tmp_path / "seven.png", "--csv", "--top", "10")
     assert run.returncode == 0, run.stderr
     rows = list(csv.DictReader(io.StringIO(run.stdout)))
-    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and rows[0]["label"] == "7"
-    assert abs(sum(float(r["probability"]) for r in rows) - 1) < 0.5
+    assert [r["rank"] for r in rows] == [str(i) for i in range(1, 11)] and rows[0]["label"] == "7"
+    probs = [float(r["probability"]) for r in rows]
+    # every class, best first, printed to 6 decimals: a distribution, not logits or a partial list
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) <= 10 * 5e-7
+    assert sorted(r["label"] for r in rows) == [str(d) for d in range(10)]
 
 
 def test_logits_model_shows_probabilities(tmp_path):
     """A torchvision-convention model outputs logits: classify shows their softmax."""
     graph = npmobile.mobilenet_v2(0.35, 32, classes=4, convention="torch")
     path = tmp_path / "logits.npz"
-    npmobile.Model(graph, npmobile.models.random_params(graph)).save(path)
+    npmobile.save(path, npmobile.Model(graph, npmobile.architectures.random_params(graph)))
     shutil.copy(sorted(SAMPLES.glob("*.png"))[0], tmp_path / "x.png")
     run = npmobile_cli("classify", "--weights", path, tmp_path / "x.png", "--json", "--top", "4")
     assert run.returncode == 0, run.stderr

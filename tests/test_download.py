@@ -179,7 +179,7 @@ def test_pinned_hash_is_checked(server, env, keras_v2, monkeypatch):
         imagenet_model("mobilenet_v2", ALPHA, RESOLUTION)
     assert [p for p in _files(env) if p.endswith((".npz", ".h5", ".part"))] == []
     monkeypatch.setitem(download.SHA256, name, hashlib.sha256(keras_v2[1]).hexdigest())
-    assert imagenet_model("mobilenet_v2", ALPHA, RESOLUTION).config["alpha"] == ALPHA
+    assert imagenet_model("mobilenet_v2", ALPHA, RESOLUTION).config.alpha == ALPHA
 
 
 def test_a_download_for_another_architecture_is_refused(server, env, keras_v2):

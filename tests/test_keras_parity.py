@@ -2,9 +2,13 @@
 randomised BN statistics, imported by npmobile (in memory, and through .h5 / .keras files), and the
 real ImageNet weights of ../shared/assets against Keras itself.
 
-Bound (issue 3): max |npmobile - keras| <= 1e-4 * max(1, max |keras|), for the fast engine (fused
-graph), the oracle engine (the graph as built), and the unfused graph on the fast kernels. The
-softmax of a random network is nearly flat, so the logits are compared too: Keras' from the same
+Bound: max |npmobile - keras| <= 1e-4 * max(1, max |keras|), for the fast engine (fused graph),
+the oracle engine (the graph as built), and the unfused graph on the fast kernels.
+Why 1e-4: both sides compute in float32 but in different orders (sgemm blocks, im2col, BN folded
+into the weights on the fast engine), so they differ by rounding only; measured on random V2 nets
+that is about 1e-7 of the largest output, so 1e-4 leaves a wide margin for deeper or wider nets,
+while a real bug (a wrong tap, pad, epsilon or clamp: scripts/mutations.py plants them) moves the
+outputs by far more. The softmax of a random network is nearly flat, so the logits are compared too: Keras' from the same
 forward pass (keras_probs_and_logits), npmobile's from its intermediates (node "conv_preds" in V1,
 "predictions" in V2: the Keras layer names).
 """
@@ -100,26 +104,26 @@ def check_parity(ours, model, x, arch):
     probs, logits = keras_probs_and_logits(model, arch, x)
     assert np.abs(logits).max() > 1.0, "random logits too small to test anything"
     fast = ours.run(x, intermediates=True)
-    oracle = ours.run(x, engine_name="oracle", intermediates=True)
+    oracle = ours.run(x, oracle=True, intermediates=True)
     for name, values in (("fast", fast), ("oracle", oracle)):
         assert_close(values[ours.graph.output], probs, f"{name} engine, softmax output")
         assert_close(values[LOGITS[arch]], logits, f"{name} engine, logits")
-    unfused = engine.run(ours.graph, ours.params, x)  # fast kernels, graph as built
+    unfused = engine.Plan(ours.graph, ours.params, len(x)).run(x)  # fast kernels, graph as built
     assert_close(fast[ours.graph.output], unfused, "fused vs unfused graph")
     return logits
 
 
 def run_case(arch, alpha, resolution, twin=False):
     model = keras_model(arch, alpha, resolution)
-    ours = from_keras_model(model)
+    ours = npmobile.Model(*from_keras_model(model))
     c = ours.config
-    assert (c["arch"], c["alpha"], c["resolution"]) == (arch, alpha, resolution)
+    assert (c.arch, c.alpha, c.resolution) == (arch, alpha, resolution)
     x = batch(resolution, n=2 if resolution <= 128 else 1)
     logits = check_parity(ours, model, x, arch)
     if twin:  # classifier_activation=None imports as a model without softmax: logits out
         logits_model = keras_model(arch, alpha, resolution, classifier_activation=None)
         assert_close(keras_run(logits_model, x), logits, "keras' own logits")
-        assert_close(from_keras_model(logits_model)(x), logits, "logits model")
+        assert_close(npmobile.Model(*from_keras_model(logits_model))(x), logits, "logits model")
 
 
 @pytest.mark.parametrize("arch,alpha,resolution", FAST)
@@ -145,7 +149,7 @@ def test_parity_through_saved_files(tmp_path, arch, alpha, resolution, suffix):
     path = tmp_path / f"model{suffix}"
     model.save(path)
     ours = npmobile.load(path)
-    assert ours.config["alpha"] == alpha and ours.source == str(path)
+    assert ours.config.alpha == alpha and ours.source == str(path)
     check_parity(ours, model, batch(resolution), arch)
 
 
@@ -177,12 +181,12 @@ def test_keras3_weights_file_and_resolution_option(tmp_path):
 def test_parity_without_top(arch, pooling):
     model = APPS[arch](alpha=0.5, input_shape=(128, 128, 3), weights=None, include_top=False, pooling=pooling)
     model.set_weights(random_weights(model, seed=7))
-    ours = from_keras_model(model)
-    assert not ours.config["include_top"] and ours.config["pooling"] == pooling
+    ours = npmobile.Model(*from_keras_model(model))
+    assert not ours.config.include_top and ours.config.pooling == pooling
     x = batch(128)
     ref = keras_run(model, x)
     assert_close(ours(x), ref, "features")
-    assert_close(ours.run(x, engine_name="oracle"), ref, "features, oracle")
+    assert_close(ours.run(x, oracle=True), ref, "features, oracle")
 
 
 # --- real weights ------------------------------------------------------------------------------
@@ -200,14 +204,14 @@ def test_real_weights_match_keras(assets):
     file loaded, on every photo; both classify imagenet-dev-100 identically."""
     path = assets / "models" / "mobilenet_v1_0.25_224.h5"
     ours = npmobile.load(path)
-    assert (ours.config["arch"], ours.config["alpha"], ours.config["resolution"]) == ("mobilenet_v1", 0.25, 224)
+    assert (ours.config.arch, ours.config.alpha, ours.config.resolution) == ("mobilenet_v1", 0.25, 224)
     reference = keras.applications.MobileNet(alpha=0.25, weights=None)
     reference.load_weights(path)
 
     _, photos = _images(assets / "photos")
     ref = keras_run(reference, photos)
     assert_close(ours(photos), ref, "photos, fast engine")
-    assert_close(ours.run(photos, engine_name="oracle"), ref, "photos, oracle engine")
+    assert_close(ours.run(photos, oracle=True), ref, "photos, oracle engine")
 
     paths, x = _images(assets / "imagenet-dev-100")
     synsets = (assets / "labels" / "imagenet_synsets.txt").read_text().split()

@@ -101,3 +101,49 @@ def test_out_is_written_and_checked():
     for bad in (np.empty((1, 6, 6, 5), f32), np.empty((1, 6, 6, 4), np.float64), np.empty((1, 6, 6, 8), f32)[..., ::2]):
         with pytest.raises(ValueError, match="out: expected a C-contiguous float32 array of shape"):
             depthwise(X, W_DW, pad=(1, 1, 1, 1), out=bad)
+
+
+# Issue 11: sizes that make index arithmetic overflow int64 (a 746-byte ONNX file carried
+# strides 2**62 - 1 and pads 2**63 - 3; the depthwise test `iy + 3 <= h` wrapped and read rows
+# before the input). Each is refused by the argument checks, before any loop runs.
+HUGE = {
+    "depthwise stride and pad from the crafted ONNX file":
+        (lambda: depthwise(X, W_DW, stride=2**62 - 1, pad=(0, 0, 2**63 - 3, 0)), "stride"),
+    "depthwise top pad 2**63 - 3": (lambda: depthwise(X, W_DW, pad=(2**63 - 3, 0, 0, 0)), "pad"),
+    "conv2d left pad 2**63 - 3": (lambda: conv2d(X, W_CONV, pad=(0, 0, 2**63 - 3, 0)), "pad"),
+    "conv2d stride 2**62 - 1": (lambda: conv2d(X, W_CONV, stride=2**62 - 1), "stride"),
+    "padded input past 2**31 - 1": (lambda: depthwise(X, W_DW, pad=(2**31 - 1, 1, 0, 0)), "w"),
+    "zero_pad to 2**31 + 5 rows": (lambda: KERNELS["zero_pad"].fast(X, pad=(2**31 - 1, 0, 0, 0)), "pad"),
+    "output too large to allocate": (lambda: KERNELS["zero_pad"].fast(X, pad=(2**30, 2**30 - 7, 2**30, 0)), "out"),
+}
+
+
+@pytest.mark.parametrize("case", list(HUGE))
+def test_sizes_that_would_overflow_are_refused(case):
+    call, argument = HUGE[case]
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert message.split(":")[0].split(" (")[0] == argument and "expected" in message, message
+
+
+W_DW_M2 = np.arange(1, 73, dtype=f32).reshape(3, 3, 8) / 10  # depth multiplier 2: the general loop
+W_DW_5 = np.arange(1, 101, dtype=f32).reshape(5, 5, 4) / 10  # 5x5: the general loop
+
+
+@pytest.mark.parametrize("name, w", [("depthwise_conv2d", W_DW), ("depthwise_conv2d", W_DW_M2),
+                                     ("depthwise_conv2d", W_DW_5), ("conv2d", W_CONV)])
+def test_largest_pads_and_strides_read_only_inside_the_input(name, w):
+    """Pads and strides near 2**31 are accepted and computed exactly: a window wholly in the
+    padding gives the bias, the next one (one column of padding) what a pad of 1 gives."""
+    kernel = KERNELS[name]
+    x = np.random.default_rng(2).standard_normal((1, 6, 6, 4)).astype(f32)
+    b = np.arange(w.shape[-1], dtype=f32)
+    k = w.shape[0]
+    left = 2**31 - 8
+    stride = left - 1  # the second window starts one column left of the input
+    y = kernel.fast(x, w, b, stride=stride, pad=(0, 0, left, 0))
+    assert y.shape == (1, 1, 2, w.shape[-1])
+    np.testing.assert_array_equal(y[0, 0, 0], b)  # all padding: the bias, no garbage
+    near = kernel.ref(x, w, b, pad=(0, 0, 1, 0))[:, :1, :1]  # the same window, found the small way
+    np.testing.assert_allclose(y[:, :, 1:], near, rtol=1e-5, atol=1e-5 * k * k)

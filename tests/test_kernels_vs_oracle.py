@@ -1,13 +1,16 @@
 """Layer 1: every fast kernel equals its float64 oracle, over shapes and attributes drawn by
 hypothesis, within the float32 rounding bound of its dot products (bounds.py)."""
 
+import itertools
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bounds import U, assert_within
+from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
-from npmobile.kernels.pointwise import BLOCK_FLOATS
+from npmobile.kernels._epilogue import BLOCK_FLOATS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -147,7 +150,20 @@ def test_registry_pairs_every_kernel_with_an_oracle():
         assert kernel.fast.__name__ == name
         assert kernel.ref.__name__ == name + "_ref"
         assert kernel.fast.__module__ == kernel.ref.__module__, f"{name}: oracle and kernel in one file"
-    assert U == 2.0 ** -24
+
+
+def test_the_bound_accepts_rounding_and_rejects_an_error_just_beyond_it():
+    """assert_within is what every kernel test stands on: it must pass a float32 dot product and
+    fail one whose error exceeds gamma(k) * sum|x*w| by a hair."""
+    rng = np.random.default_rng(0)
+    k = 300
+    x, w = rng.standard_normal((50, k)), rng.standard_normal(k)
+    ref, magnitude = x @ w, np.abs(x) @ np.abs(w)
+    y = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float32)
+    assert_within(y, ref, magnitude, k)
+    off = (ref + 1.01 * gamma(k) * magnitude * (np.arange(50) == 7)).astype(np.float32)
+    with pytest.raises(AssertionError, match="1 of 50 elements outside the float32 bound"):
+        assert_within(off, ref, magnitude, k)
 
 
 def test_pointwise_on_more_rows_than_one_block():
@@ -176,3 +192,43 @@ def test_conv2d_on_the_first_mobilenet_layer():
     b = rng.standard_normal(32).astype(np.float32)
     for pad in ((0, 1, 0, 1), (1, 1, 1, 1), (0, 0, 0, 0)):
         check_linear("conv2d", x, w, b, dict(stride=2, pad=pad, clamp=(0.0, 6.0)), terms=27)
+
+
+# Each specialised path at, below and above its tile (XNNPACK's micro-kernel tests): the
+# properties above draw such cases only now and then.
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
+    """MobileNet's 3x3 path splits each output row into border pixels, pixels two at a time
+    (stride 1) and single inside pixels: widths 1..7 give 0 to 5 inside pixels (odd and even
+    counts for the pairs), heights 1..4 rows with and without the inside ones, each pad pattern."""
+    rng = np.random.default_rng(6)
+    for h, w, c in itertools.product(range(1, 5), range(1, 8), (1, 7, 16)):
+        x = rng.standard_normal((1, h, w, c)).astype(np.float32)
+        weights = rng.standard_normal((3, 3, c)).astype(np.float32)
+        b = rng.standard_normal(c).astype(np.float32)
+        for pad in ((0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 1, 0), (2, 0, 0, 2)):
+            if h + pad[0] + pad[1] >= 3 and w + pad[2] + pad[3] >= 3:
+                check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=(-1.0, 1.0)), terms=9)
+
+
+@pytest.mark.parametrize("k_h, k_w, c_in", [(3, 3, 5), (3, 3, 6), (1, 1, 16), (1, 1, 17), (2, 8, 2), (2, 8, 3)])
+def test_conv2d_both_patch_layouts_at_their_crossover(k_h, k_w, c_in):
+    """conv2d gathers taps one by one when a window row is at most 16 floats (k_w * c_in <= 16)
+    and copies whole window rows above that: each side of the line, with padding."""
+    rng = np.random.default_rng(k_w * c_in)
+    x = rng.standard_normal((2, 9, 10, c_in)).astype(np.float32)
+    w = rng.standard_normal((k_h, k_w, c_in, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    for stride, pad in ((1, (0, 0, 0, 0)), (2, (1, 2, 3, 1)), (1, (2, 0, 1, 0))):
+        check_linear("conv2d", x, w, b, dict(stride=stride, pad=pad, clamp=(-2.0, 2.0)), terms=k_h * k_w * c_in)
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_pointwise_block_edges(extra):
+    """One row fewer than a block, exactly one block, one row more (a second block of one row)."""
+    rng = np.random.default_rng(8 + extra)
+    rows = BLOCK_FLOATS // 16 + extra
+    x = rng.standard_normal((1, 1, rows, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    check_linear("pointwise_conv2d", x, w, rng.standard_normal(16).astype(np.float32), {"clamp": (0.0, 6.0)}, terms=8)

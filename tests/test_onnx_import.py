@@ -22,9 +22,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import npmobile  # noqa: E402
 from npmobile.io import load  # noqa: E402
 from npmobile.io.onnx import from_onnx_model, load_onnx  # noqa: E402
-from npmobile.model import from_native  # noqa: E402
 from npmobile.weights import WeightFileError  # noqa: E402
 
 
@@ -79,24 +79,24 @@ def keras_onnx(tmp_path_factory):
 
 def test_torchvision_mobilenet_v2_matches_onnxruntime(torchvision_onnx):
     model = load(torchvision_onnx)
-    assert model.config["input_layout"] == "NCHW" and model.config["convention"] == "torch"
-    assert model.config["arch"] == "mobilenet_v2" and model.config["classes"] == 1000
+    assert model.config.input_layout == "NCHW" and model.config.convention == "torch"
+    assert model.config.arch == "mobilenet_v2" and model.config.classes == 1000
     x = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
     ref = ort_run(torchvision_onnx, x.transpose(0, 3, 1, 2))
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
 
 
 def test_keras_mobilenet_export_matches_onnxruntime(keras_onnx):
-    model = load_onnx(keras_onnx)
-    assert model.config["input_layout"] == "NHWC" and model.config["convention"] == "keras"
-    assert model.config["arch"] == "mobilenet_v1"
+    model = npmobile.Model(*load_onnx(keras_onnx))
+    assert model.config.input_layout == "NHWC" and model.config.convention == "keras"
+    assert model.config.arch == "mobilenet_v1"
     ops = [n.op for n in model.graph.nodes]
     assert ops.count("depthwise_conv2d") == 13 and ops[-1] == "softmax"
     x = np.random.default_rng(2).standard_normal((3, 128, 128, 3)).astype(np.float32)
     ref = ort_run(keras_onnx, x)
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
 
 
 # --- small graphs built by hand ------------------------------------------------------------
@@ -160,17 +160,17 @@ def test_tiny_graphs_match_onnxruntime(tmp_path, opset, head):
     x = (3 * np.random.default_rng(3).standard_normal((2, 9, 9, 3))).astype(np.float32)
     ref = ort_run(path, x.transpose(0, 3, 1, 2))
     assert_parity(model(x), ref)
-    assert_parity(model.run(x, engine_name="oracle").astype(np.float32), ref)
+    assert_parity(model.run(x, oracle=True).astype(np.float32), ref)
     # The clamp really clamps: at this input scale some pre-activations exceed 6.
-    pre = model.run(x, engine_name="oracle", intermediates=True)["bn"]
+    pre = model.run(x, oracle=True, intermediates=True)["bn"]
     assert pre.max() > 6
     # The imported graph survives the native .npz round trip.
-    model.save(tmp_path / "tiny.npz")
-    np.testing.assert_array_equal(from_native(tmp_path / "tiny.npz")(x), model(x))
+    npmobile.save(tmp_path / "tiny.npz", model)
+    np.testing.assert_array_equal(npmobile.load(tmp_path / "tiny.npz")(x), model(x))
 
 
 def test_clip_min_max_attributes_before_opset_11_are_read(tmp_path):
-    model = from_onnx_model(tiny_model(10))
+    model = npmobile.Model(*from_onnx_model(tiny_model(10)))
     clip = model.graph.node("clip")
     assert (clip.attrs["lo"], clip.attrs["hi"]) == (0.0, 6.0)
 
@@ -236,3 +236,42 @@ def test_missing_onnx_package_gives_an_import_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"pip install 'npmobile\[onnx\]'"):
         load_onnx(tmp_path / "any.onnx")
+
+
+def _scaled_conv_graph(second_reader):
+    """conv -> Transpose -> Transpose -> Mul by a per-channel constant -> output, and the conv's
+    output read a second time: by nothing, by a Shape (which reads no values) or by a Relu that is
+    added back (a second reader of the values, so the Mul must not fold into the conv)."""
+    rng = np.random.default_rng(1)
+    inits = [_init("w", rng.standard_normal((4, 3, 1, 1)).astype(np.float32)),
+             _init("k", rng.uniform(0.5, 2.0, (1, 4, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Transpose", ["c"], ["t1"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["t1"], ["t2"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Mul", ["t2", "k"], ["m"], name="scale")]
+    out = "m"
+    if second_reader == "shape":
+        nodes.append(helper.make_node("Shape", ["c"], ["s"], name="shape"))
+    elif second_reader == "relu":
+        nodes += [helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                  helper.make_node("Add", ["m", "r"], ["y"], name="sum")]
+        out = "y"
+    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("second_reader", [None, "shape"])
+def test_a_mul_folds_into_the_conv_whose_values_it_alone_reads(tmp_path, second_reader):
+    path = tmp_path / "scaled.onnx"
+    onnx.save(_scaled_conv_graph(second_reader), str(path))
+    model = load(path)
+    assert [n.op for n in model.graph.nodes] == ["pointwise_conv2d"]  # the Mul is in the weights
+    x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    assert_parity(model(x), ort_run(path, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1))
+
+
+def test_a_mul_does_not_fold_into_a_conv_whose_values_another_node_reads():
+    with pytest.raises(WeightFileError, match=r"'scale' \(Mul\): Mul by a constant only folds into a conv or dense "
+                                              r"layer whose output it alone reads"):
+        from_onnx_model(_scaled_conv_graph("relu"), source="scaled.onnx")

@@ -7,16 +7,10 @@ cat photos classified as a cat. How the two sides are fed is defined once, in
 benchmarks/real_models.py, which also writes docs/real-models.md; `pytest -s` prints the figures.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("PIL")
-_spec = importlib.util.spec_from_file_location(
-    "real_models", Path(__file__).resolve().parents[1] / "benchmarks" / "real_models.py")
-real_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(real_models)
+from benchmarks import real_models  # noqa: E402
 
 MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
           "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite", "mobilenetv2-12-int8.onnx"]
@@ -29,7 +23,8 @@ def images(assets):
 
 @pytest.fixture(scope="module")
 def results(assets, images):
-    """Each model's scores from both sides, computed once per module (~115 images x 5 models)."""
+    """A cache, {model file name: its scores from both sides}, that `result` fills on first use:
+    each model is evaluated once per module (~115 images x 5 models), not once per test."""
     return {}
 
 
@@ -72,10 +67,10 @@ def test_labels_and_preprocessing(result):
     if result["name"].endswith(".tflite"):
         assert model.labels[0] == "background" and len(model.labels) == 1001
         # input quantization (q - 128) / 128 became the preprocessing
-        assert model.config["preprocess"]["mean"] == [128.0] * 3
-        assert model.config["preprocess"]["std"] == [128.0] * 3
-        assert model.config["convention"] == "tfslim"
+        assert model.config.preprocess.mean == (128.0,) * 3
+        assert model.config.preprocess.std == (128.0,) * 3
+        assert model.config.convention == "tfslim"
     else:
-        assert model.config["classes"] == 1000 and model.config["convention"] == "torch"
-        assert model.config["input_layout"] == "NCHW"
-    assert model.config["arch"] == ("mobilenet_v2" if "v2" in result["name"] else "mobilenet_v1")
+        assert model.config.classes == 1000 and model.config.convention == "torch"
+        assert model.config.input_layout == "NCHW"
+    assert model.config.arch == ("mobilenet_v2" if "v2" in result["name"] else "mobilenet_v1")

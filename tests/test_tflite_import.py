@@ -20,9 +20,9 @@ import pytest
 tflite = pytest.importorskip("tflite")
 
 from npmobile.graph import pad_same  # noqa: E402
+import npmobile  # noqa: E402
 from npmobile.io import load  # noqa: E402
 from npmobile.io.tflite import load_tflite  # noqa: E402
-from npmobile.model import from_native  # noqa: E402
 from npmobile.weights import WeightFileError  # noqa: E402
 
 MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
@@ -39,7 +39,7 @@ def models(assets):
 def test_structure(models, name):
     model = models[name]
     ops = [n.op for n in model.graph.nodes]
-    res = model.config["resolution"]
+    res = model.config.resolution
     assert res == int(name.split("_")[3]) and model.graph.input_shape == (res, res, 3)
     assert ops[0] == "conv2d" and ops[-3:] == ["global_avg_pool", "dense", "softmax"]
     assert model.graph.nodes[0].attrs["pad"] == pad_same(res, 3, 2) + pad_same(res, 3, 2)
@@ -50,14 +50,14 @@ def test_structure(models, name):
         assert ops.count("depthwise_conv2d") == 17 and ops.count("add") == 10
     # RELU6 after every conv but the logits and V2's 17 linear projections: V1 1 + 13 + 13, V2 1 + 17 + 16 + 1.
     assert ops.count("clamp") == (27 if "v1" in name else 35)
-    assert model.config["convention"] == "tfslim" and model.labels[0] == "background"
+    assert model.config.convention == "tfslim" and model.labels[0] == "background"
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_first_layer_matches_the_runtime_within_one_quantization_step(assets, models, name):
     from ai_edge_litert.interpreter import Interpreter
     model = models[name]
-    res = model.config["resolution"]
+    res = model.config.resolution
     pixels = np.random.default_rng(0).integers(0, 256, (1, res, res, 3), dtype=np.uint8)
     it = Interpreter(model_path=str(assets / "models" / name), experimental_preserve_all_tensors=True)
     it.allocate_tensors()
@@ -67,7 +67,7 @@ def test_first_layer_matches_the_runtime_within_one_quantization_step(assets, mo
                                                                                       model.graph.nodes[0].shape[-1]])
     scale, zero = first_out["quantization"]
     ref = scale * (it.get_tensor(first_out["index"]).astype(np.float64) - zero)
-    ours = model.run(model.preprocess(pixels), engine_name="oracle", intermediates=True)[model.graph.nodes[1].name]
+    ours = model.run(model.preprocess(pixels), oracle=True, intermediates=True)[model.graph.nodes[1].name]
     assert model.graph.nodes[1].op == "clamp"
     err = np.abs(ours - ref).max()
     assert err <= 1.0 * scale + 1e-6, (err, scale)
@@ -75,8 +75,8 @@ def test_first_layer_matches_the_runtime_within_one_quantization_step(assets, mo
 
 def test_native_round_trip(models, tmp_path):
     model = models[SMALL]
-    model.save(tmp_path / "m.npz")
-    again = from_native(tmp_path / "m.npz")
+    npmobile.save(tmp_path / "m.npz", model)
+    again = npmobile.load(tmp_path / "m.npz")
     x = model.preprocess(np.full((1, 128, 128, 3), 77, np.uint8))
     np.testing.assert_array_equal(again(x), model(x))
     assert again.labels == model.labels

@@ -1,9 +1,14 @@
 """Whole networks vs torchvision: mobilenet_v2(width_mult=alpha) with random weights and randomised
 BN statistics, imported from its state_dict (in memory, and through a .pth saved by torch.save).
 
-Bound (issue 3): max |npmobile - torch| <= 1e-4 * max(1, max |torch|) on the logits (torchvision
-returns logits), for the fast engine (fused graph), the oracle engine (the graph as built), and the
-unfused graph on the fast kernels. torch's module is resolution-agnostic, so one net per alpha
+Bound: max |npmobile - torch| <= 1e-4 * max(1, max |torch|) on the logits (torchvision returns
+logits), for the fast engine (fused graph), the oracle engine (the graph as built), and the
+unfused graph on the fast kernels.
+Why 1e-4: both sides compute in float32 but in different orders (sgemm blocks, im2col, BN folded
+into the weights on the fast engine), so they differ by rounding only; measured on random V2 nets
+that is about 1e-7 of the largest output, so 1e-4 leaves a wide margin for deeper or wider nets,
+while a real bug (a wrong tap, pad, epsilon or clamp: scripts/mutations.py plants them) moves the
+outputs by far more. torch's module is resolution-agnostic, so one net per alpha
 serves every resolution.
 """
 
@@ -67,14 +72,14 @@ def check_parity(ours, net, x):
     ref = torch_run(net, x)
     assert np.abs(ref).max() > 1.0, "random logits too small to test anything"
     assert_close(ours(x), ref, "fast engine")
-    assert_close(ours.run(x, engine_name="oracle"), ref, "oracle engine")
-    assert_close(engine.run(ours.graph, ours.params, x), ours(x), "fused vs unfused graph")
+    assert_close(ours.run(x, oracle=True), ref, "oracle engine")
+    assert_close(engine.Plan(ours.graph, ours.params, len(x)).run(x), ours(x), "fused vs unfused graph")
 
 
 def run_case(alpha, resolution):
     net = random_net(alpha)
-    ours = from_state_dict(net.state_dict(), resolution=resolution)
-    assert (ours.config["alpha"], ours.config["resolution"], ours.config["convention"]) == (alpha, resolution, "torch")
+    ours = npmobile.Model(*from_state_dict(net.state_dict(), resolution=resolution))
+    assert (ours.config.alpha, ours.config.resolution, ours.config.convention) == (alpha, resolution, "torch")
     n = 2 if resolution <= 128 else 1
     check_parity(ours, net, np.random.default_rng(resolution).standard_normal((n, resolution, resolution, 3)).astype(np.float32))
 
@@ -100,7 +105,7 @@ def test_parity_through_pth_file(tmp_path):
     path = tmp_path / "mobilenet_v2.pth"
     torch.save(net.state_dict(), path)
     ours = npmobile.load(path, resolution=128)
-    assert ours.source == str(path) and ours.config["alpha"] == 0.75
+    assert ours.source == str(path) and ours.config.alpha == 0.75
     check_parity(ours, net, np.random.default_rng(1).standard_normal((2, 128, 128, 3)).astype(np.float32))
 
 
@@ -108,7 +113,7 @@ def test_numpy_state_dict_and_other_classes():
     """A state_dict of numpy arrays works too; the classes come from classifier.1."""
     net = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10).eval()
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
-    ours = from_state_dict(sd, resolution=96)
-    assert ours.config["classes"] == 10
+    ours = npmobile.Model(*from_state_dict(sd, resolution=96))
+    assert ours.config.classes == 10
     x = np.random.default_rng(2).standard_normal((1, 96, 96, 3)).astype(np.float32)
     assert_close(ours(x), torch_run(net, x), "10 classes")

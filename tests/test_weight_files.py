@@ -35,7 +35,7 @@ def files(tmp_path_factory):
         m.save(d / f"v1_{alpha}.h5")
         m.save(d / f"v1_{alpha}.keras")
         out[f"v1_{alpha}.h5"], out[f"v1_{alpha}.keras"] = d / f"v1_{alpha}.h5", d / f"v1_{alpha}.keras"
-        npmobile.load(d / f"v1_{alpha}.h5").save(d / f"v1_{alpha}.npz")
+        npmobile.save(d / f"v1_{alpha}.npz", npmobile.load(d / f"v1_{alpha}.h5"))
         out[f"v1_{alpha}.npz"] = d / f"v1_{alpha}.npz"
     for alpha in (0.35, 0.5):
         torch.save(torchvision.models.mobilenet_v2(width_mult=alpha).state_dict(), d / f"v2_{alpha}.pth")
@@ -103,7 +103,7 @@ def test_other_resolution_is_an_input_error(files):
     model = npmobile.load(files["v1_0.25.h5"])
     with pytest.raises(ValueError, match=r"expected shape \(n, 128, 128, 3\), found \(1, 96, 96, 3\)"):
         model(np.zeros((1, 96, 96, 3), np.float32))
-    assert npmobile.load(files["v1_0.25.h5"], resolution=96).config["resolution"] == 96
+    assert npmobile.load(files["v1_0.25.h5"], resolution=96).config.resolution == 96
 
 
 def test_missing_tensor(tmp_path, files):
@@ -261,11 +261,11 @@ def test_npz_with_pickle_payload(tmp_path, files):
 def test_native_round_trip(tmp_path, files):
     x = np.random.default_rng(0).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
     model = npmobile.load(files["v1_0.25.keras"])
-    model.save(tmp_path / "m.npz")
+    npmobile.save(tmp_path / "m.npz", model)
     again = npmobile.load(tmp_path / "m.npz")
     assert again.config == model.config
     assert np.array_equal(again(x), model(x))
-    assert np.array_equal(again.run(x, engine_name="oracle"), model.run(x, engine_name="oracle"))
+    assert np.array_equal(again.run(x, oracle=True), model.run(x, oracle=True))
 
 
 @pytest.mark.parametrize("name", ["v1_0.25.h5", "v1_0.25.keras", "v2_0.35.pth"])
@@ -274,7 +274,7 @@ def test_convert_cli(tmp_path, files, name, capsys):
     assert cli.main(["convert", str(files[name]), "-o", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     src, native = npmobile.load(files[name]), npmobile.load(out)
-    r = src.config["resolution"]
+    r = src.config.resolution
     x = np.random.default_rng(1).uniform(-1, 1, (1, r, r, 3)).astype(np.float32)
     assert np.array_equal(native(x), src(x))
 

@@ -1,23 +1,30 @@
 """Reading weight files: the native format and every importer, chosen by what the file is.
 
-Each importer turns one foreign format into a `Model` (graph + float32 params + conventions) and
-nothing else; none needs a deep-learning framework installed (a torch .pth is the exception:
-reading its zip container takes torch, with weights_only=True so it never unpickles code).
+Each reader turns one format into an `Imported` (graph + float32 params + labels + source) and
+nothing else; `load` makes it a Model. None needs a deep-learning framework installed (a torch
+.pth is the exception: reading its zip container takes torch, with weights_only=True so it never
+unpickles code); each imports its format's package (h5py, onnx, tflite) only when it reads.
 """
 
 from pathlib import Path
 
-from ..weights import WeightFileError
+from ..errors import WeightFileError
+from ..model import Model
+from ..weights import read as read_native
+from .keras import load_h5, load_keras_zip
+from .onnx import load_onnx
+from .tflite import load_tflite
+from .torchvision import load_pt2, load_pth
 
-# (suffixes, the magic bytes that file must start with, "module:function")
+# (suffixes, the magic bytes that file must start with, the reader)
 FORMATS = [
-    ((".npz",), b"PK", "npmobile.model:from_native"),
-    ((".h5", ".hdf5"), b"\x89HDF\r\n\x1a\n", "npmobile.io.keras:load_h5"),
-    ((".keras",), b"PK", "npmobile.io.keras:load_keras_zip"),
-    ((".pth", ".pt"), b"PK", "npmobile.io.torchvision:load_pth"),
-    ((".pt2",), b"PK", "npmobile.io.torchvision:load_pt2"),
-    ((".onnx",), None, "npmobile.io.onnx:load_onnx"),
-    ((".tflite",), None, "npmobile.io.tflite:load_tflite"),
+    ((".npz",), b"PK", read_native),
+    ((".h5", ".hdf5"), b"\x89HDF\r\n\x1a\n", load_h5),
+    ((".keras",), b"PK", load_keras_zip),
+    ((".pth", ".pt"), b"PK", load_pth),
+    ((".pt2",), b"PK", load_pt2),
+    ((".onnx",), None, load_onnx),
+    ((".tflite",), None, load_tflite),
 ]
 
 
@@ -27,7 +34,7 @@ def load(path, **options):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    for suffixes, magic, target in FORMATS:
+    for suffixes, magic, reader in FORMATS:
         if suffix in suffixes:
             if magic is not None:
                 with open(path, "rb") as f:
@@ -35,8 +42,6 @@ def load(path, **options):
                 if head != magic:
                     raise WeightFileError(f"{path}: a {suffix} file must start with {magic!r}, found {head!r}: "
                                           "not what its extension says, or corrupted")
-            module, function = target.split(":")
-            import importlib
-            return getattr(importlib.import_module(module), function)(path, **options)
+            return Model(*reader(path, **options))
     known = ", ".join(s for suffixes, _, _ in FORMATS for s in suffixes)
     raise WeightFileError(f"{path}: unknown weight file type {suffix!r}; expected one of {known}")

@@ -1,6 +1,9 @@
-"""What the ONNX and TFLite importers share: dequantization, one error for every unsupported
-node, and `Emitter`, which appends npmobile nodes (named, shaped, with their float32 weights) so
-each importer only has to translate its own ops.
+"""What the importers share, written once (the error plumbing, `needs` and `reading`, is in
+npmobile/errors.py, which the native reader and the image reader use too):
+- `from_torch` / `to_torch`: torch's (and ONNX's) weight layouts to npmobile's and back;
+- `dequantize`, one error for every unsupported node (`refuse_unsupported`), and `Emitter`, which
+  appends npmobile nodes (named, shaped, with their float32 weights) so the ONNX and TFLite
+  importers only translate their own ops.
 
 Weights arrive here already in npmobile's layout: conv2d HWIO (k, k, c_in, c_out), depthwise
 HWC (k, k, c_in * multiplier); the emitter chooses the kernel (a 1x1 stride-1 unpadded conv is a
@@ -9,10 +12,39 @@ pointwise conv, a 1x1 conv on a pooled vector is a dense layer) so both formats 
 
 import numpy as np
 
+from ..config import Config
+from ..errors import WeightFileError
 from ..graph import Builder, Graph, conv_out
-from ..weights import WeightFileError
 
-LINEAR = ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense")
+
+# --- weight layouts: torch (OIHW, and ONNX's Conv/Gemm) <-> npmobile (HWIO, HWC, IO) ----------
+
+def from_torch(op, w):
+    """A torch weight in the graph's layout: conv OIHW -> HWIO; depthwise (c*m, 1, k, k) ->
+    (k, k, c*m); 1x1 conv (c_out, c_in, 1, 1) -> (c_in, c_out); linear (out, in) -> (in, out).
+    Any other shape is returned as found, so the shape check names it."""
+    if op == "conv2d" and w.ndim == 4:
+        return w.transpose(2, 3, 1, 0)
+    if op == "depthwise_conv2d" and w.ndim == 4 and w.shape[1] == 1:
+        return w[:, 0].transpose(1, 2, 0)
+    if op in ("pointwise_conv2d", "dense") and w.ndim == 4 and w.shape[2:] == (1, 1):
+        return w[:, :, 0, 0].T
+    if op in ("pointwise_conv2d", "dense") and w.ndim == 2:
+        return w.T
+    return w
+
+
+def to_torch(op, w):
+    """The inverse of from_torch: the graph's layout -> torch's (contiguous), for torch twins."""
+    if op == "conv2d":
+        w = w.transpose(3, 2, 0, 1)
+    elif op == "depthwise_conv2d":
+        w = w.transpose(2, 0, 1)[:, None]
+    elif op == "pointwise_conv2d":
+        w = w.T[:, :, None, None]
+    elif op == "dense":
+        w = w.T
+    return np.ascontiguousarray(w)
 
 
 def dequantize(q, scale, zero_point, axis=0):
@@ -47,16 +79,16 @@ class Emitter:
     """A Builder plus the float32 tensors of every node, with unique names."""
 
     def __init__(self, input_shape):
-        self.b = Builder(input_shape)
+        self.builder = Builder(input_shape)
         self.params = {}
 
     def shape(self, value):
-        return self.b.shapes[value]
+        return self.builder.shapes[value]
 
     def _name(self, name):
         name, i = name or "node", 1
         base = name
-        while name in self.b.shapes:
+        while name in self.builder.shapes:
             i += 1
             name = f"{base}_{i}"
         return name
@@ -69,7 +101,7 @@ class Emitter:
             if a is not None:
                 self.params[f"{name}.{p}"] = np.ascontiguousarray(a, dtype=np.float32)
                 params[p] = self.params[f"{name}.{p}"].shape
-        return self.b.add(op, name, attrs, params, shape, inputs=inputs)
+        return self.builder.add(op, name, attrs, params, shape, inputs=inputs)
 
     def linear(self, name, inp, w, b=None, *, stride=1, pad=(0, 0, 0, 0), depthwise=False):
         """A convolution with weights w (HWIO, or HWC when depthwise), as the cheapest kernel
@@ -104,8 +136,8 @@ class Emitter:
     def affine(self, name, scale=None, shift=None):
         """y -> scale * y + shift per output channel, folded into the linear node `name`'s
         weights and bias (ONNX's Mul/Add after a conv: Keras' unfolded batch norm, a bias)."""
-        i = next(i for i, n in enumerate(self.b.nodes) if n.name == name)
-        node = self.b.nodes[i]
+        i = next(i for i, n in enumerate(self.builder.nodes) if n.name == name)
+        node = self.builder.nodes[i]
         w = self.params[f"{name}.w"].astype(np.float64)
         b = self.params.get(f"{name}.b", np.zeros(w.shape[-1])).astype(np.float64)
         if scale is not None:
@@ -114,7 +146,7 @@ class Emitter:
             b = b + shift
         self.params[f"{name}.w"] = w.astype(np.float32)
         self.params[f"{name}.b"] = b.astype(np.float32)
-        self.b.nodes[i] = node._replace(params={"w": w.shape, "b": b.shape})
+        self.builder.nodes[i] = node._replace(params={"w": w.shape, "b": b.shape})
 
     def clamp(self, name, inp, lo, hi):
         return self._add("clamp", name, inp, {"lo": float(lo), "hi": float(hi)}, {}, self.shape(inp))
@@ -149,9 +181,10 @@ class Emitter:
             raise ValueError(f"softmax over the channels of a {self.shape(inp)} map: only a vector is supported")
         return self._add("softmax", name, inp, {}, {}, self.shape(inp))
 
-    def graph(self, output, config):
-        """The Graph ending at `output`, which must be the last node (a chain, not a branch)."""
-        nodes = self.b.nodes
+    def graph(self, output, **config):
+        """The Graph ending at `output`, which must be the last node (a chain, not a branch);
+        config: Config's fields but arch and output, which are read off the nodes."""
+        nodes = self.builder.nodes
         if not nodes:
             raise ValueError("the graph has no node npmobile computes")
         if nodes[-1].name != output:
@@ -162,15 +195,7 @@ class Emitter:
         if dead:
             raise ValueError(f"node(s) {', '.join(dead[:5])} compute values that neither the output nor any "
                              "later node reads: a second output or branch npmobile cannot run")
-        config = dict(config, arch=config.get("arch") or guess_arch(nodes))
-        return Graph(list(nodes), self.b.shapes["input"], config)
+        kind = {"softmax": "probabilities", "dense": "logits"}.get(nodes[-1].op, "features")
+        config = Config(arch=guess_arch(nodes), output=kind, classes=self.shape(output)[-1], **config)
+        return Graph(list(nodes), self.builder.shapes["input"], config)
 
-
-def imported_config(*, arch, resolution, classes, convention, mean, std, crop, input_layout, source_format,
-                    softmax):
-    """The config of an imported graph: what Model.preprocess and people need to know."""
-    return dict(arch=arch, alpha=None, resolution=int(resolution), classes=int(classes), include_top=True,
-                pooling=None, convention=convention, source_format=source_format,
-                preprocess=dict(mean=[float(m) for m in mean], std=[float(s) for s in std], crop=float(crop)),
-                # npmobile always takes NHWC; this records what the original file's input was.
-                input_layout=input_layout, output="probabilities" if softmax else "logits")

@@ -8,7 +8,7 @@ alphas, then the shortest decimal near an estimate, and keep the first whose gra
 the shapes found.
 """
 
-STANDARD_ALPHAS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+from ..architectures import PUBLISHED_ALPHAS
 
 
 def _near(estimate):
@@ -24,7 +24,7 @@ def fit_alpha(build, shapes, arch, estimate, hint=None):
     of any alpha), returns the graph for hint or the rounded estimate, so that check_params names
     every tensor that does not fit it."""
     seen = set()
-    for alpha in ([hint] if hint else []) + list(STANDARD_ALPHAS[arch]) + _near(estimate):
+    for alpha in ([hint] if hint else []) + list(PUBLISHED_ALPHAS[arch]) + _near(estimate):
         if alpha in seen or alpha <= 0:
             continue
         seen.add(alpha)

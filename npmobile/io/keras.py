@@ -4,7 +4,7 @@ Three sources, one path. Each reader collects, from what Keras wrote:
 - `weights`: {layer name: [(weight name or None, array), ...]} in Keras' get_weights() order;
 - `layers`: {layer name: (class name or None, layer config)} for every layer it can name;
 - the model's name and input size, when the file records them.
-`_to_model` then infers the architecture, builds the graph with convention="keras" (the graph's
+`_import` then infers the architecture, builds the graph with convention="keras" (the graph's
 node names are Keras' layer names) and puts each tensor into the graph's layout.
 
 The files Keras writes:
@@ -24,10 +24,9 @@ import zipfile
 
 import numpy as np
 
-from ..graph import Node
-from ..model import Model
-from ..models import mobilenet_v1, mobilenet_v2
-from ..weights import WeightFileError
+from ..architectures import mobilenet_v1, mobilenet_v2
+from ..errors import WeightFileError, needs, reading
+from ..graph import Imported, Node
 from ._widths import fit_alpha
 
 # Keras' weight names -> the graph's parameter names.
@@ -45,10 +44,8 @@ _NAME = re.compile(r"^mobilenet(?:v2)?_(\d+\.\d+)_(\d+)$")  # keras.applications
 
 
 def _h5py():
-    try:
+    with needs("h5py", "reading Keras .h5 and .keras files", "keras"):
         import h5py
-    except ImportError:
-        raise ImportError("reading Keras .h5 and .keras files needs h5py: pip install 'npmobile[keras]'") from None
     return h5py
 
 
@@ -159,23 +156,18 @@ def load_h5(path, **options):
     """A Keras .h5 file (legacy model or weights, or Keras 3 .weights.h5) as a Model.
     options: alpha=, resolution= override what the file says or what is inferred."""
     h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
-            layers = _config_layers(config)
-            weights, names = _read_h5(f, layers)
-            name = _model_name(config)
-    except WeightFileError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    except _READ_ERRORS as e:
-        raise WeightFileError(f"{path}: not a readable Keras HDF5 file (truncated or corrupted?): {e}") from None
-    return _to_model(str(path), weights, layers, names, name, _input_hw(layers), **options)
+    with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f:
+        config = f.attrs.get("model_config")
+        layers = _config_layers(config)
+        weights, names = _read_h5(f, layers)
+        name = _model_name(config)
+    return _import(str(path), weights, layers, names, name, _input_hw(layers), **options)
 
 
 def load_keras_zip(path, **options):
     """A Keras 3 .keras file (a zip of config.json and model.weights.h5) as a Model, read in memory."""
     h5py = _h5py()
-    try:
+    with reading(path, ".keras file", (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError)):
         with zipfile.ZipFile(path) as z:
             members = z.namelist()
             if "config.json" not in members or "model.weights.h5" not in members:
@@ -185,11 +177,7 @@ def load_keras_zip(path, **options):
         layers = _config_layers(config)
         with h5py.File(io.BytesIO(blob), "r") as f:
             weights, names = _read_h5(f, layers)
-    except WeightFileError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    except (*_READ_ERRORS, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightFileError(f"{path}: not a readable .keras file (truncated or corrupted?): {e}") from None
-    return _to_model(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
+    return _import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
 
 
 def from_keras_model(model, **options):
@@ -202,7 +190,7 @@ def from_keras_model(model, **options):
             weights[layer.name] = [(_short(w.name), np.asarray(v)) for w, v in zip(layer.weights, values)]
     shape = tuple(model.input_shape)
     hw = shape[1:3] if len(shape) == 4 else None
-    return _to_model(f"<keras model {model.name!r}>", weights, layers, list(layers), model.name, hw, **options)
+    return _import(f"<keras model {model.name!r}>", weights, layers, list(layers), model.name, hw, **options)
 
 
 # --- Keras layers -> graph --------------------------------------------------------------------
@@ -286,13 +274,14 @@ def _with_rescaling(graph, layers, source):
                 graph.input_shape)
     nodes = [node] + [n._replace(inputs=tuple("rescaling" if i == "input" else i for i in n.inputs))
                       for n in graph.nodes]
-    config = dict(graph.config, preprocess=dict(graph.config["preprocess"], mean=[0.0] * c, std=[1.0] * c))
+    pre = graph.config.preprocess
+    config = graph.config.replace(preprocess=type(pre)(mean=(0.0,) * c, std=(1.0,) * c, crop=pre.crop))
     params = {"rescaling.gamma": scale.copy(), "rescaling.beta": offset.copy(),
               "rescaling.mean": np.zeros(c, np.float32), "rescaling.var": np.full(c, 1 - eps, np.float32)}
     return type(graph)(nodes, graph.input_shape, config), params
 
 
-def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
+def _import(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
     arch = next((a for a, spec in _ARCH.items() if spec["marker"] in weights), None)
     if arch is None:
         raise WeightFileError(f"{source}: not a Keras MobileNet or MobileNetV2: expected a layer named conv_dw_1 "
@@ -315,7 +304,7 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
         pooling = next((p for p, tag in (("avg", "average_pooling"), ("max", "max_pooling"))
                         if any(tag in _snake(k) and "global" in _snake(k) for k in kinds)), None)
     kwargs = dict(resolution=resolution, classes=classes, include_top=include_top, pooling=pooling,
-                  convention="keras")
+                  convention="keras", output=_output(layers, spec["activation"], source) if include_top else None)
     if arch == "mobilenet_v1":
         dw = weights["conv_dw_1"][0][1]
         kwargs["depth_multiplier"] = int(dw.shape[-1]) if dw.ndim == 4 else 1
@@ -331,30 +320,27 @@ def _to_model(source, weights, layers, names, model_name, input_hw, *, alpha=Non
         params = _params(build(1.0), weights)  # node ops and names do not depend on alpha
         graph = fit_alpha(build, {k: tuple(a.shape) for k, a in params.items()}, arch, estimate,
                           float(match.group(1)) if match else None)
-    graph = _apply_layer_config(graph, layers, spec["activation"], source)
+    graph = _with_layer_eps(graph, layers)
     graph, rescaling = _with_rescaling(graph, layers, source)
-    return Model(graph, {**_params(graph, weights), **rescaling}, None, source=source)
+    return Imported(graph, {**_params(graph, weights), **rescaling}, None, source)
 
 
-def _apply_layer_config(graph, layers, activation_layer, source):
-    """What the model config says beyond the tensors: each BN's epsilon, and a head without
-    softmax (classifier_activation=None in keras.applications)."""
+def _with_layer_eps(graph, layers):
+    """Each BN's epsilon as the model config records it (Keras' default is the convention's)."""
     nodes = []
     for node in graph.nodes:
         cls, cfg = layers.get(node.name, (None, {}))
         if node.op == "batchnorm" and "epsilon" in cfg:
             node = node._replace(attrs={**node.attrs, "eps": float(cfg["epsilon"])})
         nodes.append(node)
-    config = dict(graph.config)
-    if graph.config["include_top"]:
-        act = _head_activation(layers, activation_layer)
-        if act == "linear":
-            nodes = [n for n in nodes if n.op != "softmax"]
-            config["softmax"] = False
-        elif act != "softmax":
-            raise WeightFileError(f"{source}: layer {activation_layer!r}: expected a softmax or linear "
-                                  f"classifier activation, found {act!r}")
-    eps = {n.attrs["eps"] for n in nodes if n.op == "batchnorm"}
-    if len(eps) == 1:
-        config["eps"] = eps.pop()
-    return type(graph)(nodes, graph.input_shape, config)
+    return type(graph)(nodes, graph.input_shape, graph.config)
+
+
+def _output(layers, activation_layer, source):
+    """"probabilities" for a softmax classifier, "logits" for a linear one (classifier_activation=None
+    in keras.applications)."""
+    act = _head_activation(layers, activation_layer)
+    if act not in ("softmax", "linear"):
+        raise WeightFileError(f"{source}: layer {activation_layer!r}: expected a softmax or linear "
+                              f"classifier activation, found {act!r}")
+    return "probabilities" if act == "softmax" else "logits"

@@ -1,4 +1,4 @@
-"""TFLite (.tflite) -> Model, read with the `tflite` flatbuffer parser (no TensorFlow).
+"""TFLite (.tflite) -> graph and tensors (an `Imported`), read with the `tflite` flatbuffer parser (no TensorFlow).
 
 Supported: CONV_2D, DEPTHWISE_CONV_2D (any depth multiplier), AVERAGE_POOL_2D over the whole map
 and MEAN over H and W (-> global_avg_pool), ADD, RESHAPE/SQUEEZE that only drop 1-axes of a
@@ -6,7 +6,12 @@ pooled vector, FULLY_CONNECTED on a pooled vector (-> dense: how TF's converter 
 Dense head), SOFTMAX (beta 1), QUANTIZE/DEQUANTIZE (a change of representation only: the float
 network has none), with fused activations NONE, RELU (clamp 0..inf) and RELU6. SAME/VALID padding
 becomes explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1
-CONV_2D after the pool (TF-slim's 1001-class logits) becomes a dense node.
+CONV_2D after the pool (TF-slim's 1001-class logits) becomes a dense node. The shape arithmetic
+the converter writes for a RESHAPE with a dynamic batch (SHAPE, STRIDED_SLICE, PACK,
+CONCATENATION, GATHER on shapes and constants) is accepted and skipped: the RESHAPE's own output
+shape says where it goes. Each op is one function in
+the table `TRANSLATE`, as in the ONNX importer; the flatbuffer's enums are read by name
+(tflite.BuiltinOperator, Padding, TensorType, ActivationFunctionType).
 
 Quantized models run as float: uint8/int8 weights become scale * (q - zero_point), per tensor or
 per output channel; int32 biases likewise with their own scale (input scale x weight scale).
@@ -16,7 +21,8 @@ float input the quantized network approximates. Activations are not re-quantized
 is the float network the file was trained as, not a bit-exact copy of the uint8 runtime.
 
 Layouts: TFLite is NHWC like npmobile; weights are OHWI (conv, -> HWIO) and 1HWC (depthwise,
--> HWC). Labels appended to the file as a zip (labels.txt) become Model.labels. The output is
+-> HWC). Labels become Model.labels: the file the TFLite Metadata names as the output's label
+file, else the .txt of a zip appended to the file (TF-slim's hosted models). The output is
 the float softmax; config convention "tfslim" (1001 classes, index 0 = background).
 """
 
@@ -24,30 +30,19 @@ import io
 import zipfile
 from struct import error as struct_error
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from ..graph import pad_same
-from ..model import Model
-from ..weights import WeightFileError
-from ._common import Emitter, dequantize, imported_config, refuse_unsupported
-
-SUPPORTED = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MEAN", "ADD", "RESHAPE", "SQUEEZE", "SOFTMAX",
-             "FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"} | {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
-# Shape arithmetic: the converter computes a RESHAPE's target from the batch size at run time
-# (Keras' Flatten/Reshape with a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE). The
-# RESHAPE's own output shape says where it goes, so these ops are accepted and skipped, as long
-# as they read only shapes and constants and feed only each other or a RESHAPE's shape input.
-SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
-_ACTIVATIONS = {0: None, 1: "relu", 3: "relu6"}  # ActivationFunctionType: NONE, RELU, RELU6
-_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+from ..config import Preprocess
+from ..errors import WeightFileError, needs, reading
+from ..graph import Imported, pad_same
+from ._common import Emitter, dequantize, refuse_unsupported
 
 
-def _import_tflite():
-    try:
+def _tflite():
+    with needs("tflite", "reading .tflite files", "tflite"):
         import tflite
-    except ImportError:
-        raise ImportError("reading .tflite files needs the `tflite` package: pip install 'npmobile[tflite]'") from None
     return tflite
 
 
@@ -61,6 +56,9 @@ class _Reader:
             raise WeightFileError(f"{path}: expected one subgraph, found {self.model.SubgraphsLength()}")
         self.g = self.model.Subgraphs(0)
         self.op_names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+        t = tflite.TensorType
+        self.dtypes = {t.FLOAT32: np.float32, t.FLOAT16: np.float16, t.INT32: np.int32, t.UINT8: np.uint8,
+                       t.INT64: np.int64, t.INT16: np.int16, t.INT8: np.int8}
 
     def op_name(self, op):
         code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -98,9 +96,9 @@ class _Reader:
         data = self.buffer_bytes(t.Buffer())
         if not data:
             return None
-        if t.Type() not in _DTYPES:
+        if t.Type() not in self.dtypes:
             raise WeightFileError(f"{self.path}: tensor {self.name(i)!r} has unsupported type code {t.Type()}")
-        a = np.frombuffer(data, dtype=_DTYPES[t.Type()])
+        a = np.frombuffer(data, dtype=self.dtypes[t.Type()])
         if a.size != int(np.prod(self.shape(i))):
             raise WeightFileError(f"{self.path}: tensor {self.name(i)!r}: expected {int(np.prod(self.shape(i)))} "
                                   f"values for shape {self.shape(i)}, found {a.size}")
@@ -117,17 +115,52 @@ class _Reader:
         return dequantize(a, q[0], q[1], axis=q[2])
 
 
-def _options(reader, op, cls):
-    table = op.BuiltinOptions()
-    if table is None:
-        return None
-    o = cls()
-    o.Init(table.Bytes, table.Pos)
-    return o
+class Op(NamedTuple):
+    """One TFLite operator as the translators see it."""
+    table: object  # the flatbuffer Operator
+    name: str  # its first output tensor's name
+    kind: str  # the BuiltinOperator's name
+    inputs: list  # tensor indices (-1: an optional input left out)
+    output: int
 
 
-def _pads(size_hw, k_hw, stride, padding):
-    if padding == 1:  # VALID
+class _Walk(NamedTuple):
+    """What the walk knows: the file, the emitted graph, the npmobile value of each tensor."""
+    reader: _Reader
+    em: Emitter
+    values: dict  # tensor index -> npmobile value name
+
+    def options(self, op):
+        """The operator's options table, of the class its kind uses (None if it has none)."""
+        table = op.table.BuiltinOptions()
+        if table is None:
+            return None
+        cls = {"CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
+               "AVERAGE_POOL_2D": "Pool2DOptions", "ADD": "AddOptions", "SOFTMAX": "SoftmaxOptions",
+               "FULLY_CONNECTED": "FullyConnectedOptions"}.get(op.kind)
+        if cls is None:
+            return None
+        o = getattr(self.reader.tfl, cls)()
+        o.Init(table.Bytes, table.Pos)
+        return o
+
+    def activation(self, name, y, o):
+        """The fused activation of options o applied to value y (o None: none)."""
+        act = self.reader.tfl.ActivationFunctionType
+        kind = {act.NONE: None, act.RELU: "relu", act.RELU6: "relu6"}[o.FusedActivationFunction() if o else act.NONE]
+        return self.em.activation(name, y, kind)
+
+
+def _fused_name(w, op, suffix):
+    """The name of an operator's own node: its name, or name + suffix when a fused activation
+    follows it and takes the name."""
+    o = w.options(op)
+    fused = o is not None and o.FusedActivationFunction() != w.reader.tfl.ActivationFunctionType.NONE
+    return op.name + suffix if fused else op.name
+
+
+def _pads(w, size_hw, k_hw, stride, padding):
+    if padding == w.reader.tfl.Padding.VALID:
         return (0, 0, 0, 0)
     return pad_same(size_hw[0], k_hw[0], stride) + pad_same(size_hw[1], k_hw[1], stride)
 
@@ -137,97 +170,125 @@ def _node_name(reader, i):
     return reader.name(i).split(";")[0] or f"tensor_{i}"
 
 
-def _translate(reader, em, values, op, kind):
-    """Append the npmobile nodes for one operator; returns the value name of its output."""
-    tfl = reader.tfl
-    ins = [int(j) for j in op.InputsAsNumpy()]
-    out = int(op.OutputsAsNumpy()[0])
-    name = _node_name(reader, out)
-    x = values[ins[0]]
-    if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        cls = tfl.Conv2DOptions if kind == "CONV_2D" else tfl.DepthwiseConv2DOptions
-        o = _options(reader, op, cls)
-        if o.StrideH() != o.StrideW():
-            raise ValueError(f"unequal strides {o.StrideH()}x{o.StrideW()}")
-        if o.DilationHFactor() != 1 or o.DilationWFactor() != 1:
-            raise ValueError("dilated convolutions are not supported")
-        w = reader.value(ins[1])
-        b = reader.value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
-        if kind == "CONV_2D":
-            w = w.transpose(1, 2, 3, 0)  # OHWI -> HWIO
-        else:
-            w = w[0]  # (1, k, k, c * m) -> HWC
-            if w.shape[-1] != em.shape(x)[-1] * o.DepthMultiplier():
-                raise ValueError(f"depthwise weights {w.shape} do not fit {em.shape(x)[-1]} channels x "
-                                 f"depth multiplier {o.DepthMultiplier()}")
-        pad = _pads(em.shape(x), w.shape[:2], o.StrideH(), o.Padding()) if len(em.shape(x)) == 3 else (0, 0, 0, 0)
-        act = _ACTIVATIONS[o.FusedActivationFunction()]
-        y = em.linear(name if act is None else name + "_linear", x, w, b, stride=o.StrideH(), pad=pad,
-                      depthwise=kind == "DEPTHWISE_CONV_2D")
-        return em.activation(name, y, act)
-    if kind == "AVERAGE_POOL_2D":
-        o = _options(reader, op, tfl.Pool2DOptions)
-        s = em.shape(x)
-        if len(s) != 3 or (o.FilterHeight(), o.FilterWidth()) != s[:2] or reader.shape(out)[1:3] != (1, 1):
-            raise ValueError(f"only a pool over the whole map is supported: a {o.FilterHeight()}x{o.FilterWidth()} "
-                             f"window on a {s[0]}x{s[1]} map")
-        act = _ACTIVATIONS[o.FusedActivationFunction()]
-        return em.activation(name, em.global_avg_pool(name if act is None else name + "_pool", x), act)
-    if kind == "ADD":
-        o = _options(reader, op, tfl.AddOptions)
-        act = _ACTIVATIONS[o.FusedActivationFunction()] if o else None
-        return em.activation(name, em.add(name if act is None else name + "_add", x, values[ins[1]]), act)
-    if kind == "MEAN":
-        axes = sorted(int(a) % 4 for a in np.ravel(reader.value(ins[1])))
-        if len(em.shape(x)) != 3 or axes != [1, 2]:
-            raise ValueError(f"only a mean over H and W of a map is supported: axes {axes} of {em.shape(x)}")
-        return em.global_avg_pool(name, x)
-    if kind == "FULLY_CONNECTED":
-        o = _options(reader, op, tfl.FullyConnectedOptions)
-        if o is not None and o.WeightsFormat() != 0:
-            raise ValueError(f"weights format {o.WeightsFormat()} (only DEFAULT)")
-        w = reader.value(ins[1])  # (out, in)
-        b = reader.value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
-        if len(em.shape(x)) != 1 or w.ndim != 2:
-            raise ValueError(f"only a fully-connected layer on a pooled vector is supported: weights {w.shape} "
-                             f"on a value of shape {em.shape(x)}")
-        act = _ACTIVATIONS[o.FusedActivationFunction()] if o else None
-        y = em.linear(name if act is None else name + "_linear", x, w.T[None, None], b)
-        return em.activation(name, y, act)
-    if kind in ("QUANTIZE", "DEQUANTIZE"):  # the float network computes the real values themselves
-        return x
-    if kind in ("RESHAPE", "SQUEEZE"):
-        kept = [d for d in reader.shape(out)[1:] if d != 1]
-        if em.shape(x) != tuple(reader.shape(out)[1:]) and not (len(em.shape(x)) == 1 and kept == list(em.shape(x))):
-            raise ValueError(f"only reshapes that drop 1-axes of a pooled vector are supported: "
-                             f"{em.shape(x)} -> {reader.shape(out)[1:]}")
-        return x
-    if kind == "SOFTMAX":
-        o = _options(reader, op, tfl.SoftmaxOptions)
-        if o is not None and o.Beta() != 1.0:
-            raise ValueError(f"softmax with beta {o.Beta()} (only 1 is supported)")
-        return em.softmax(name, x)
-    raise AssertionError(kind)
+# --- the translators: (walk, op, x = the value of input 0) -> the output's value ------------
+
+def _conv(w, op, x):
+    """CONV_2D (OHWI weights -> HWIO) and DEPTHWISE_CONV_2D ((1, k, k, c * m) -> HWC)."""
+    o = w.options(op)
+    if o.StrideH() != o.StrideW():
+        raise ValueError(f"unequal strides {o.StrideH()}x{o.StrideW()}")
+    if o.DilationHFactor() != 1 or o.DilationWFactor() != 1:
+        raise ValueError("dilated convolutions are not supported")
+    ins, shape = op.inputs, w.em.shape(x)
+    weight = w.reader.value(ins[1])
+    b = w.reader.value(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+    depthwise = op.kind == "DEPTHWISE_CONV_2D"
+    if not depthwise:
+        weight = weight.transpose(1, 2, 3, 0)
+    else:
+        weight = weight[0]
+        if weight.shape[-1] != shape[-1] * o.DepthMultiplier():
+            raise ValueError(f"depthwise weights {weight.shape} do not fit {shape[-1]} channels x "
+                             f"depth multiplier {o.DepthMultiplier()}")
+    pad = _pads(w, shape, weight.shape[:2], o.StrideH(), o.Padding()) if len(shape) == 3 else (0, 0, 0, 0)
+    y = w.em.linear(_fused_name(w, op, "_linear"), x, weight, b, stride=o.StrideH(), pad=pad, depthwise=depthwise)
+    return w.activation(op.name, y, o)
 
 
-def _check_supported(reader):
-    """Every operator the engine lacks, and every fused activation it lacks, in one error."""
-    tfl, problems = reader.tfl, []
+def _average_pool(w, op, x):
+    o, s = w.options(op), w.em.shape(x)
+    if len(s) != 3 or (o.FilterHeight(), o.FilterWidth()) != s[:2] or w.reader.shape(op.output)[1:3] != (1, 1):
+        raise ValueError(f"only a pool over the whole map is supported: a {o.FilterHeight()}x{o.FilterWidth()} "
+                         f"window on a {s[0]}x{s[1]} map")
+    return w.activation(op.name, w.em.global_avg_pool(_fused_name(w, op, "_pool"), x), o)
+
+
+def _add(w, op, x):
+    other = w.values.get(op.inputs[1])
+    if other is None:
+        raise ValueError("adds a constant: not supported")
+    return w.activation(op.name, w.em.add(_fused_name(w, op, "_add"), x, other), w.options(op))
+
+
+def _reshape(w, op, x):
+    """RESHAPE and SQUEEZE that only drop 1-axes of a pooled vector: the same value."""
+    shape, new = w.em.shape(x), w.reader.shape(op.output)[1:]
+    kept = [d for d in new if d != 1]
+    if shape != tuple(new) and not (len(shape) == 1 and kept == list(shape)):
+        raise ValueError(f"only reshapes that drop 1-axes of a pooled vector are supported: {shape} -> {new}")
+    return x
+
+
+def _mean(w, op, x):
+    """MEAN over H and W of a map (how the converter writes GlobalAveragePooling2D)."""
+    axes = sorted(int(a) % 4 for a in np.ravel(w.reader.value(op.inputs[1])))
+    if len(w.em.shape(x)) != 3 or axes != [1, 2]:
+        raise ValueError(f"only a mean over H and W of a map is supported: axes {axes} of {w.em.shape(x)}")
+    return w.em.global_avg_pool(op.name, x)
+
+
+def _fully_connected(w, op, x):
+    """FULLY_CONNECTED (weights (out, in)) on a pooled vector: a dense node (a Keras Dense head)."""
+    o = w.options(op)
+    if o is not None and o.WeightsFormat() != 0:
+        raise ValueError(f"weights format {o.WeightsFormat()} (only DEFAULT)")
+    weight = w.reader.value(op.inputs[1])
+    b = w.reader.value(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    if len(w.em.shape(x)) != 1 or weight.ndim != 2:
+        raise ValueError(f"only a fully-connected layer on a pooled vector is supported: weights {weight.shape} "
+                         f"on a value of shape {w.em.shape(x)}")
+    y = w.em.linear(_fused_name(w, op, "_linear"), x, weight.T[None, None], b)
+    return w.activation(op.name, y, o)
+
+
+def _same_value(w, op, x):
+    """QUANTIZE / DEQUANTIZE: the float network computes the real values themselves."""
+    return x
+
+
+def _softmax(w, op, x):
+    o = w.options(op)
+    if o is not None and o.Beta() != 1.0:
+        raise ValueError(f"softmax with beta {o.Beta()} (only 1 is supported)")
+    return w.em.softmax(op.name, x)
+
+
+# BuiltinOperator name -> its translator.
+TRANSLATE = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv, "AVERAGE_POOL_2D": _average_pool, "MEAN": _mean,
+             "ADD": _add, "RESHAPE": _reshape, "SQUEEZE": _reshape, "FULLY_CONNECTED": _fully_connected,
+             "SOFTMAX": _softmax, "QUANTIZE": _same_value, "DEQUANTIZE": _same_value}
+# Shape arithmetic: the converter computes a RESHAPE's target from the batch size at run time
+# (Keras' Flatten/Reshape with a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE). These
+# ops are accepted and skipped, as long as they read only shapes and constants and feed only each
+# other or a RESHAPE's shape input (_check_shape_op).
+SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
+SUPPORTED = set(TRANSLATE) | SHAPE_OPS
+
+
+def _ops(reader):
+    """Every operator as an Op, in order."""
+    ops = []
     for i in range(reader.g.OperatorsLength()):
-        op = reader.g.Operators(i)
-        kind = reader.op_name(op)
-        name = _node_name(reader, op.OutputsAsNumpy()[0]) if op.OutputsLength() else f"operator {i}"
-        if kind not in SUPPORTED:
-            problems.append((name, kind, "op not supported"))
+        table = reader.g.Operators(i)
+        out = int(table.OutputsAsNumpy()[0]) if table.OutputsLength() else -1
+        name = _node_name(reader, out) if out >= 0 else f"operator {i}"
+        ops.append(Op(table, name, reader.op_name(table), [int(j) for j in table.InputsAsNumpy()], out))
+    return ops
+
+
+def _check_supported(w, ops):
+    """Every operator the engine lacks, and every fused activation it lacks, in one error."""
+    act, problems = w.reader.tfl.ActivationFunctionType, []
+    for op in ops:
+        if op.kind not in SUPPORTED:
+            problems.append((op.name, op.kind, "op not supported"))
             continue
-        cls = {"CONV_2D": tfl.Conv2DOptions, "DEPTHWISE_CONV_2D": tfl.DepthwiseConv2DOptions,
-               "AVERAGE_POOL_2D": tfl.Pool2DOptions, "ADD": tfl.AddOptions,
-               "FULLY_CONNECTED": tfl.FullyConnectedOptions}.get(kind)
-        o = _options(reader, op, cls) if cls else None
-        if o is not None and o.FusedActivationFunction() not in _ACTIVATIONS:
-            problems.append((name, kind, f"fused activation code {o.FusedActivationFunction()} not supported"))
+        o = w.options(op)
+        if hasattr(o, "FusedActivationFunction") and o.FusedActivationFunction() not in (act.NONE, act.RELU,
+                                                                                           act.RELU6):
+            problems.append((op.name, op.kind, f"fused activation code {o.FusedActivationFunction()} not supported"))
     if problems:
-        refuse_unsupported(reader.path, "TFLite", problems)
+        refuse_unsupported(w.reader.path, "TFLite", problems)
 
 
 def _labels(reader, classes):
@@ -254,7 +315,8 @@ def _metadata_label_file(reader):
     """The name of the output's label file in the TFLite Metadata flatbuffer ("TFLITE_METADATA",
     tflite-support's metadata_schema.fbs), or None. Read field by field with `flatbuffers`
     (the tflite package does not include that schema): ModelMetadata.subgraph_metadata[0]
-    .output_tensor_metadata[0].associated_files[i] with type TENSOR_AXIS_LABELS (2)."""
+    .output_tensor_metadata[0].associated_files[i] with type TENSOR_AXIS_LABELS (2); a field in
+    slot i sits at vtable offset 4 + 2 i."""
     from flatbuffers import number_types, table
     from flatbuffers.encode import Get
     from flatbuffers.packer import uoffset
@@ -290,93 +352,77 @@ def _metadata_label_file(reader):
     return None
 
 
+def _check_shape_op(w, op, ops, shapes):
+    """A shape-arithmetic op may read an activation only through SHAPE (its shape, not its
+    values), otherwise shapes and constants; its output may feed only shape ops and a RESHAPE's
+    shape input. Anything else is a branch the engine cannot run."""
+    for j in (t for t in op.inputs if t >= 0):
+        if not (j in shapes or w.reader.raw(j) is not None or (op.kind == "SHAPE" and j in w.values)):
+            raise ValueError("combines activations (only shape arithmetic is supported: a branch or a "
+                             "concatenation of activations is not)")
+    for user in ops:
+        if op.output in user.inputs and user.kind not in SHAPE_OPS and \
+                not (user.kind == "RESHAPE" and user.inputs.index(op.output) == 1):
+            raise ValueError(f"feeds {user.kind} {user.name!r}: only shape arithmetic for a RESHAPE is supported")
+
+
 def load_tflite(path):
-    """Read a .tflite file as a float Model (NHWC input; see the module docstring)."""
-    tfl = _import_tflite()
+    """Read a .tflite file as a float graph (NHWC input; see the module docstring)."""
+    tfl = _tflite()
     path = Path(path)
     buf = path.read_bytes()
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise WeightFileError(f"{path}: not a TFLite flatbuffer: expected the identifier b'TFL3' at byte 4, "
                               f"found {buf[4:8]!r}")
-    try:
+    # a truncated or corrupted flatbuffer fails anywhere inside the parser
+    with reading(path, "TFLite flatbuffer"):
         return _build(tfl, buf, path)
-    except WeightFileError:
-        raise
-    except ValueError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    except Exception as e:  # a truncated or corrupted flatbuffer fails anywhere inside the parser
-        raise WeightFileError(f"{path}: cannot parse the TFLite flatbuffer (truncated or corrupted?): "
-                              f"{type(e).__name__}: {e}") from None
-
-
-def _check_shape_op(reader, op, kind, values, shapes):
-    """A shape-arithmetic op may read an activation only through SHAPE (its shape, not its
-    values), otherwise shapes and constants; its output may feed only shape ops and RESHAPE's
-    shape input. Anything else is a branch the engine cannot run."""
-    name = _node_name(reader, op.OutputsAsNumpy()[0])
-    for j in (int(t) for t in op.InputsAsNumpy() if t >= 0):
-        ok = j in shapes or reader.raw(j) is not None or (kind == "SHAPE" and j in values)
-        if not ok:
-            raise WeightFileError(f"{reader.path}: node {name!r} ({kind}) combines activations (only shape "
-                                  "arithmetic is supported: a branch or a concatenation of activations is not)")
-    out = int(op.OutputsAsNumpy()[0])
-    g = reader.g
-    for i in range(g.OperatorsLength()):
-        user = g.Operators(i)
-        ins = [int(t) for t in user.InputsAsNumpy()]
-        if out in ins and reader.op_name(user) not in SHAPE_OPS and not (reader.op_name(user) == "RESHAPE" and ins.index(out) == 1):
-            raise WeightFileError(f"{reader.path}: node {name!r} ({kind}) feeds {reader.op_name(user)}: only shape "
-                                  "arithmetic for a RESHAPE is supported")
 
 
 def _build(tfl, buf, path):
     reader = _Reader(tfl, buf, path)
     g = reader.g
-    _check_supported(reader)
     if g.InputsLength() != 1 or g.OutputsLength() != 1:
         raise WeightFileError(f"{path}: expected one input and one output, found {g.InputsLength()} and {g.OutputsLength()}")
     inp = int(g.Inputs(0))
     shape = reader.shape(inp)
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
         raise WeightFileError(f"{path}: expected a square NHWC RGB input (1, r, r, 3), found {shape}")
-    em = Emitter(shape[1:])
-    values = {inp: "input"}
+    w = _Walk(reader, Emitter(shape[1:]), {inp: "input"})
+    ops = _ops(reader)
+    _check_supported(w, ops)
     shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
-    for i in range(g.OperatorsLength()):
-        op = g.Operators(i)
-        kind = reader.op_name(op)
-        out = int(op.OutputsAsNumpy()[0])
-        if kind in SHAPE_OPS:
-            _check_shape_op(reader, op, kind, values, shapes)
-            shapes.add(out)
+    for op in ops:
+        if op.kind in SHAPE_OPS:
+            try:
+                _check_shape_op(w, op, ops, shapes)
+            except ValueError as e:
+                raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+            shapes.add(op.output)
             continue
-        for j in op.InputsAsNumpy()[:1]:
-            if int(j) not in values:
-                raise WeightFileError(f"{path}: node {_node_name(reader, out)!r} ({kind}) reads tensor "
-                                      f"{reader.name(j)!r}, which no earlier node computes")
-        if kind == "ADD" and int(op.Inputs(1)) not in values:
-            raise WeightFileError(f"{path}: node {_node_name(reader, out)!r} (ADD) adds a constant: not supported")
+        if op.inputs[0] not in w.values:
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
+                                  f"{reader.name(op.inputs[0])!r}, which no earlier node computes")
         try:
-            values[out] = _translate(reader, em, values, op, kind)
+            w.values[op.output] = TRANSLATE[op.kind](w, op, w.values[op.inputs[0]])
         except ValueError as e:
-            raise WeightFileError(f"{path}: node {_node_name(reader, out)!r} ({kind}): {e}") from None
-    output = values.get(int(g.Outputs(0)))
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+    output = w.values.get(int(g.Outputs(0)))
     if output is None:
         raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
-    q = reader.quant(inp)
-    if q is not None and reader.tensor(inp).Type() in (3, 9):  # uint8 / int8 input
-        mean, std = [float(q[1][0])] * 3, [1.0 / float(q[0][0])] * 3
-        if reader.tensor(inp).Type() == 9:  # int8 stores pixel - 128
-            mean = [m + 128.0 for m in mean]
-    else:
-        mean, std = [127.5] * 3, [127.5] * 3
-    classes = em.shape(output)[-1]
-    last_op = em.b.nodes[-1].op if em.b.nodes else None
-    config = imported_config(arch=None, resolution=shape[1], classes=classes, convention="tfslim", mean=mean,
-                             std=std, crop=0.875, input_layout="NHWC", source_format="tflite",
-                             softmax=last_op == "softmax")
     try:
-        graph = em.graph(output, config)
+        graph = w.em.graph(output, resolution=shape[1], convention="tfslim", preprocess=_preprocess(reader, inp),
+                           input_layout="NHWC", source_format="tflite")
     except ValueError as e:
         raise WeightFileError(f"{path}: {e}") from None
-    return Model(graph, em.params, _labels(reader, classes), source=str(path))
+    return Imported(graph, w.em.params, _labels(reader, graph.config.classes), str(path))
+
+
+def _preprocess(reader, inp):
+    """The input quantization, real = scale * (q - zero_point), as the preprocessing: mean =
+    zero_point, std = 1 / scale (int8 stores pixel - 128); a float input takes Keras' -1..1."""
+    q, kind, types = reader.quant(inp), reader.tensor(inp).Type(), reader.tfl.TensorType
+    if q is None or kind not in (types.UINT8, types.INT8):
+        return Preprocess((127.5,) * 3, (127.5,) * 3, 0.875)
+    mean = float(q[1][0]) + (128.0 if kind == types.INT8 else 0.0)
+    return Preprocess((mean,) * 3, (1.0 / float(q[0][0]),) * 3, 0.875)

@@ -22,9 +22,10 @@ import zipfile
 
 import numpy as np
 
-from ..model import Model
-from ..models import mobilenet_v2
-from ..weights import WeightFileError
+from ..errors import WeightFileError, needs, reading
+from ..graph import Imported, check_params
+from ..architectures import mobilenet_v2
+from ._common import from_torch
 from ._widths import fit_alpha
 
 _BLOCKS = 17
@@ -46,21 +47,6 @@ def _module_names():
 
 
 _MODULES = _module_names()
-
-
-def _to_graph_layout(op, a):
-    """torch's layout -> the graph's: conv OIHW -> HWIO; depthwise (c*m, 1, k, k) -> (k, k, c*m);
-    1x1 conv (co, ci, 1, 1) -> (ci, co); linear (out, in) -> (in, out). Anything else stays as
-    found, so check_params reports its shape."""
-    if op == "conv2d" and a.ndim == 4:
-        return a.transpose(2, 3, 1, 0)
-    if op == "depthwise_conv2d" and a.ndim == 4 and a.shape[1] == 1:
-        return a[:, 0].transpose(1, 2, 0)
-    if op == "pointwise_conv2d" and a.ndim == 4 and a.shape[2:] == (1, 1):
-        return a[:, :, 0, 0].T
-    if op == "dense" and a.ndim == 2:
-        return a.T
-    return a
 
 
 def _as_numpy(t):
@@ -86,7 +72,7 @@ def _params(graph, sd):
         if node is None or p is None:
             params[key] = value
         else:
-            params[f"{node.name}.{p}"] = _to_graph_layout(node.op, value)
+            params[f"{node.name}.{p}"] = from_torch(node.op, value)
             origin[f"{node.name}.{p}"] = key
     return params, origin
 
@@ -115,7 +101,7 @@ def from_state_dict(sd, *, resolution=224, alpha=None, source="<state_dict>"):
         graph = fit_alpha(build, shapes, "mobilenet_v2", estimate)
     params, origin = _params(graph, sd)
     try:
-        return Model(graph, params, None, source=source)
+        return Imported(graph, check_params(graph, params, source), None, source)
     except WeightFileError as e:  # add the state_dict's own names for the graph keys at fault
         named = [f"{k} = {origin[k]}" for k in origin if f" {k}" in str(e) or f"{k}:" in str(e)]
         raise WeightFileError(str(e) + ("\n  (state_dict names: " + ", ".join(named[:20]) + ")" if named else "")) from None
@@ -124,24 +110,18 @@ def from_state_dict(sd, *, resolution=224, alpha=None, source="<state_dict>"):
 def load_pth(path, **options):
     """A state_dict saved with torch.save (.pth / .pt) as a Model. Reading the file needs torch;
     it is loaded with weights_only=True, so no code in it runs. options: resolution=, alpha=."""
-    try:
+    with needs("torch", "reading a .pth file (or convert it once where torch is installed: "
+               "npmobile convert model.pth -o model.npz)"):
         import torch
-    except ImportError:
-        raise ImportError("reading a .pth file needs torch (pip install torch); or convert it once where "
-                          "torch is installed: npmobile convert model.pth -o model.npz") from None
-    try:  # torch's reader skips the zip's CRC-32s, so flipped bytes would load as other weights
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise WeightFileError(f"{path}: not a readable torch zip file (truncated or corrupted?): {e}") from None
+    # torch's reader skips the zip's CRC-32s, so flipped bytes would load as other weights
+    with reading(path, "torch zip file", (zipfile.BadZipFile, OSError, EOFError)), zipfile.ZipFile(path) as z:
+        bad = z.testzip()
     if bad is not None:
         raise WeightFileError(f"{path}: corrupted: member {bad!r} fails its CRC-32 check")
-    try:
+    # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause; weights_only=True
+    # refuses a pickle that would run code
+    with reading(path, "torch state_dict (or a pickle that weights_only=True refuses to run)"):
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightFileError(f"{path}: not a readable torch state_dict (truncated, corrupted, or a pickle "
-                              f"that weights_only=True refuses to run): {type(e).__name__}: {first}") from None
     if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
         sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
     return from_state_dict(sd, source=str(path), **options)

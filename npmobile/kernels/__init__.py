@@ -5,42 +5,46 @@ convolution that MobileNet is built from. `conv2d.py` is the standard convolutio
 
 `KERNELS` lists every op once: tests check each fast kernel against its oracle by iterating over
 it, and benchmarks time them from it. Oracle and fast kernel share one signature: tensors
-positional, attributes keyword-only. Each fast kernel is written as the half that checks its
-arguments and returns the loop to run (`_jit.fast_kernel`): `kernel(...)` does both,
-`kernel.bind(...)` only the first, which is how the engine prepares a layer once and then runs it.
+positional, attributes keyword-only. Every fast kernel is `run(*check(...))`: `check` takes the
+kernel's arguments (and `out`), checks and coerces them and returns the tuple `run` takes; `run`
+runs the numba loops and returns the output. The engine calls `check` once per layer when it
+binds a plan, then only `run` on every call.
 """
 
 from typing import Callable, NamedTuple
 
-from .activation import clamp, clamp_ref, softmax, softmax_ref
-from .batchnorm import batchnorm, batchnorm_ref, fold_batchnorm
-from .conv2d import conv2d, conv2d_ref
-from .dense import dense, dense_ref
-from .depthwise import depthwise_conv2d, depthwise_conv2d_ref
-from .elementwise import add, add_ref
-from .padding import zero_pad, zero_pad_ref
-from .pointwise import pointwise_conv2d, pointwise_conv2d_ref
-from .pooling import global_avg_pool, global_avg_pool_ref, global_max_pool, global_max_pool_ref
+from .activation import check_clamp, check_softmax, clamp, clamp_ref, run_clamp, run_softmax, softmax, softmax_ref
+from .batchnorm import batchnorm, batchnorm_ref, check_batchnorm, fold_batchnorm, run_batchnorm
+from .conv2d import check_conv2d, conv2d, conv2d_ref, run_conv2d
+from .dense import check_dense, dense, dense_ref, run_dense
+from .depthwise import check_depthwise_conv2d, depthwise_conv2d, depthwise_conv2d_ref, run_depthwise_conv2d
+from .elementwise import add, add_ref, check_add, run_add
+from .padding import check_zero_pad, run_zero_pad, zero_pad, zero_pad_ref
+from .pointwise import check_pointwise_conv2d, pointwise_conv2d, pointwise_conv2d_ref, run_pointwise_conv2d
+from .pooling import (check_global_avg_pool, check_global_max_pool, global_avg_pool, global_avg_pool_ref,
+                      global_max_pool, global_max_pool_ref, run_global_pool)
 
 
 class Kernel(NamedTuple):
     name: str
-    fast: Callable
-    ref: Callable
+    fast: Callable   # fast(*tensors, **attrs, out=None) == run(*check(*tensors, **attrs, out=None))
+    ref: Callable    # the float64 oracle, same signature without out
+    check: Callable  # -> the tuple of arguments run takes
+    run: Callable    # runs the numba loops, returns the output
 
 
 KERNELS = {k.name: k for k in (
-    Kernel("conv2d", conv2d, conv2d_ref),
-    Kernel("depthwise_conv2d", depthwise_conv2d, depthwise_conv2d_ref),
-    Kernel("pointwise_conv2d", pointwise_conv2d, pointwise_conv2d_ref),
-    Kernel("batchnorm", batchnorm, batchnorm_ref),
-    Kernel("clamp", clamp, clamp_ref),
-    Kernel("zero_pad", zero_pad, zero_pad_ref),
-    Kernel("add", add, add_ref),
-    Kernel("global_avg_pool", global_avg_pool, global_avg_pool_ref),
-    Kernel("global_max_pool", global_max_pool, global_max_pool_ref),
-    Kernel("dense", dense, dense_ref),
-    Kernel("softmax", softmax, softmax_ref),
+    Kernel("conv2d", conv2d, conv2d_ref, check_conv2d, run_conv2d),
+    Kernel("depthwise_conv2d", depthwise_conv2d, depthwise_conv2d_ref, check_depthwise_conv2d, run_depthwise_conv2d),
+    Kernel("pointwise_conv2d", pointwise_conv2d, pointwise_conv2d_ref, check_pointwise_conv2d, run_pointwise_conv2d),
+    Kernel("batchnorm", batchnorm, batchnorm_ref, check_batchnorm, run_batchnorm),
+    Kernel("clamp", clamp, clamp_ref, check_clamp, run_clamp),
+    Kernel("zero_pad", zero_pad, zero_pad_ref, check_zero_pad, run_zero_pad),
+    Kernel("add", add, add_ref, check_add, run_add),
+    Kernel("global_avg_pool", global_avg_pool, global_avg_pool_ref, check_global_avg_pool, run_global_pool),
+    Kernel("global_max_pool", global_max_pool, global_max_pool_ref, check_global_max_pool, run_global_pool),
+    Kernel("dense", dense, dense_ref, check_dense, run_dense),
+    Kernel("softmax", softmax, softmax_ref, check_softmax, run_softmax),
 )}
 
 __all__ = ["KERNELS", "Kernel", "fold_batchnorm"] + [n for k in KERNELS.values() for n in (k.fast.__name__, k.ref.__name__)]

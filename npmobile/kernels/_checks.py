@@ -7,6 +7,18 @@ instead of crashing inside compiled code or returning a silently wrong answer.
 
 import numpy as np
 
+# The largest size, stride or pad side a kernel accepts: the int32 range in which ONNX and TFLite
+# store them. Every index a loop computes (oy * stride - top + p, ...) then stays far inside
+# int64, so no bounds test in a loop can wrap around and read outside its array.
+MAX_SIZE = 2**31 - 1
+
+
+def check_size(name, value):
+    """An integer size, stride or pad side must lie in 0 .. MAX_SIZE."""
+    if not 0 <= value <= MAX_SIZE:
+        raise ValueError(f"{name}: expected at most {MAX_SIZE} (2**31 - 1), found {value}")
+    return value
+
 
 def as_float32(name, a, ndim=None):
     """Return `a` as a C-contiguous float32 array, checking its dtype and rank.
@@ -38,7 +50,7 @@ def as_bias(b, c_out):
 def check_stride(stride):
     if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
-    return int(stride)
+    return check_size("stride", int(stride))
 
 
 def check_pad(pad):
@@ -51,10 +63,10 @@ def check_pad(pad):
         raise ValueError(f"pad: expected 4 integers (top, bottom, left, right), found {pad!r}")
     if min(values) < 0:
         raise ValueError(f"pad: expected every side >= 0, found {values}")
-    return tuple(int(p) for p in values)
+    return tuple(check_size("pad", int(p)) for p in values)
 
 
-def check_clamp(clamp):
+def check_fused_clamp(clamp):
     """clamp is None (no clamp) or (lo, hi) with lo <= hi; returned as (flag, lo, hi)."""
     if clamp is None:
         return False, np.float32(0), np.float32(0)
@@ -70,18 +82,33 @@ def check_clamp(clamp):
 
 def conv_output_size(name, size, k, stride, pad_before, pad_after):
     """Output side of a convolution or pool window: floor((size + pads - k) / stride) + 1."""
-    padded = size + pad_before + pad_after
+    check_size(f"{name}: kernel", k)
+    padded = check_size(f"{name}: padded input", size + pad_before + pad_after)
     if k > padded:
         raise ValueError(f"{name}: expected a kernel no larger than the padded input, "
                          f"found kernel {k} > padded input {padded} ({size} + pads {pad_before}, {pad_after})")
     return (padded - k) // stride + 1
 
 
+def check_window(x, k_h, k_w, stride, pad):
+    """A k_h x k_w window sliding over x (n, h, w, c) with this stride and padding: returns
+    (stride, top, left, h_out, w_out), all checked."""
+    stride = check_stride(stride)
+    top, bottom, left, right = check_pad(pad)
+    h_out = conv_output_size("w (kernel height)", x.shape[1], k_h, stride, top, bottom)
+    w_out = conv_output_size("w (kernel width)", x.shape[2], k_w, stride, left, right)
+    return stride, top, left, h_out, w_out
+
+
 def output(out, shape):
     """The array a fast kernel writes: a new one, or the caller's `out` (the engine passes
     buffers it reuses across layers and calls) after checking it fits exactly."""
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        try:
+            return np.empty(shape, dtype=np.float32)
+        except (MemoryError, ValueError):  # ValueError: numpy's "array is too big"
+            raise ValueError(f"out: expected an output that fits in memory, found shape {tuple(shape)} "
+                             f"({4 * float(np.prod(shape, dtype=np.float64)):.3g} bytes)") from None
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != tuple(shape) \
             or not out.flags.c_contiguous:
         raise ValueError(f"out: expected a C-contiguous float32 array of shape {tuple(shape)}, found "

@@ -13,27 +13,12 @@ convolution kernels), so this kernel only runs on its own in the oracle engine.
 import numpy as np
 
 from ._checks import as_float32, output
-from ._jit import fast_kernel, jit
+from ._jit import jit
 
 
 def clamp_ref(x, *, lo=0.0, hi=6.0):
     """The oracle: np.clip in float64."""
     return np.clip(np.asarray(x, dtype=np.float64), lo, hi)
-
-
-@fast_kernel
-def clamp(x, *, lo=0.0, hi=6.0, out=None):
-    """The fast kernel: float32 in, float32 out."""
-    x = as_float32("x", x)
-    if not float(lo) <= float(hi):
-        raise ValueError(f"lo, hi: expected lo <= hi, found ({lo}, {hi})")
-    y = output(out, x.shape)
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-
-    def run():
-        _clamp_jit(x.reshape(-1), lo32, hi32, y.reshape(-1))
-        return y
-    return run
 
 
 @jit
@@ -42,26 +27,29 @@ def _clamp_jit(x, lo, hi, y):
         y[i] = min(max(x[i], lo), hi)
 
 
+def check_clamp(x, *, lo=0.0, hi=6.0, out=None):
+    """The arguments of run_clamp."""
+    x = as_float32("x", x)
+    if not float(lo) <= float(hi):
+        raise ValueError(f"lo, hi: expected lo <= hi, found ({lo}, {hi})")
+    return x, np.float32(lo), np.float32(hi), output(out, x.shape)
+
+
+def run_clamp(x, lo, hi, y):
+    _clamp_jit(x.reshape(-1), lo, hi, y.reshape(-1))
+    return y
+
+
+def clamp(x, *, lo=0.0, hi=6.0, out=None):
+    """The fast kernel: float32 in, float32 out."""
+    return run_clamp(*check_clamp(x, lo=lo, hi=hi, out=out))
+
+
 def softmax_ref(x):
     """The oracle: the equation above in float64, over the last axis."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-@fast_kernel
-def softmax(x, *, out=None):
-    """The fast kernel: one row at a time, float32."""
-    x = as_float32("x", x)
-    if x.ndim < 1 or x.shape[-1] == 0:
-        raise ValueError(f"x: expected at least one class on the last axis, found shape {x.shape}")
-    y = output(out, x.shape)
-    k = x.shape[-1]
-
-    def run():
-        _softmax_jit(x.reshape(-1, k), y.reshape(-1, k))
-        return y
-    return run
 
 
 @jit
@@ -77,3 +65,22 @@ def _softmax_jit(x, y):
             total += e
         for i in range(x.shape[1]):
             y[r, i] = y[r, i] / total
+
+
+def check_softmax(x, *, out=None):
+    """The arguments of run_softmax."""
+    x = as_float32("x", x)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected at least one class on the last axis, found shape {x.shape}")
+    return x, output(out, x.shape)
+
+
+def run_softmax(x, y):
+    k = x.shape[-1]
+    _softmax_jit(x.reshape(-1, k), y.reshape(-1, k))
+    return y
+
+
+def softmax(x, *, out=None):
+    """The fast kernel: one row at a time, float32."""
+    return run_softmax(*check_softmax(x, out=out))

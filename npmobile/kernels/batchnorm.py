@@ -21,7 +21,7 @@ so at inference time the batch norm costs nothing: `fold_batchnorm` computes w',
 import numpy as np
 
 from ._checks import as_float32, output
-from ._jit import fast_kernel, jit
+from ._jit import jit
 
 
 def _channel_params(x, gamma, beta, mean, var):
@@ -43,9 +43,15 @@ def batchnorm_ref(x, gamma, beta, mean, var, *, eps):
     return f64(gamma) * (f64(x) - f64(mean)) / np.sqrt(f64(var) + eps) + f64(beta)
 
 
-@fast_kernel
-def batchnorm(x, gamma, beta, mean, var, *, eps, out=None):
-    """The fast kernel: scale and shift once per channel, then one multiply-add per element."""
+@jit
+def _scale_shift_jit(x, scale, shift, y):
+    for r in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            y[r, c] = x[r, c] * scale[c] + shift[c]
+
+
+def check_batchnorm(x, gamma, beta, mean, var, *, eps, out=None):
+    """The arguments of run_batchnorm: x, the per-channel scale and shift, y."""
     x = as_float32("x", x)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x: expected channels on the last axis, found shape {x.shape}")
@@ -54,20 +60,18 @@ def batchnorm(x, gamma, beta, mean, var, *, eps, out=None):
         raise ValueError(f"eps: expected a number >= 0, found {eps!r}")
     scale = gamma / np.sqrt(var + np.float32(eps))
     shift = beta - mean * scale
-    y = output(out, x.shape)
+    return x, scale, shift, output(out, x.shape)
+
+
+def run_batchnorm(x, scale, shift, y):
     c = x.shape[-1]
-
-    def run():
-        _scale_shift_jit(x.reshape(-1, c), scale, shift, y.reshape(-1, c))
-        return y
-    return run
+    _scale_shift_jit(x.reshape(-1, c), scale, shift, y.reshape(-1, c))
+    return y
 
 
-@jit
-def _scale_shift_jit(x, scale, shift, y):
-    for r in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            y[r, c] = x[r, c] * scale[c] + shift[c]
+def batchnorm(x, gamma, beta, mean, var, *, eps, out=None):
+    """The fast kernel: scale and shift once per channel, then one multiply-add per element."""
+    return run_batchnorm(*check_batchnorm(x, gamma, beta, mean, var, eps=eps, out=out))
 
 
 def fold_batchnorm(w, b, gamma, beta, mean, var, *, eps):

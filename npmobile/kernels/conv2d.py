@@ -16,9 +16,9 @@ every other one is split into a depthwise and a pointwise convolution.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size, output
-from ._jit import fast_kernel, jit
-from .pointwise import bias_clamp_rows
+from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
+from ._epilogue import bias_clamp_jit
+from ._jit import jit
 
 
 def conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -38,7 +38,39 @@ def conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
     return y
 
 
-@fast_kernel
+def run_conv2d(x, w_rows, b, stride, top, left, has_clamp, lo, hi, patches, y):
+    """Fill the patch matrix, one sgemm, the epilogue; returns y. A 4-d `patches` is the
+    transposed matrix that `_im2col_by_tap_jit` fills (few channels), a 6-d one `_im2col_jit`'s."""
+    rows = y.reshape(-1, y.shape[3])
+    if patches.ndim == 4:
+        _im2col_by_tap_jit(x, stride, top, left, y.shape[1], y.shape[2], patches)
+        np.matmul(patches.reshape(-1, rows.shape[0]).T, w_rows, out=rows)  # sgemm reads the transpose at no cost
+    else:
+        _im2col_jit(x, stride, top, left, patches)
+        np.matmul(patches.reshape(rows.shape[0], -1), w_rows, out=rows)
+    bias_clamp_jit(rows, b, has_clamp, lo, hi)
+    return y
+
+
+def check_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
+    """The arguments of run_conv2d, with the patch matrix allocated here, once per binding:
+    a plan reuses it on every call."""
+    x = as_float32("x", x, ndim=4)
+    w = as_float32("w", w, ndim=4)
+    n, c_in = x.shape[0], x.shape[3]
+    k_h, k_w, w_c_in, c_out = w.shape
+    if w_c_in != c_in:
+        raise ValueError(f"w: expected input channels (axis 2) = {c_in} to match x of shape {x.shape}, "
+                         f"found w of shape {w.shape}")
+    b = as_bias(b, c_out)
+    has_clamp, lo, hi = check_fused_clamp(clamp)
+    stride, top, left, h_out, w_out = check_window(x, k_h, k_w, stride, pad)
+    y = output(out, (n, h_out, w_out, c_out))
+    by_tap = k_w * c_in <= 16  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
+    shape = (k_h, k_w, c_in, n * h_out * w_out) if by_tap else (n, h_out, w_out, k_h, k_w, c_in)
+    return x, w.reshape(-1, c_out), b, stride, top, left, has_clamp, lo, hi, np.empty(shape, np.float32), y
+
+
 def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
     (plus `out`, a preallocated output the engine reuses).
@@ -50,41 +82,13 @@ def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     MobileNet's only standard convolution (c_in = 3).
 
     How the patch matrix is filled depends on how long a window row is. With many channels it is
-    k_w * c_in consecutive floats of x, copied as one run per window row. With few channels (the
-    first layer: 3 taps of 3 channels, 9 floats) the runs are too short to copy well, so each tap
-    is gathered across all pixels instead, into the transposed matrix; sgemm reads it transposed
-    at no cost. That halves the copy on the first layer, and would double it on a wide one.
+    k_w * c_in consecutive floats of x, copied as one run per window row (`_im2col_jit`, the
+    general loop). With few channels (the first layer: 3 taps of 3 channels, 9 floats) the runs
+    are too short to copy well, so each tap is gathered across all pixels instead, into the
+    transposed matrix (`_im2col_by_tap_jit`). That halves the copy on the first layer, and would
+    double it on a wide one.
     """
-    x = as_float32("x", x, ndim=4)
-    w = as_float32("w", w, ndim=4)
-    n, h, width, c_in = x.shape
-    k_h, k_w, w_c_in, c_out = w.shape
-    if w_c_in != c_in:
-        raise ValueError(f"w: expected input channels (axis 2) = {c_in} to match x of shape {x.shape}, "
-                         f"found w of shape {w.shape}")
-    b = as_bias(b, c_out)
-    stride = check_stride(stride)
-    top, bottom, left, right = check_pad(pad)
-    has_clamp, lo, hi = check_clamp(clamp)
-    h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
-    w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
-    y = output(out, (n, h_out, w_out, c_out))
-    rows, w_rows = y.reshape(-1, c_out), w.reshape(-1, c_out)
-    by_tap = k_w * c_in <= 16  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
-    # The patch matrix is allocated here, once per binding: a Plan reuses it on every call.
-    patches = np.empty((k_h * k_w * c_in, rows.shape[0]) if by_tap else (n, h_out, w_out, k_h, k_w, c_in),
-                       dtype=np.float32)
-
-    def run():
-        if by_tap:
-            _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches)
-            np.matmul(patches.T, w_rows, out=rows)
-        else:
-            _im2col_jit(x, stride, top, left, patches)
-            np.matmul(patches.reshape(rows.shape[0], -1), w_rows, out=rows)
-        bias_clamp_rows(rows, b, has_clamp, lo, hi)
-        return y
-    return run
+    return run_conv2d(*check_conv2d(x, w, b, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
 @jit
@@ -107,7 +111,7 @@ def _im2col_jit(x, stride, top, left, patches):
                     iy = oy * stride - top + p
                     if iy < 0 or iy >= h:
                         dst[d:d + run] = 0
-                    elif ix0 >= 0 and ix0 + k_w <= width:
+                    elif 0 <= ix0 <= width - k_w:
                         s = ((i * h + iy) * width + ix0) * c_in
                         for j in range(run):
                             dst[d + j] = src[s + j]
@@ -120,16 +124,17 @@ def _im2col_jit(x, stride, top, left, patches):
 
 
 @jit
-def _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, k_h, k_w, patches_t):
-    """patches_t[(p*k_w + q)*c_in + c, pixel] = x_pad[i, oy*s + p, ox*s + q, c], where
+def _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, patches_t):
+    """patches_t[p, q, c, pixel] = x_pad[i, oy*s + p, ox*s + q, c], where
     pixel = (i*h_out + oy)*w_out + ox (zeros in the padding)."""
     n, h, width, c_in = x.shape
+    k_h, k_w = patches_t.shape[:2]
     for p in range(k_h):
         for q in range(k_w):
             for c in range(c_in):
                 # One tap of one channel across every pixel: a contiguous row to write, read
                 # from x every stride * c_in floats.
-                row = patches_t[(p * k_w + q) * c_in + c]
+                row = patches_t[p, q, c]
                 for i in range(n):
                     for oy in range(h_out):
                         iy = oy * stride - top + p

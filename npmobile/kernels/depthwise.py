@@ -15,14 +15,16 @@ times more (every output channel reads every input channel), which is where the
 k_h * k_w times but used in a single multiply each time: the kernel is bound by its loads, not
 by its multiplies, so its time ratio to a standard convolution is worse than its MAC ratio.
 
-Read the oracle first (what is computed), then the fast kernel (how it is computed quickly).
+Read the oracle first (what is computed), then the general loop (the same equation, in float32
+and skipping the padding), then MobileNet's case (3x3, m = 1) split into the pixels whose window
+lies inside x, computed by two fast paths, and the border around them.
 """
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_bias, as_float32, check_clamp, check_pad, check_stride, conv_output_size, output
-from ._jit import fast_kernel, jit
+from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
+from ._jit import jit
 
 
 def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -47,139 +49,167 @@ def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None
     return y
 
 
-@fast_kernel
-def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
-    """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
-    (plus `out`, a preallocated output the engine reuses)."""
+@jit
+def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
+    """The equation, for any kernel size and depth multiplier m. A tap that lands in the zero
+    padding adds nothing, so only the taps inside x are visited (no padded copy of x)."""
+    n, h, width, c_in = x.shape
+    k_h, k_w, c_out = w.shape
+    m = c_out // c_in
+    for i in range(n):
+        for oy in range(y.shape[1]):
+            iy = oy * stride - top  # the window's top-left corner in x
+            for ox in range(y.shape[2]):
+                ix = ox * stride - left
+                out = y[i, oy, ox]  # a view: the c_out outputs of this pixel
+                out[:] = b
+                for p in range(max(0, -iy), min(k_h, h - iy)):
+                    for q in range(max(0, -ix), min(k_w, width - ix)):
+                        x_pix = x[i, iy + p, ix + q]
+                        w_tap = w[p, q]
+                        # Unit stride over channels in both x and w (that is why the layout is
+                        # NHWC and HWC): LLVM turns this loop into SIMD instructions.
+                        for c in range(c_out):
+                            out[c] += x_pix[c // m] * w_tap[c]
+                if has_clamp:
+                    for c in range(c_out):
+                        out[c] = min(max(out[c], lo), hi)
+
+
+def check_depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
+    """The arguments of run_depthwise_conv2d, checked and coerced."""
     x = as_float32("x", x, ndim=4)
     w = as_float32("w", w, ndim=3)
-    n, h, width, c_in = x.shape
+    n, c_in = x.shape[0], x.shape[3]
     k_h, k_w, c_out = w.shape
     if c_out == 0 or c_out % c_in != 0:
         raise ValueError(f"w: expected the channel axis to be a multiple of x's {c_in} channels "
                          f"(c_in * depth multiplier), found w of shape {w.shape}")
     b = as_bias(b, c_out)
-    stride = check_stride(stride)
-    top, bottom, left, right = check_pad(pad)
-    has_clamp, lo, hi = check_clamp(clamp)
-    h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
-    w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
-    y = output(out, (n, h_out, w_out, c_out))
+    has_clamp, lo, hi = check_fused_clamp(clamp)
+    stride, top, left, h_out, w_out = check_window(x, k_h, k_w, stride, pad)
+    return x, w, b, stride, top, left, has_clamp, lo, hi, output(out, (n, h_out, w_out, c_out))
 
-    def run():
+
+def run_depthwise_conv2d(x, w, b, stride, top, left, has_clamp, lo, hi, y):
+    """The loop for this layer: MobileNet's (3x3, one filter per channel) or the general one."""
+    if w.shape[0] == 3 and w.shape[1] == 3 and w.shape[2] == x.shape[3]:
+        _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
+    else:
         _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
-        return y
-    return run
+    return y
+
+
+def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
+    """The fast kernel: float32 in, float32 out; same arguments and result as the oracle
+    (plus `out`, a preallocated output the engine reuses)."""
+    return run_depthwise_conv2d(*check_depthwise_conv2d(x, w, b, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
 @jit
-def _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
-    n, h, width, c_in = x.shape
-    k_h, k_w, c_out = w.shape
-    m = c_out // c_in
+def _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
+    """MobileNet's depthwise layers (3x3, m = 1), one output row at a time: the outputs whose
+    three rows and columns are inside x by a fast path, the others by the border path."""
+    n, h, width = x.shape[0], x.shape[1], x.shape[2]
     h_out, w_out = y.shape[1], y.shape[2]
-    # MobileNet's depthwise convolutions are all 3x3 with m = 1, and take the first three
-    # branches below: two pixels at a time at stride 1, one pixel inside the image, one pixel
-    # at the border. Every other k and m takes the last, general one.
-    fast_3x3 = k_h == 3 and k_w == 3 and m == 1
+    # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
+    ox0 = min(w_out, (left + stride - 1) // stride)
+    ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
     for i in range(n):
         for oy in range(h_out):
-            iy = oy * stride - top  # the window's top-left corner in x
-            rows_inside = fast_3x3 and 0 <= iy and iy + 3 <= h
-            ox = 0
-            while ox < w_out:
-                ix = ox * stride - left
-                if rows_inside and stride == 1 and 0 <= ix and ix + 4 <= width and ox + 1 < w_out:
-                    # Two neighbouring outputs at stride 1 share two of their three columns:
-                    # computed together they load 12 input values instead of 18, and each
-                    # weight once for both. A quarter off the stride-1 layers. (Each output is
-                    # one expression over its 9 taps, as in the single-pixel branch below.)
-                    for c in range(c_out):
-                        w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-                        w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-                        w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-                        a1, a2 = x[i, iy, ix + 1, c], x[i, iy, ix + 2, c]
-                        b1, b2 = x[i, iy + 1, ix + 1, c], x[i, iy + 1, ix + 2, c]
-                        c1, c2 = x[i, iy + 2, ix + 1, c], x[i, iy + 2, ix + 2, c]
-                        v0 = (b[c] + x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02
-                              + x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12
-                              + x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22)
-                        v1 = (b[c] + a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02
-                              + b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12
-                              + c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22)
-                        if has_clamp:
-                            v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
-                        y[i, oy, ox, c] = v0
-                        y[i, oy, ox + 1, c] = v1
-                    ox += 2
-                    continue
-                if rows_inside and 0 <= ix and ix + 3 <= width:
-                    # The general loop below reads and writes y once per tap, 9 times. Here the
-                    # 9 taps of a channel are one expression, so the running sum stays in a SIMD
-                    # register and y is written once (the idea of XNNPACK's 3x3 micro-kernels).
-                    # Plain 4-d indexing, not a view per tap: a view costs a reference count
-                    # update per pixel, a third of the time on the 112x112 layers.
-                    for c in range(c_out):
-                        v = (b[c]
-                             + x[i, iy, ix, c] * w[0, 0, c] + x[i, iy, ix + 1, c] * w[0, 1, c]
-                             + x[i, iy, ix + 2, c] * w[0, 2, c]
-                             + x[i, iy + 1, ix, c] * w[1, 0, c] + x[i, iy + 1, ix + 1, c] * w[1, 1, c]
-                             + x[i, iy + 1, ix + 2, c] * w[1, 2, c]
-                             + x[i, iy + 2, ix, c] * w[2, 0, c] + x[i, iy + 2, ix + 1, c] * w[2, 1, c]
-                             + x[i, iy + 2, ix + 2, c] * w[2, 2, c])
-                        if has_clamp:
-                            v = min(max(v, lo), hi)
-                        y[i, oy, ox, c] = v
-                    ox += 1
-                    continue
-                if fast_3x3:
-                    # The border of a 3x3 layer: the taps inside the image form a rectangle of
-                    # rows p0..p1 and columns q0..q1. Each row is one pass over the channels, so a
-                    # border pixel costs at most three passes instead of nine.
-                    p0, p1 = max(0, -iy), min(3, h - iy)
-                    q0, q1 = max(0, -ix), min(3, width - ix)
-                    for c in range(c_out):
-                        y[i, oy, ox, c] = b[c]
-                    for p in range(p0, p1):
-                        r = iy + p
-                        if q1 - q0 == 3:
-                            for c in range(c_out):
-                                y[i, oy, ox, c] += (x[i, r, ix, c] * w[p, 0, c] + x[i, r, ix + 1, c] * w[p, 1, c]
-                                                    + x[i, r, ix + 2, c] * w[p, 2, c])
-                        elif q1 - q0 == 2:
-                            for c in range(c_out):
-                                y[i, oy, ox, c] += (x[i, r, ix + q0, c] * w[p, q0, c]
-                                                    + x[i, r, ix + q0 + 1, c] * w[p, q0 + 1, c])
-                        else:
-                            for q in range(q0, q1):
-                                for c in range(c_out):
-                                    y[i, oy, ox, c] += x[i, r, ix + q, c] * w[p, q, c]
-                    if has_clamp:
-                        for c in range(c_out):
-                            y[i, oy, ox, c] = min(max(y[i, oy, ox, c], lo), hi)
-                    ox += 1
-                    continue
-                # Any k and m, near the border too. A tap that lands in the zero padding adds
-                # nothing, so it is skipped instead of materialising a padded copy.
-                out = y[i, oy, ox]  # a view: the c_out outputs of this pixel
-                out[:] = b
-                for p in range(k_h):
-                    if iy + p < 0 or iy + p >= h:
-                        continue
-                    for q in range(k_w):
-                        if ix + q < 0 or ix + q >= width:
-                            continue
-                        x_pix = x[i, iy + p, ix + q]
-                        w_tap = w[p, q]
-                        # Unit stride over channels in both x and w (that is why the layout is
-                        # NHWC and HWC): LLVM turns this loop into SIMD instructions.
-                        if m == 1:  # no integer division in the common case
-                            for c in range(c_out):
-                                out[c] += x_pix[c] * w_tap[c]
-                        else:
-                            for c in range(c_out):
-                                out[c] += x_pix[c // m] * w_tap[c]
-                if has_clamp:
-                    for c in range(c_out):
-                        out[c] = min(max(out[c], lo), hi)
-                ox += 1
+            iy = oy * stride - top
+            if not 0 <= iy <= h - 3:
+                _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
+                continue
+            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
+            if stride == 1:
+                _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+            else:
+                _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
+
+
+@jit
+def _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1):
+    """Outputs ox0 .. ox1 - 1 of row oy, windows inside x. The general loop reads and writes y
+    once per tap, 9 times; here the 9 taps of a channel are one expression, so the running sum
+    stays in a SIMD register and y is written once (the idea of XNNPACK's 3x3 micro-kernels).
+    Plain 4-d indexing, not a view per tap: a view costs a reference count update per pixel, a
+    third of the time on the 112x112 layers."""
+    iy = oy * stride - top
+    for ox in range(ox0, ox1):
+        ix = ox * stride - left
+        for c in range(y.shape[3]):
+            v = (b[c]
+                 + x[i, iy, ix, c] * w[0, 0, c] + x[i, iy, ix + 1, c] * w[0, 1, c]
+                 + x[i, iy, ix + 2, c] * w[0, 2, c]
+                 + x[i, iy + 1, ix, c] * w[1, 0, c] + x[i, iy + 1, ix + 1, c] * w[1, 1, c]
+                 + x[i, iy + 1, ix + 2, c] * w[1, 2, c]
+                 + x[i, iy + 2, ix, c] * w[2, 0, c] + x[i, iy + 2, ix + 1, c] * w[2, 1, c]
+                 + x[i, iy + 2, ix + 2, c] * w[2, 2, c])
+            if has_clamp:
+                v = min(max(v, lo), hi)
+            y[i, oy, ox, c] = v
+
+
+@jit
+def _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1):
+    """Stride 1, windows inside x: outputs ox0 .. ox1 - 1 of row oy two at a time (an odd last
+    one by the single-pixel path). Two neighbours share two of their three columns: computed
+    together they load 12 input values instead of 18, and each weight once for both. A quarter
+    off the stride-1 layers. (Each output is one expression over its 9 taps, as in `inside`.)"""
+    iy = oy - top
+    ox = ox0
+    while ox + 1 < ox1:
+        ix = ox - left
+        for c in range(y.shape[3]):
+            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+            a1, a2 = x[i, iy, ix + 1, c], x[i, iy, ix + 2, c]
+            b1, b2 = x[i, iy + 1, ix + 1, c], x[i, iy + 1, ix + 2, c]
+            c1, c2 = x[i, iy + 2, ix + 1, c], x[i, iy + 2, ix + 2, c]
+            v0 = (b[c] + x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02
+                  + x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12
+                  + x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22)
+            v1 = (b[c] + a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02
+                  + b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12
+                  + c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22)
+            if has_clamp:
+                v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
+            y[i, oy, ox, c] = v0
+            y[i, oy, ox + 1, c] = v1
+        ox += 2
+    _depthwise_3x3_inside_jit(x, w, b, 1, top, left, has_clamp, lo, hi, y, i, oy, ox, ox1)
+
+
+@jit
+def _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1):
+    """Outputs ox0 .. ox1 - 1 of row oy, windows that cross the padding. The taps inside x form
+    a rectangle of rows p0 .. p1 - 1 and columns q0 .. q1 - 1; each row is one pass over the
+    channels, so a border pixel costs at most three passes instead of nine."""
+    h, width = x.shape[1], x.shape[2]
+    iy = oy * stride - top
+    p0, p1 = max(0, -iy), min(3, h - iy)
+    for ox in range(ox0, ox1):
+        ix = ox * stride - left
+        q0, q1 = max(0, -ix), min(3, width - ix)
+        for c in range(y.shape[3]):
+            y[i, oy, ox, c] = b[c]
+        for p in range(p0, p1):
+            r = iy + p
+            if q1 - q0 == 3:
+                for c in range(y.shape[3]):
+                    y[i, oy, ox, c] += (x[i, r, ix, c] * w[p, 0, c] + x[i, r, ix + 1, c] * w[p, 1, c]
+                                        + x[i, r, ix + 2, c] * w[p, 2, c])
+            elif q1 - q0 == 2:
+                for c in range(y.shape[3]):
+                    y[i, oy, ox, c] += (x[i, r, ix + q0, c] * w[p, q0, c]
+                                        + x[i, r, ix + q0 + 1, c] * w[p, q0 + 1, c])
+            else:
+                for q in range(q0, q1):
+                    for c in range(y.shape[3]):
+                        y[i, oy, ox, c] += x[i, r, ix + q, c] * w[p, q, c]
+        if has_clamp:
+            for c in range(y.shape[3]):
+                y[i, oy, ox, c] = min(max(y[i, oy, ox, c], lo), hi)

@@ -13,28 +13,14 @@ Cost: no MACs; one copy of x.
 
 import numpy as np
 
-from ._checks import as_float32, check_pad, output
-from ._jit import fast_kernel, jit
+from ._checks import as_float32, check_pad, check_size, output
+from ._jit import jit
 
 
 def zero_pad_ref(x, *, pad):
     """The oracle: np.pad."""
     top, bottom, left, right = pad
     return np.pad(np.asarray(x, dtype=np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
-
-
-@fast_kernel
-def zero_pad(x, *, pad, out=None):
-    """The fast kernel: float32 in, float32 out."""
-    x = as_float32("x", x, ndim=4)
-    top, bottom, left, right = check_pad(pad)
-    n, h, w, c = x.shape
-    y = output(out, (n, top + h + bottom, left + w + right, c))
-
-    def run():
-        _zero_pad_jit(x, top, left, y)
-        return y
-    return run
 
 
 @jit
@@ -47,3 +33,23 @@ def _zero_pad_jit(x, top, left, y):
                 inside = 0 <= iy < h and 0 <= ix < w
                 for c in range(y.shape[3]):
                     y[i, yy, xx, c] = x[i, iy, ix, c] if inside else np.float32(0)
+
+
+def check_zero_pad(x, *, pad, out=None):
+    """The arguments of run_zero_pad."""
+    x = as_float32("x", x, ndim=4)
+    top, bottom, left, right = check_pad(pad)
+    n, h, w, c = x.shape
+    y = output(out, (n, check_size("pad (padded height)", top + h + bottom),
+                     check_size("pad (padded width)", left + w + right), c))
+    return x, top, left, y
+
+
+def run_zero_pad(x, top, left, y):
+    _zero_pad_jit(x, top, left, y)
+    return y
+
+
+def zero_pad(x, *, pad, out=None):
+    """The fast kernel: float32 in, float32 out."""
+    return run_zero_pad(*check_zero_pad(x, pad=pad, out=out))

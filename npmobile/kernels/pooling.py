@@ -12,7 +12,7 @@ Cost: no MACs; one add (or compare) per element of x.
 import numpy as np
 
 from ._checks import as_float32, output
-from ._jit import fast_kernel, jit
+from ._jit import jit
 
 
 def global_avg_pool_ref(x):
@@ -20,37 +20,9 @@ def global_avg_pool_ref(x):
     return np.asarray(x, dtype=np.float64).mean(axis=(1, 2))
 
 
-@fast_kernel
-def global_avg_pool(x, *, out=None):
-    """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
-    x = as_float32("x", x, ndim=4)
-    if x.shape[1] * x.shape[2] == 0:
-        raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
-    y = output(out, (x.shape[0], x.shape[3]))
-
-    def run():
-        _global_pool_jit(x, False, y)
-        return y
-    return run
-
-
 def global_max_pool_ref(x):
     """The oracle: the maximum in float64."""
     return np.asarray(x, dtype=np.float64).max(axis=(1, 2))
-
-
-@fast_kernel
-def global_max_pool(x, *, out=None):
-    """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
-    x = as_float32("x", x, ndim=4)
-    if x.shape[1] * x.shape[2] == 0:
-        raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
-    y = output(out, (x.shape[0], x.shape[3]))
-
-    def run():
-        _global_pool_jit(x, True, y)
-        return y
-    return run
 
 
 @jit
@@ -74,3 +46,34 @@ def _global_pool_jit(x, use_max, y):
             inv = np.float32(1) / np.float32(h * w)
             for k in range(c):
                 acc[k] = acc[k] * inv
+
+
+def check_global_pool(x, use_max, out):
+    """The arguments of run_global_pool (use_max: the maximum, else the mean)."""
+    x = as_float32("x", x, ndim=4)
+    if x.shape[1] * x.shape[2] == 0:
+        raise ValueError(f"x: expected a non-empty feature map, found shape {x.shape}")
+    return x, use_max, output(out, (x.shape[0], x.shape[3]))
+
+
+def check_global_avg_pool(x, *, out=None):
+    return check_global_pool(x, False, out)
+
+
+def check_global_max_pool(x, *, out=None):
+    return check_global_pool(x, True, out)
+
+
+def run_global_pool(x, use_max, y):
+    _global_pool_jit(x, use_max, y)
+    return y
+
+
+def global_avg_pool(x, *, out=None):
+    """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
+    return run_global_pool(*check_global_avg_pool(x, out=out))
+
+
+def global_max_pool(x, *, out=None):
+    """The fast kernel: (n, h, w, c) float32 -> (n, c) float32."""
+    return run_global_pool(*check_global_max_pool(x, out=out))

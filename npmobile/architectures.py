@@ -19,18 +19,23 @@ convolution that is (0, 1), the same as Keras' ZeroPadding2D(((0, 1), (0, 1))).)
 
 import numbers
 
+from .config import Config, Preprocess
 from .graph import Builder, Graph, pad_bottom_right, pad_correct, pad_same, pad_symmetric
 
-IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-# input = (pixel - mean) / std with pixels in 0..255; crop is the central fraction kept before
-# the resize (torchvision: 224 of 256; TF-slim: 0.875; Keras feeds what it is given).
+# Per convention: BN epsilon, classes, what the classifier outputs (Keras and TF-slim end in
+# softmax, torchvision in logits), and the preprocessing: input = (pixel - mean) / std with pixels
+# in 0..255, after keeping the central 0.875 (torchvision: 224 of 256; TF-slim: 0.875).
 CONVENTIONS = {
-    "keras": dict(eps=1e-3, classes=1000, softmax=True, mean=[127.5] * 3, std=[127.5] * 3, crop=0.875),
-    "torch": dict(eps=1e-5, classes=1000, softmax=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=0.875),
-    "tfslim": dict(eps=1e-3, classes=1001, softmax=True, mean=[127.5] * 3, std=[127.5] * 3, crop=0.875),
+    "keras": dict(eps=1e-3, classes=1000, output="probabilities", preprocess=Preprocess((127.5,) * 3, (127.5,) * 3)),
+    "torch": dict(eps=1e-5, classes=1000, output="logits", preprocess=Preprocess(IMAGENET_MEAN, IMAGENET_STD)),
+    "tfslim": dict(eps=1e-3, classes=1001, output="probabilities", preprocess=Preprocess((127.5,) * 3, (127.5,) * 3)),
 }
+
+# The width multipliers Keras, TF-slim and torchvision publish ImageNet weights for.
+PUBLISHED_ALPHAS = {"mobilenet_v1": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
 
 # Stride-2 padding per convention: (first conv, depthwise in V1, depthwise in V2).
 _STRIDE2_PADS = {
@@ -55,7 +60,9 @@ def make_divisible(v, divisor=8):
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _check_args(arch, alpha, resolution, classes, include_top, pooling, convention, depth_multiplier=1):
+def _check_args(arch, alpha, resolution, classes, include_top, pooling, convention, depth_multiplier=1,
+                output=None):
+    """The graph's Config from a builder's arguments, each checked."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention: expected one of {sorted(CONVENTIONS)}, found {convention!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
@@ -64,16 +71,18 @@ def _check_args(arch, alpha, resolution, classes, include_top, pooling, conventi
         raise ValueError(f"resolution: expected an integer >= 32, found {resolution!r}")
     if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, numbers.Integral) or depth_multiplier < 1:
         raise ValueError(f"depth_multiplier: expected an integer >= 1, found {depth_multiplier!r}")
-    classes = CONVENTIONS[convention]["classes"] if classes is None else classes
+    conv = CONVENTIONS[convention]
+    classes = conv["classes"] if classes is None else classes
     if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:
         raise ValueError(f"classes: expected an integer >= 1, found {classes!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling: expected None, 'avg' or 'max', found {pooling!r}")
-    conv = CONVENTIONS[convention]
-    return dict(arch=arch, alpha=float(alpha), resolution=int(resolution), classes=int(classes),
-                include_top=bool(include_top), pooling=pooling, convention=convention,
-                depth_multiplier=int(depth_multiplier), eps=conv["eps"],
-                preprocess=dict(mean=conv["mean"], std=conv["std"], crop=conv["crop"]))
+    if output not in (None, "probabilities", "logits"):
+        raise ValueError(f"output: expected None (the convention's), 'probabilities' or 'logits', found {output!r}")
+    output = (output or conv["output"]) if include_top else "features"
+    return Config(arch=arch, alpha=float(alpha), resolution=int(resolution), classes=int(classes), output=output,
+                  pooling=None if include_top else pooling, convention=convention,
+                  depth_multiplier=int(depth_multiplier), preprocess=conv["preprocess"])
 
 
 def _conv_bn_relu(g, name, bn, relu, eps, c_out, k, stride, pad_rule):
@@ -83,22 +92,23 @@ def _conv_bn_relu(g, name, bn, relu, eps, c_out, k, stride, pad_rule):
 
 
 def _head(g, config, dense_name, softmax_name):
-    if config["include_top"]:
+    if config.include_top:
         g.pool("global_pool", "avg")
-        g.dense(dense_name, config["classes"])
-        if CONVENTIONS[config["convention"]]["softmax"]:
+        g.dense(dense_name, config.classes)
+        if config.output == "probabilities":
             g.softmax(softmax_name)
-    elif config["pooling"]:
-        g.pool("global_pool", config["pooling"])
+    elif config.pooling:
+        g.pool("global_pool", config.pooling)
 
 
 def mobilenet_v1(alpha=1.0, resolution=224, classes=None, *, depth_multiplier=1, include_top=True,
-                 pooling=None, convention="keras"):
-    """MobileNetV1 (Howard et al. 2017, Table 1) at width multiplier alpha."""
+                 pooling=None, convention="keras", output=None):
+    """MobileNetV1 (Howard et al. 2017, Table 1) at width multiplier alpha. output: None for the
+    convention's classifier (softmax for "keras" and "tfslim"), or "probabilities" / "logits"."""
     config = _check_args("mobilenet_v1", alpha, resolution, classes, include_top, pooling, convention,
-                         depth_multiplier)
+                         depth_multiplier, output)
     first_pad, dw_pad, _ = _STRIDE2_PADS[convention]
-    eps = config["eps"]
+    eps = CONVENTIONS[convention]["eps"]
     g = Builder((resolution, resolution, 3))
     _conv_bn_relu(g, "conv1", "conv1_bn", "conv1_relu", eps, int(32 * alpha), 3, 2, first_pad)
     for i, (c_out, stride) in enumerate(V1_BLOCKS, start=1):
@@ -119,11 +129,13 @@ def v2_channels(c, alpha, convention):
 
 
 def mobilenet_v2(alpha=1.0, resolution=224, classes=None, *, include_top=True, pooling=None,
-                 convention="keras"):
-    """MobileNetV2 (Sandler et al. 2018, Table 2) at width multiplier alpha."""
-    config = _check_args("mobilenet_v2", alpha, resolution, classes, include_top, pooling, convention)
+                 convention="keras", output=None):
+    """MobileNetV2 (Sandler et al. 2018, Table 2) at width multiplier alpha; output as in
+    mobilenet_v1."""
+    config = _check_args("mobilenet_v2", alpha, resolution, classes, include_top, pooling, convention,
+                         output=output)
     first_pad, _, dw_pad = _STRIDE2_PADS[convention]
-    eps = config["eps"]
+    eps = CONVENTIONS[convention]["eps"]
     g = Builder((resolution, resolution, 3))
     _conv_bn_relu(g, "Conv1", "bn_Conv1", "Conv1_relu", eps, make_divisible(32 * alpha), 3, 2, first_pad)
     block_id = 0
