@@ -250,7 +250,8 @@ def to_legacy_uint8(model, path):
     def wrap(layer):
         linear_bn = isinstance(layer, keras.layers.BatchNormalization) and not any(
             isinstance(u, keras.layers.ReLU) for u in users.get(layer.name, []))
-        if isinstance(layer, _QUANTIZED_OUTPUTS) or linear_bn:
+        head_conv = isinstance(layer, keras.layers.Conv2D) and layer.use_bias  # the logits (base convs have no bias)
+        if isinstance(layer, _QUANTIZED_OUTPUTS) or linear_bn or head_conv:
             wrappers.append(_FakeQuant(layer))
             return wrappers[-1]
         return layer

@@ -1,7 +1,7 @@
 """Every file of the generated corpus (scripts/make_corpus.py) against its own runtime.
 
 Each model gets the same input the runtime gets: the asset photos (pixels, centre-cropped and
-resized) mapped by the model's own preprocessing (model.config["preprocess"]); for a file with
+resized) mapped by the model's own preprocessing (model.config.preprocess); for a file with
 an integer input, the runtime gets the quantized photo and npmobile its exact real value
 scale * (q - zero_point). Float files: |npmobile - runtime| <= 1e-4 * max(1, max|runtime|) on
 eight photos. Quantized files run as float in npmobile (weights dequantized, activations not
@@ -149,9 +149,9 @@ def _run(path, entry, x):
 
 
 def model_input(model, n):
-    pre = model.config["preprocess"]
-    p = pixels(model.config["resolution"])[:n]
-    return ((p - np.float32(pre["mean"])) / np.float32(pre["std"])).astype(np.float32)
+    pre = model.config.preprocess
+    p = pixels(model.config.resolution)[:n]
+    return ((p - np.float32(pre.mean)) / np.float32(pre.std)).astype(np.float32)
 
 
 def record(corpus_dir, name, runtime, figure):

@@ -6,7 +6,7 @@ import pytest
 
 import npmobile
 from npmobile.data import imagenet_classes
-from npmobile.models import mobilenet_v1, random_params
+from npmobile.architectures import mobilenet_v1, random_params
 
 
 def _model(classes, labels=None):
