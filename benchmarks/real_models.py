@@ -68,7 +68,7 @@ def evaluate(path, images, assets):
     """Both sides' scores on every image, and the figures derived from them."""
     from npmobile.io import load
     from npmobile.preprocess import center_crop_resize
-    model = load(path)
+    model = load(path, dequantize=True)  # the float engine; the integer one: benchmarks/quantized_agreement.py
     res = model.config.resolution
     pixels = np.stack([center_crop_resize(rgb, res, 0.875) for _, rgb, _ in images])
     ours = model.predict(model.preprocess(pixels), batch_size=16)

@@ -4,15 +4,18 @@ Memory stays bounded whatever the number of images: folders are walked lazily (o
 one directory's names at a time), each image is decoded, cropped and resized to the model's
 input as soon as it is read (a 10,000 x 10,000 photo is never kept), batches hold at most
 --batch-size small arrays, and every result is written as soon as its batch has run (the JSON
-array too is streamed). An image that cannot be read is named on stderr with the reason and
-skipped; the exit code is 1 when any failed.
+array too is streamed). Batches are decoded and run on every core at once, results written in
+input order (npmobile/pipeline.py). An image that cannot be read is named on stderr with the
+reason and skipped (an error row in --jsonl/--parquet); the exit code is 1 when any failed.
 
 Decoding needs Pillow (the "images" extra); the progress bar uses tqdm when it is installed
 (the "cli" extra) and shows only for folders on a terminal.
 """
 
 import argparse
+import contextlib
 import csv
+import functools
 import json
 import os
 import sys
@@ -20,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from . import pipeline, rows
 from .errors import needs
 from .preprocess import center_crop_resize
 
@@ -96,18 +100,14 @@ def _to_rgb(im, Image):
     return im.convert("RGB")
 
 
-def iter_inputs(paths, resolution, crop):
-    """Yield (path, image, None) for each readable image and (path, None, reason) for the rest."""
-    for path, missing in iter_paths(paths):
-        if missing:
-            yield path, None, missing
-            continue
-        try:
-            yield path, read_image(path, resolution, crop), None
-        except ImportError:
-            raise
-        except Exception as e:  # noqa: BLE001 -- any decoder failure on untrusted bytes means "unreadable"
-            yield path, None, _reason(e)
+def try_read(path, resolution, crop):
+    """(image, None) for a readable image, (None, reason) for any other file."""
+    try:
+        return read_image(path, resolution, crop), None
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- any decoder failure on untrusted bytes means "unreadable"
+        return None, _reason(e)
 
 
 def _reason(e):
@@ -150,9 +150,13 @@ class _Writer:
             self.csv.writerow(["path", "rank", "label", "index", "probability"])
         elif fmt == "json":
             out.write("[")
+        elif fmt in rows.ROW_FORMATS:
+            self.rows = rows.RowWriter(fmt, getattr(out, "buffer", out))
 
     def result(self, path, preds):
-        if self.fmt == "json":
+        if self.fmt in rows.ROW_FORMATS:
+            self.rows.write(rows.to_rows([(path, None)], [preds]))
+        elif self.fmt == "json":
             record = {"path": path, "predictions": [{"label": lab, "index": i, "probability": round(p, 6)}
                                                     for lab, i, p in preds]}
             self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
@@ -165,12 +169,16 @@ class _Writer:
         self.count += 1
 
     def error(self, path, reason):
+        if self.fmt in rows.ROW_FORMATS:
+            self.rows.write(rows.to_rows([(path, reason)], []))
         line = f"npmobile: {path}: skipped: {reason}"
         self.bar.write(line, file=sys.stderr) if self.bar is not None else print(line, file=sys.stderr)
 
     def close(self):
         if self.fmt == "json":
             self.out.write("\n]\n" if self.count else "]\n")
+        elif self.fmt in rows.ROW_FORMATS:
+            self.rows.close()
         self.out.flush()
 
 
@@ -185,37 +193,27 @@ def _progress(paths):
     return tqdm(unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
-def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relative_to=None):
-    """Classify every image under `paths`, writing results to `out` (stdout) as they come, each
-    named by its path (relative to `relative_to` when given). Returns (classified, failed) counts."""
+def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relative_to=None, threads=None):
+    """Classify every image under `paths`, writing results to `out` (stdout) in input order as
+    they come, each named by its path (relative to `relative_to` when given), with `threads`
+    batches decoding or running at once (default: one per core; see npmobile.pipeline).
+    Returns (classified, failed) counts."""
     out = out or sys.stdout
-    config = model.config
-    crop = config.preprocess.crop
     bar = _progress(paths)
     writer = _Writer(fmt, out, bar)
-    batch, failed = [], 0
-
-    def flush():
-        probs = probabilities(model, model(model.preprocess([image for _, image in batch])))
-        for (path, _), preds in zip(batch, top_k(model, probs, top)):
-            writer.result(os.path.relpath(path, relative_to) if relative_to else path, preds)
-        if bar is not None:
-            bar.update(len(batch))
-        batch.clear()
-
+    failed = 0
     try:
-        for path, image, reason in iter_inputs(paths, config.resolution, crop):
-            if reason:
-                writer.error(path, reason)
-                failed += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            batch.append((path, image))
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
+        for done, preds in pipeline.run(iter_paths(paths), reader(model), predictor(model, top),
+                                        batch_size=batch_size, threads=threads):
+            ran = iter(preds)
+            for path, reason in done:
+                if reason:
+                    writer.error(path, reason)
+                    failed += 1
+                else:
+                    writer.result(os.path.relpath(path, relative_to) if relative_to else path, next(ran))
+            if bar is not None:
+                bar.update(len(done))
         writer.close()
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
@@ -223,6 +221,17 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
         if bar is not None:
             bar.close()
     return writer.count, failed
+
+
+def reader(model):
+    """path -> (image, None) or (None, reason), at this model's resolution and crop."""
+    resolution, crop = model.config.resolution, model.config.preprocess.crop
+    return functools.partial(try_read, resolution=resolution, crop=crop)
+
+
+def predictor(model, top):
+    """uint8 images -> their top-k predictions, computed on the calling thread."""
+    return lambda images: top_k(model, probabilities(model, model(model.preprocess(images), threads=1)), top)
 
 
 # --- the subcommands --------------------------------------------------------------------------
@@ -241,7 +250,24 @@ def _add_output_flags(p, top):
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="write one JSON array")
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv",
                      help="write CSV rows: path, rank, label, index, probability")
+    fmt.add_argument("--jsonl", dest="fmt", action="store_const", const="jsonl",
+                     help="write one JSON object per file: path, ids, scores, labels, error")
+    fmt.add_argument("--parquet", dest="fmt", action="store_const", const="parquet",
+                     help="write the --jsonl rows as Parquet to --output (needs pyarrow: the parquet extra)")
     p.set_defaults(fmt="text")
+    p.add_argument("--output", metavar="FILE", help="write the results to FILE instead of stdout "
+                   "(with --engine dask|ray: a folder, one file per batch)")
+
+
+def _add_engine_flags(p):
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="batches decoded or run at once, one core each (default: every core this process may use)")
+    p.add_argument("--engine", choices=["local", "dask", "ray"], default="local",
+                   help="local: this process (default); dask or ray: a cluster, writing --jsonl or --parquet "
+                        "(the default) files into the --output folder; needs --weights readable by every worker")
+    p.add_argument("--address", metavar="ADDR", help="with --engine: the cluster to join (default: start one here)")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="with --engine and no --address: workers of the local cluster (default: one per core)")
 
 
 def add_parsers(sub):
@@ -261,7 +287,11 @@ def add_parsers(sub):
                    help="without --weights: the ImageNet model to download (default mobilenet_v2)")
     p.add_argument("--alpha", type=float, help="without --weights: width multiplier (default 1.0)")
     p.add_argument("--resolution", type=int, help="without --weights: input side (default 224)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="run a quantized --weights file (TFLite uint8/int8) as float instead of as the runtime's "
+                        "integers")
     _add_output_flags(p, top=5)
+    _add_engine_flags(p)
     p.set_defaults(func=cmd_classify)
 
     d = sub.add_parser(
@@ -277,28 +307,61 @@ def cmd_classify(args):
     from .download import DownloadError, imagenet_model
     from .io import load
 
+    if args.engine != "local":
+        return _cmd_classify_cluster(args)
+
     chosen = [f"--{k}" for k in ("arch", "alpha", "resolution") if getattr(args, k) is not None]
     if args.weights:
         if chosen:  # a weight file carries its own architecture; silently ignoring the flags would mislead
             raise ValueError(f"{', '.join(chosen)} choose the ImageNet weights to download; "
                              f"the file given with --weights ({args.weights}) carries its own architecture")
-        model = load(args.weights)
+        model = load(args.weights, dequantize=args.dequantize)
     else:
         try:
             model = imagenet_model(args.arch or "mobilenet_v2", args.alpha or 1.0, args.resolution or 224)
         except DownloadError as e:
             print(f"npmobile classify: error: {e}", file=sys.stderr)
             return 1
-    return _report(*classify(model, args.paths, top=args.top, batch_size=args.batch_size, fmt=args.fmt))
+    with _output(args) as out:
+        return _report(*classify(model, args.paths, top=args.top, batch_size=args.batch_size, fmt=args.fmt,
+                                 out=out, threads=args.threads))
+
+
+def _cmd_classify_cluster(args):
+    from . import distributed
+
+    if not args.weights or not args.output:
+        raise ValueError(f"--engine {args.engine} needs --weights FILE and --output FOLDER "
+                         "(every worker reads the weights and writes its results there)")
+    if args.fmt not in ("text", *rows.ROW_FORMATS):
+        raise ValueError(f"--engine {args.engine} writes --jsonl or --parquet files, not --{args.fmt}")
+    fmt = "parquet" if args.fmt == "text" else args.fmt
+    paths = [p for p, missing in iter_paths(args.paths)]
+    counts = distributed.classify(paths, args.weights, args.output, engine=args.engine, address=args.address,
+                                  workers=args.workers, batch_size=args.batch_size, top=args.top, format=fmt)
+    print(f"npmobile: wrote {counts['rows']} rows ({counts['errors']} errors) into {args.output}", file=sys.stderr)
+    return 1 if counts["errors"] or not counts["rows"] else 0
 
 
 def cmd_demo(args):
     from .data import DIGITS_MODEL, SAMPLES
     from .io import load
 
-    counts = classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size, fmt=args.fmt,
-                      relative_to=SAMPLES)
-    return _report(*counts)
+    with _output(args) as out:
+        return _report(*classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size,
+                                 fmt=args.fmt, out=out, relative_to=SAMPLES))
+
+
+@contextlib.contextmanager
+def _output(args):
+    """The stream results go to: --output FILE, else stdout (Parquet needs a file)."""
+    if args.output is None:
+        if args.fmt == "parquet":
+            raise ValueError("--parquet writes a binary file: name it with --output FILE")
+        yield sys.stdout
+        return
+    with open(args.output, "w", encoding="utf-8", newline="") as f:
+        yield f
 
 
 def _report(classified, failed):

@@ -18,7 +18,7 @@ def _add_arch_flags(p):
 def cmd_convert(args):
     from .io import load
     from .weights import save
-    model = load(args.src)
+    model = load(args.src, dequantize=True)  # the native file holds float32 tensors
     save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
     return 0
@@ -37,7 +37,7 @@ def cmd_summary(args):
         if any(flags[k] != defaults[k] for k in flags):
             raise ValueError("give a weight file or architecture flags (--arch, --alpha, ...), not both")
         from .io import load
-        model = load(args.src)
+        model = load(args.src, dequantize=True)  # the same layers; counted on the float graph
         graph, title = model.graph, f"{args.src}: {model!r}"
     else:
         graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
@@ -85,6 +85,8 @@ def build_parser():
 
     from .classify import add_parsers  # `classify` and `demo`
     add_parsers(sub)
+    from .warmup import add_parser as add_warmup
+    add_warmup(sub)
     return parser
 
 

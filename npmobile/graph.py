@@ -44,7 +44,8 @@ class Graph:
     config: Config = None  # architecture and conventions; None for a bare graph (tests, cost tables)
 
     def __post_init__(self):
-        ends_in_softmax = bool(self.nodes) and self.nodes[-1].op == "softmax"
+        # ("qsoftmax": the integer softmax that ends a quantized graph, npmobile.qmodel)
+        ends_in_softmax = bool(self.nodes) and self.nodes[-1].op in ("softmax", "qsoftmax")
         if self.config is not None and ends_in_softmax != (self.config.output == "probabilities"):
             raise ValueError(f"config.output is {self.config.output!r} but the graph's last node is "
                              f"{self.nodes[-1].op if self.nodes else None!r}: probabilities come from a softmax, "

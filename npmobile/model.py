@@ -72,6 +72,14 @@ class Model:
         self._lock = threading.Lock()
         self._local = threading.local()  # per thread: {(oracle, batch size): engine.Plan}
 
+    def __getstate__(self):
+        """What a pickle carries: the graph, its tensors, labels and source. Not the fused graph,
+        plans, lock or thread-local state: the receiving process rebuilds them on first use."""
+        return {"graph": self.graph, "params": self.params, "labels": self.labels, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
     @property
     def config(self):
         return self.graph.config
@@ -81,19 +89,20 @@ class Model:
         return (f"Model({c.arch}, alpha={c.alpha}, resolution={c.resolution}, classes={c.classes}, "
                 f"output={c.output!r}, convention={c.convention!r}, source={self.source!r})")
 
-    def __call__(self, x):
+    def __call__(self, x, *, threads=None):
         """The fast engine on an NHWC float batch; returns a new float32 array."""
-        return self.run(x)
+        return self.run(x, threads=threads)
 
-    def run(self, x, *, oracle=False, intermediates=False):
+    def run(self, x, *, oracle=False, intermediates=False, threads=None):
         """Run on an NHWC float batch with the fast kernels on the fused graph, or (oracle=True)
         the float64 oracles on the graph as built. Returns the output, or with intermediates
-        {name: value} for "input" and every node. A batch is split across the threads of
-        set_num_threads; each thread runs its part PLAN_BATCH images at a time."""
+        {name: value} for "input" and every node. A batch is split across `threads` threads
+        (default: set_num_threads; threads=1 keeps it on the calling thread, as a pipeline that
+        runs one batch per core does); each thread runs its part PLAN_BATCH images at a time."""
         x = engine.check_input(self.graph, x)
         if not oracle:
             x = np.ascontiguousarray(x, dtype=np.float32)
-        parts = min(_num_threads, len(x))
+        parts = min(threads or _num_threads, len(x))
         bounds = np.linspace(0, len(x), parts + 1).astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -32,7 +32,7 @@ SMALL = MODELS[0]
 
 @pytest.fixture(scope="module")
 def models(assets):
-    return {name: load(assets / "models" / name) for name in MODELS}
+    return {name: load(assets / "models" / name, dequantize=True) for name in MODELS}
 
 
 @pytest.mark.parametrize("name", MODELS)

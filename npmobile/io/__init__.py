@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import WeightFileError
 from ..model import Model
+from ..qmodel import QuantizedImport, QuantizedModel
 from ..weights import read as read_native
 from .keras import load_h5, load_keras_zip
 from .onnx import load_onnx
@@ -28,8 +29,15 @@ FORMATS = [
 ]
 
 
-def load(path, **options):
-    """Load any weight file npmobile reads, as a ready-to-run Model."""
+# Readers whose quantized files run as integers (a QuantizedModel) unless loaded with
+# dequantize=True; every other format is float already and takes no such option.
+QUANTIZED_READERS = (load_tflite,)
+
+
+def load(path, *, dequantize=False, **options):
+    """Load any weight file npmobile reads, as a ready-to-run Model. A quantized file (TFLite
+    uint8/int8) loads as a QuantizedModel that computes the runtime's integers;
+    dequantize=True loads its weights dequantized into a float Model instead."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -42,6 +50,9 @@ def load(path, **options):
                 if head != magic:
                     raise WeightFileError(f"{path}: a {suffix} file must start with {magic!r}, found {head!r}: "
                                           "not what its extension says, or corrupted")
-            return Model(*reader(path, **options))
+            if reader in QUANTIZED_READERS:
+                options["dequantize"] = dequantize
+            imported = reader(path, **options)
+            return QuantizedModel(*imported) if isinstance(imported, QuantizedImport) else Model(*imported)
     known = ", ".join(s for suffixes, _, _ in FORMATS for s in suffixes)
     raise WeightFileError(f"{path}: unknown weight file type {suffix!r}; expected one of {known}")

@@ -13,12 +13,15 @@ shape says where it goes. Each op is one function in
 the table `TRANSLATE`, as in the ONNX importer; the flatbuffer's enums are read by name
 (tflite.BuiltinOperator, Padding, TensorType, ActivationFunctionType).
 
-Quantized models run as float: uint8/int8 weights become scale * (q - zero_point), per tensor or
-per output channel; int32 biases likewise with their own scale (input scale x weight scale).
-The quantization of the input (real = scale * (q - zero_point)) becomes the model's
-preprocessing (mean = zero_point, std = 1 / scale), so model.preprocess(uint8 images) gives the
-float input the quantized network approximates. Activations are not re-quantized, so the result
-is the float network the file was trained as, not a bit-exact copy of the uint8 runtime.
+A quantized file (every activation uint8/int8) is read as a QuantizedImport, which runs the
+runtime's integers byte for byte (io/tflite_int.py, npmobile/kernels/quantized/). With
+dequantize=True it is read as float instead: uint8/int8 weights become scale * (q - zero_point),
+per tensor or per output channel; int32 biases likewise with their own scale (input scale x
+weight scale). Either way the quantization of the input (real = scale * (q - zero_point))
+becomes the model's preprocessing (mean = zero_point, std = 1 / scale), so
+model.preprocess(uint8 images) gives the float input whose quantization is the file's input. The
+float path does not re-quantize activations: it is the float network the file was trained as,
+not a copy of the uint8 runtime.
 
 Layouts: TFLite is NHWC like npmobile; weights are OHWI (conv, -> HWIO) and 1HWC (depthwise,
 -> HWC). Labels become Model.labels: the file the TFLite Metadata names as the output's label
@@ -366,8 +369,9 @@ def _check_shape_op(w, op, ops, shapes):
             raise ValueError(f"feeds {user.kind} {user.name!r}: only shape arithmetic for a RESHAPE is supported")
 
 
-def load_tflite(path):
-    """Read a .tflite file as a float graph (NHWC input; see the module docstring)."""
+def load_tflite(path, dequantize=False):
+    """Read a .tflite file (NHWC input; see the module docstring): a quantized file as a
+    QuantizedImport, unless dequantize=True; a float file, or dequantize=True, as a float graph."""
     tfl = _tflite()
     path = Path(path)
     buf = path.read_bytes()
@@ -376,10 +380,10 @@ def load_tflite(path):
                               f"found {buf[4:8]!r}")
     # a truncated or corrupted flatbuffer fails anywhere inside the parser
     with reading(path, "TFLite flatbuffer"):
-        return _build(tfl, buf, path)
+        return _build(tfl, buf, path, dequantize)
 
 
-def _build(tfl, buf, path):
+def _build(tfl, buf, path, dequantize=False):
     reader = _Reader(tfl, buf, path)
     g = reader.g
     if g.InputsLength() != 1 or g.OutputsLength() != 1:
@@ -391,6 +395,10 @@ def _build(tfl, buf, path):
     w = _Walk(reader, Emitter(shape[1:]), {inp: "input"})
     ops = _ops(reader)
     _check_supported(w, ops)
+    if not dequantize:
+        from .tflite_int import build_integer, is_integer_graph
+        if is_integer_graph(reader, ops):
+            return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(reader, classes))
     shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
     for op in ops:
         if op.kind in SHAPE_OPS:

@@ -1,0 +1,119 @@
+"""npmobile's integer engine against LiteRT on the quantized TFLite files, on real photos.
+
+For every .tflite file in ../shared/assets/models and every photo of assets/photos and
+assets/imagenet-dev-100 (centre-cropped 0.875 and resized once, as benchmarks/real_models.py
+does), the same uint8 pixels go to
+- npmobile's QuantizedModel (model.run_integers),
+- LiteRT with its reference kernels (OpResolverType.BUILTIN_REF), one image at a time,
+- LiteRT's default interpreter (its optimized kernels and the XNNPACK delegate), one at a time.
+Reported per model: on how many images npmobile's uint8 output is byte-identical to the reference
+kernels', on how many its top-1 equals the default interpreter's, and how far the default
+interpreter itself is from the reference kernels (images whose bytes differ, the largest
+difference in output quanta, images whose top-1 differs). tests/test_quantized_tflite.py
+checks the same figures.
+
+    python benchmarks/quantized_agreement.py [--assets DIR] [--out docs/quantized-agreement.md]
+"""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
+          "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite"]
+
+
+def _real_models():
+    spec = importlib.util.spec_from_file_location("real_models", ROOT / "benchmarks" / "real_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_images(assets):
+    """[(name, uint8 RGB array, ImageNet class or None)], as benchmarks/real_models.py reads them."""
+    return _real_models().load_images(assets)
+
+
+def pixels_for(images, resolution):
+    from npmobile.preprocess import center_crop_resize
+    return np.stack([center_crop_resize(rgb, resolution, 0.875) for _, rgb, _ in images])
+
+
+def litert_outputs(path, pixels, reference):
+    """LiteRT's raw output integers for each image, with its reference kernels or its default ones."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kind = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=kind, num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    rows = []
+    for img in pixels:
+        it.set_tensor(inp, img[None])
+        it.invoke()
+        rows.append(it.get_tensor(out)[0].copy())
+    return np.array(rows)
+
+
+def compare(path, pixels):
+    """The figures of the module docstring for one model file on the given pixels."""
+    from npmobile.io import load
+    model = load(path)
+    ours = np.concatenate([model.run_integers(pixels[i:i + 8]) for i in range(0, len(pixels), 8)])
+    ref = litert_outputs(path, pixels, reference=True)
+    default = litert_outputs(path, pixels, reference=False)
+    gap = np.abs(default.astype(np.int64) - ref.astype(np.int64))
+    return dict(
+        name=Path(path).name, n=len(pixels), ours=ours, ref=ref, default=default,
+        identical_to_ref=int((ours == ref).all(axis=1).sum()),
+        top1_as_default=int((ours.argmax(1) == default.argmax(1)).sum()),
+        default_differs=int((gap > 0).any(axis=1).sum()), default_max_gap=int(gap.max()),
+        default_values_differ=float((gap > 0).mean()),
+        default_top1_differs=int((default.argmax(1) != ref.argmax(1)).sum()))
+
+
+def summary_line(r):
+    return (f"{r['name']}: output bytes identical to LiteRT's reference kernels on {r['identical_to_ref']}/{r['n']} "
+            f"images; top-1 as LiteRT's default interpreter on {r['top1_as_default']}/{r['n']}; the default "
+            f"interpreter differs from the reference kernels on {r['default_differs']} images "
+            f"({r['default_values_differ']:.2%} of output values, at most {r['default_max_gap']} quanta), "
+            f"top-1 on {r['default_top1_differs']}")
+
+
+def markdown(results):
+    lines = ["| model | images | bytes identical to LiteRT reference kernels | top-1 as LiteRT default | "
+             "default vs reference: images differing | values differing | largest difference (quanta) | "
+             "top-1 differing |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['name']} | {r['n']} | {r['identical_to_ref']} | {r['top1_as_default']} | "
+                     f"{r['default_differs']} | {r['default_values_differ']:.2%} | {r['default_max_gap']} | "
+                     f"{r['default_top1_differs']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--assets", type=Path, default=ASSETS)
+    p.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
+    args = p.parse_args(argv)
+    images = load_images(args.assets)
+    results = []
+    for name in MODELS:
+        from npmobile.io import load
+        path = args.assets / "models" / name
+        results.append(compare(path, pixels_for(images, load(path).config.resolution)))
+        print(summary_line(results[-1]), flush=True)
+    table = markdown(results)
+    if args.out:
+        args.out.write_text(table + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Exact integer sums on float32 kernels: how the integer convolutions reach BLAS speed.
+
+A quantized convolution's accumulator is a sum of products (x - x_zero) * (w - w_zero) of
+integers of at most 9 bits (|.| <= 255), so every product is an integer below 2^16, exact in
+float32. A float32 sum of integers is exact while every partial sum stays within 2^24 in
+magnitude, whatever order the kernel adds in. For output channel o every partial sum is bounded
+by
+
+    max|x - x_zero| * sum_k |w[k, o] - w_zero[o]|
+
+so where that bound is <= 2^24 the float32 kernels (sgemm for pointwise, the float depthwise and
+im2col convolutions) compute the integer accumulator exactly, in float32, at float speed; the
+epilogue converts it back to an integer, adds the int32 bias and requantizes. Where the bound
+does not hold, a pointwise product splits its input channels into chunks that each keep it
+(`exact_chunks`), and the depthwise and standard convolutions run their integer loops. For
+MobileNet's layers the bound holds in one chunk except for some wide 1x1 layers.
+"""
+
+import numpy as np
+
+from .._jit import jit
+from ._qchecks import type_range
+from .fixedpoint import requantize
+
+EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
+
+
+def x_bound(x_zero, dtype):
+    """The largest |x - x_zero| an 8-bit input of this type and zero point can have."""
+    lo, hi = type_range(dtype)
+    return max(x_zero - lo, hi - x_zero)
+
+
+def exact_in_float32(ws, bound):
+    """True when every output channel's partial sums stay within 2^24: ws is (taps, c_out), the
+    weights minus their zero points, bound = x_bound(...)."""
+    return float(np.abs(ws.astype(np.float64)).sum(axis=0).max(initial=0) * bound) <= EXACT_FLOAT32
+
+
+def exact_chunks(ws, bound):
+    """Split the rows of ws (c_in, c_out) into the fewest consecutive chunks [k0, k1) that each
+    keep bound * sum_k |ws[k, o]| <= 2^24 for every column o. Returns the chunk boundaries
+    [0, ..., c_in]."""
+    bounds, running = [0], np.zeros(ws.shape[1], dtype=np.float64)
+    for k, row in enumerate(np.abs(ws.astype(np.float64))):
+        if k > bounds[-1] and ((running + row) * bound).max() > EXACT_FLOAT32:
+            bounds.append(k)
+            running[:] = 0
+        running += row
+    return bounds + [ws.shape[0]]
+
+
+@jit
+def minus_zero(x, x_zero, xf):
+    """xf = x - x_zero as float32 (exact small integers): the float kernel's input. Flat arrays."""
+    for i in range(x.shape[0]):
+        xf[i] = np.float32(np.int32(x[i]) - x_zero)
+
+
+@jit
+def requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y):
+    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]), each partial an exact integer held in
+    float32 (one per chunk of input channels). Every inner loop runs over the channels, so each
+    compiles to SIMD instructions."""
+    for r in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            acc[o] = np.int64(partial[0, r, o]) + b[o]
+        for j in range(1, partial.shape[0]):
+            for o in range(y.shape[1]):
+                acc[o] += np.int64(partial[j, r, o])
+        for o in range(y.shape[1]):
+            y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
+
+
+def check_on_float32(check_float, run_float, x, x_zero, ws, b, rq, y_zero, lo, hi, y, **attrs):
+    """The arguments of run_on_float32: the float kernel (check_float / run_float, e.g. the float
+    depthwise convolution) checked once on float32 buffers for x - x_zero and the weights ws
+    (already minus their zero points), plus the epilogue's."""
+    xf = np.empty(x.shape, dtype=np.float32)
+    yf = np.empty(y.shape, dtype=np.float32)
+    float_args = check_float(xf, ws.astype(np.float32), None, **attrs, out=yf)
+    c = y.shape[-1]
+    return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(1, -1, c), b.astype(np.int64),
+            rq, y_zero, lo, hi, np.empty(c, dtype=np.int64), y.reshape(-1, c), y)
+
+
+def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, rq, y_zero, lo, hi, acc, y_rows, y):
+    """x - x_zero into float32, the float kernel (exact: every sum an integer within 2^24), then
+    the integer epilogue: bias and requantization."""
+    minus_zero(x_flat, x_zero, xf_flat)
+    run_float(*float_args)
+    requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y_rows)
+    return y

@@ -1,0 +1,123 @@
+"""Quantized pointwise (1x1) convolution and fully connected layer, in integers.
+
+    acc[r, o] = b[o] + sum_{c < c_in} (x[r, c] - x_zero) * (w[c, o] - w_zero[o])
+    y[r, o]   = clamp(MultiplyByQuantizedMultiplier(acc, multiplier[o], shift[o]) + y_zero, lo, hi)
+
+where r runs over the pixels (n * h * w of them; TFLite CONV_2D 1x1) or over the batch
+(FULLY_CONNECTED, `qdense`). Rounding as in fixedpoint.py.
+
+Layout: x NHWC (pointwise) or (n, c_in) (dense), uint8/int8; w IO (c_in, c_out) of the same kind;
+b, w_zero, multiplier, shift (c_out,) int32. The output has x's dtype.
+
+Cost: rows * c_in * c_out MACs: most of a MobileNet's work. The fast kernel computes the integer
+sum exactly on float32 BLAS (sgemm), the fastest product a CPU has here: exact.py says why that
+is exact and how the input channels are split into chunks where one float32 sum would not be.
+"""
+
+import numpy as np
+
+from .._epilogue import BLOCK_FLOATS
+from ._qchecks import as_q8, check_zero, q_output, requant_args
+from .exact import exact_chunks, minus_zero, requantize_rows, x_bound
+from .fixedpoint import requantize_params, requantize_ref
+
+
+def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
+    """The oracle: the equations above in int64 NumPy (an einsum, no BLAS, no float)."""
+    x = np.asarray(x)
+    xs = x.astype(np.int64) - x_zero
+    ws = np.asarray(w).astype(np.int64) - np.asarray(w_zero, dtype=np.int64)
+    acc = np.einsum("...c,co->...o", xs, ws)
+    if b is not None:
+        acc = acc + np.asarray(b, dtype=np.int64)
+    info = np.iinfo(x.dtype)
+    lo, hi = clamp if clamp is not None else (info.min, info.max)
+    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
+
+
+def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
+    """The checks shared by qpointwise_conv2d and qdense, x_rows (r, c_in) -> y_rows (r, c_out):
+    the arguments of run_rows."""
+    c_in, c_out = w.shape
+    x_zero = check_zero("x_zero", x_zero, x_rows.dtype)
+    b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
+        c_out, x_rows.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
+    ws = (w.astype(np.float32) - w_zero.astype(np.float32))  # exact: |w - w_zero| <= 255
+    chunks = exact_chunks(ws, x_bound(x_zero, x_rows.dtype))
+    pairs = list(zip(chunks[:-1], chunks[1:]))
+    w_chunks = [np.ascontiguousarray(ws[k0:k1]) for k0, k1 in pairs]
+    # Rows go through in blocks whose float32 result fits half of L2 (as the float kernel), so
+    # the epilogue reads the sgemm output while it is still in cache. Every view a block needs is
+    # made here, once: on a small layer making them per call costs more than the arithmetic.
+    block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
+    xf = np.empty((block, c_in), dtype=np.float32)
+    partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
+    b64, rq = b.astype(np.int64), requantize_params(multiplier, shift)
+    acc = np.empty(c_out, dtype=np.int64)
+    blocks = []
+    for r in range(0, x_rows.shape[0], block):
+        rows = min(block, x_rows.shape[0] - r)
+        products = [(xf[:rows, k0:k1], w_chunk, partial[j, :rows])
+                    for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
+        blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
+                       y_rows[r:r + rows]))
+    return blocks, x_zero, b64, rq, y_zero, lo, hi, acc, y
+
+
+def run_rows(blocks, x_zero, b, rq, y_zero, lo, hi, acc, y):
+    """Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the
+    integer epilogue."""
+    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
+        minus_zero(x_flat, x_zero, xf_flat)
+        for xf_chunk, w_chunk, out in products:
+            np.matmul(xf_chunk, w_chunk, out=out)
+        requantize_rows(partial_rows, b, rq, y_zero, lo, hi, acc, y_block)
+    return y
+
+
+def check_qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The arguments of run_qpointwise_conv2d, checked."""
+    x = as_q8("x", x, ndim=4)
+    w = as_q8("w", w, ndim=2)
+    n, h, width, c_in = x.shape
+    if w.shape[0] != c_in:
+        raise ValueError(f"w: expected input channels (axis 0) = {c_in} to match x of shape {x.shape}, "
+                         f"found w of shape {w.shape}")
+    y = q_output(out, (n, h, width, w.shape[1]), x.dtype)
+    return check_rows(x.reshape(-1, c_in), w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp,
+                      y.reshape(-1, w.shape[1]), y)
+
+
+run_qpointwise_conv2d = run_rows
+
+
+def qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The fast kernel: exact integer products on float32 sgemm (see the module docstring)."""
+    return run_rows(*check_qpointwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
+                                             multiplier=multiplier, shift=shift, clamp=clamp, out=out))
+
+
+def qdense_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
+    """The oracle of the fully connected layer: the pointwise oracle on (n, c_in) rows."""
+    return qpointwise_conv2d_ref(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                 shift=shift, clamp=clamp)
+
+
+def check_qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """The arguments of run_qdense, checked."""
+    x = as_q8("x", x, ndim=2)
+    w = as_q8("w", w, ndim=2)
+    if w.shape[0] != x.shape[1]:
+        raise ValueError(f"w: expected input channels (axis 0) = {x.shape[1]} to match x of shape {x.shape}, "
+                         f"found w of shape {w.shape}")
+    y = q_output(out, (x.shape[0], w.shape[1]), x.dtype)
+    return check_rows(x, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y, y)
+
+
+run_qdense = run_rows
+
+
+def qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
+    """FULLY_CONNECTED: (n, c_in) -> (n, c_out), the pointwise kernel's rows."""
+    return run_rows(*check_qdense(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                  shift=shift, clamp=clamp, out=out))

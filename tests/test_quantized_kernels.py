@@ -1,0 +1,267 @@
+"""Layer 1 for the integer kernels: every fast kernel equals its int64 oracle exactly (no
+tolerance) on shapes, zero points, scales and activation ranges drawn by hypothesis, for uint8
+files (asymmetric per-tensor weights) and int8 files (symmetric per-channel weights); and the
+fixed-point helpers' two forms (scalar for the loops, array for the oracles) agree, on random
+int32s and on the edges where rounding and saturation happen."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npmobile.kernels.quantized import QKERNELS, add_multipliers, softmax_params
+from npmobile.kernels.quantized import fixedpoint as fp
+from npmobile.kernels.quantized.exact import exact_chunks
+
+CHANNELS = st.integers(1, 40)
+KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
+SCALE = st.floats(-12, 2).map(lambda e: float(np.float32(2.0 ** e)))  # log-uniform, 2^-12 .. 4
+
+
+@st.composite
+def quantization(draw, c_out):
+    """(dtype, x_zero, w_zero (c_out,), y_zero, multiplier, shift, clamp, rng) for a layer."""
+    dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    info = np.iinfo(dtype)
+    zero = st.integers(int(info.min), int(info.max))
+    x_zero, y_zero = draw(zero), draw(zero)
+    if dtype == np.uint8:  # TFLite uint8 files: one asymmetric zero point for the whole tensor
+        w_zero = np.full(c_out, draw(zero), dtype=np.int32)
+        w_scales = [draw(SCALE)] * c_out
+    else:  # int8 files: symmetric weights (zero point 0), one scale per output channel
+        w_zero = np.zeros(c_out, dtype=np.int32)
+        w_scales = [draw(SCALE) for _ in range(c_out)]
+    x_scale, y_scale = draw(SCALE), draw(SCALE)
+    multiplier, shift = fp.conv_multipliers(x_scale, w_scales, y_scale)
+    kind = draw(st.sampled_from([None, "relu", "relu6"]))
+    clamp = fp.activation_range(kind, y_scale, y_zero, info.min, info.max)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return dtype, dict(x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier, shift=shift,
+                       clamp=clamp), rng
+
+
+def _ints(rng, shape, dtype):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def _bias(draw, rng, c_out):
+    return rng.integers(-(1 << 20), 1 << 20, c_out).astype(np.int32) if draw(st.booleans()) else None
+
+
+def _assert_exact(name, *args, **attrs):
+    kernel = QKERNELS[name]
+    y = kernel.fast(*args, **attrs)
+    ref = kernel.ref(*args, **attrs)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    np.testing.assert_array_equal(y, ref)
+
+
+@st.composite
+def conv_case(draw, depthwise=False):
+    k_h = draw(KERNEL_SIDE)
+    k_w = draw(st.one_of(st.just(k_h), KERNEL_SIDE))
+    pad = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    top, bottom, left, right = pad
+    n = draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, k_h - top - bottom), 12))
+    w = draw(st.integers(max(1, k_w - left - right), 12))
+    c_in = draw(CHANNELS)
+    c_out = c_in * draw(st.integers(1, 3)) if depthwise else draw(CHANNELS)
+    dtype, attrs, rng = draw(quantization(c_out))
+    x = _ints(rng, (n, h, w, c_in), dtype)
+    weights = _ints(rng, (k_h, k_w, c_out) if depthwise else (k_h, k_w, c_in, c_out), dtype)
+    return x, weights, _bias(draw, rng, c_out), dict(attrs, stride=draw(st.sampled_from([1, 2])), pad=pad)
+
+
+@given(conv_case())
+def test_qconv2d(case):
+    x, w, b, attrs = case
+    _assert_exact("qconv2d", x, w, b, **attrs)
+
+
+@given(conv_case(depthwise=True))
+def test_qdepthwise_conv2d(case):
+    x, w, b, attrs = case
+    _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
+
+
+@given(conv_case())
+def test_qpointwise_conv2d(case):
+    x, w, b, attrs = case
+    del attrs["stride"], attrs["pad"]
+    _assert_exact("qpointwise_conv2d", x, w[0, 0], b, **attrs)
+
+
+@given(conv_case())
+def test_qdense(case):
+    x, w, b, attrs = case
+    del attrs["stride"], attrs["pad"]
+    _assert_exact("qdense", x[:, 0, 0, :], w[0, 0], b, **attrs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qpointwise_splits_long_sums_and_stays_exact(dtype):
+    # The worst case for float32: every product at its largest magnitude (255 * 255 for uint8
+    # zero points at the ends of the range), 1000 of them: 65 million, far past 2^24. The
+    # kernel must split the sum into chunks that each stay exact.
+    info = np.iinfo(dtype)
+    x = np.full((1, 2, 3, 1000), info.max, dtype=dtype)
+    w = np.full((1000, 4), info.min, dtype=dtype)
+    w_zero = np.full(4, info.max, dtype=np.int32)
+    attrs = dict(x_zero=int(info.min), w_zero=w_zero, y_zero=0, multiplier=np.full(4, 1 << 30, np.int32),
+                 shift=np.full(4, -31, np.int32), clamp=None)
+    assert len(exact_chunks(np.full((1000, 4), 255.0, np.float32), 255)) - 1 == 4  # 258 terms per chunk
+    _assert_exact("qpointwise_conv2d", x, w, None, **attrs)
+
+
+@st.composite
+def add_case(draw):
+    shape = tuple(draw(st.integers(1, 6)) for _ in range(3)) + (draw(CHANNELS),)
+    dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    info = np.iinfo(dtype)
+    zero = st.integers(int(info.min), int(info.max))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    s_a, s_b, s_y = draw(SCALE), draw(SCALE), draw(SCALE)
+    y_zero = draw(zero)
+    clamp = fp.activation_range(draw(st.sampled_from([None, "relu6"])), s_y, y_zero, info.min, info.max)
+    return _ints(rng, shape, dtype), _ints(rng, shape, dtype), dict(
+        a_zero=draw(zero), b_zero=draw(zero), y_zero=y_zero, **add_multipliers(s_a, s_b, s_y), clamp=clamp)
+
+
+@given(add_case())
+def test_qadd(case):
+    a, b, attrs = case
+    _assert_exact("qadd", a, b, **attrs)
+
+
+@given(conv_case())
+def test_qglobal_avg_pool(case):
+    x, _, _, attrs = case
+    _assert_exact("qglobal_avg_pool", x, clamp=attrs["clamp"])
+
+
+@st.composite
+def softmax_case(draw):
+    dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    rows, classes = draw(st.integers(1, 4)), draw(st.integers(1, 1100))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = _ints(rng, (rows, classes), dtype)
+    if draw(st.booleans()):  # a narrow spread: many classes near the maximum, the sum is large
+        x = (x // 16 + np.iinfo(dtype).max // 2).astype(dtype)
+    # input scales from 1/512 (the sum nearly uniform) to 1 (every difference but 0 underflows)
+    return x, softmax_params(draw(st.floats(-9, 0).map(lambda e: float(np.float32(2.0 ** e)))))
+
+
+@given(softmax_case())
+def test_qsoftmax(case):
+    x, params = case
+    _assert_exact("qsoftmax", x, **params)
+
+
+@given(st.integers(1, 5000), st.integers(0, 2**32 - 1), st.sampled_from([np.uint8, np.int8]),
+       st.sampled_from(["away", "even"]), SCALE)
+def test_quantize_and_dequantize(size, seed, dtype, rounding, scale):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    zero = int(rng.integers(info.min, int(info.max) + 1))
+    # values on and next to the rounding halves, and beyond the type's range (saturation)
+    x = ((rng.integers(-300, 300, size) + rng.choice([0.5, 0.0, 0.49999997, 0.5000001], size)) * scale)
+    x = x.astype(np.float32)
+    _assert_exact("quantize", x, scale=scale, zero_point=zero, dtype=dtype, rounding=rounding)
+    _assert_exact("dequantize", _ints(rng, (size,), dtype), scale=scale, zero_point=zero)
+
+
+def test_quantize_rounding_rules():
+    # halves: TFLite rounds away from zero, ONNX to even; beyond the range: saturation
+    x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 1000.0, -1000.0], np.float32)
+    away = QKERNELS["quantize"].fast(x, scale=1.0, zero_point=0, dtype=np.int8)
+    even = QKERNELS["quantize"].fast(x, scale=1.0, zero_point=0, dtype=np.int8, rounding="even")
+    assert away.tolist() == [1, 2, 3, -1, -3, 127, -128]
+    assert even.tolist() == [0, 2, 2, 0, -2, 127, -128]
+
+
+# --- the fixed-point helpers -----------------------------------------------------------------
+
+EDGES = [fp.INT32_MIN, fp.INT32_MIN + 1, -(1 << 30), -1, 0, 1, 1 << 30, fp.INT32_MAX]
+
+
+INT32 = st.integers(fp.INT32_MIN, fp.INT32_MAX)
+
+
+@given(st.lists(st.tuples(INT32, INT32), min_size=1, max_size=50))
+def test_srdhm_scalar_equals_array_form(pairs):
+    pairs += [(p, q) for p in EDGES for q in EDGES]  # every pair of edge values too
+    a, b = np.array([p for p, _ in pairs]), np.array([q for _, q in pairs])
+    scalar = [fp.srdhm(int(p), int(q)) for p, q in zip(a, b)]
+    np.testing.assert_array_equal(scalar, fp.srdhm_ref(a, b))
+
+
+def test_srdhm_known_values():
+    assert fp.srdhm(fp.INT32_MIN, fp.INT32_MIN) == fp.INT32_MAX  # the one saturating product
+    assert fp.srdhm(1 << 30, 1 << 30) == 1 << 29  # 0.5 * 0.5 = 0.25
+    assert fp.srdhm(3, 1 << 30) == 2 and fp.srdhm(-3, 1 << 30) == -1  # 1.5 -> 2, -1.5 -> -1: halves up
+
+
+@given(st.lists(st.integers(fp.INT32_MIN, fp.INT32_MAX), min_size=1, max_size=50), st.integers(0, 31))
+def test_rounding_divide_by_pot_scalar_equals_array_form(x, e):
+    x = np.array(x + EDGES)
+    np.testing.assert_array_equal([fp.rounding_divide_by_pot(int(v), e) for v in x],
+                                  fp.rounding_divide_by_pot_ref(x, e))
+    assert fp.rounding_divide_by_pot(5, 1) == 3 and fp.rounding_divide_by_pot(-5, 1) == -3  # away from zero
+
+
+@given(st.lists(st.integers(-(1 << 24), 1 << 24), min_size=1, max_size=50), SCALE, SCALE, SCALE)
+def test_multiply_by_quantized_multiplier_scalar_equals_array_form_and_the_real_product(acc, s_x, s_w, s_y):
+    (m,), (shift,) = fp.conv_multipliers(s_x, [s_w], s_y)
+    acc = np.array(acc)
+    scalar = np.array([fp.multiply_by_quantized_multiplier(int(v), int(m), int(shift)) for v in acc])
+    np.testing.assert_array_equal(scalar, fp.multiply_by_quantized_multiplier_ref(acc, m, shift))
+    real = acc * (m * 2.0 ** (shift - 31))  # what the two roundings approximate
+    fits = np.abs(real) < 2.0 ** 30  # beyond int32 the runtime's product wraps around, as C does
+    assert np.all(np.abs(scalar - real)[fits] <= 1.0)
+
+
+@given(st.floats(2.0 ** -40, 2.0 ** 20))
+def test_quantize_multiplier(real):
+    m, shift = fp.quantize_multiplier(real)
+    if shift == 0 and m == 0:  # flushed to zero: below 2^-32
+        assert real < 2.0 ** -31
+        return
+    assert 1 << 30 <= m < 1 << 31
+    assert abs(m * 2.0 ** (shift - 31) - real) <= real * 2.0 ** -31  # half a unit in the last place
+    assert fp.quantize_multiplier(0.75) == (3 << 29, 0)
+    assert fp.quantize_multiplier(1 - 2.0 ** -40) == (1 << 30, 1)  # rounds up to 2^31: renormalised
+
+
+def test_activation_ranges():
+    # relu6 on scale 6/255, zero point 0: 0 .. 255; on scale 0.1, zero point 10: 10 .. 70
+    assert fp.activation_range("relu6", 6 / 255, 0, 0, 255) == (0, 255)
+    assert fp.activation_range("relu6", 0.1, 10, 0, 255) == (10, 70)
+    assert fp.activation_range("relu", 0.1, -5, -128, 127) == (-5, 127)
+    assert fp.activation_range(None, 0.1, 3, -128, 127) == (-128, 127)
+
+
+def test_exp_and_reciprocal_approximate_the_real_functions():
+    # gemmlowp's fixed-point exp (Q5.26 in, Q0.31 out) and 1 / (1 + x), against math
+    for real in [-31.9, -8.0, -1.0, -0.25, -0.1, -1e-6]:
+        raw = int(round(real * 2 ** 26))
+        error = abs(fp.exp_on_negative_values(raw, 5) / 2 ** 31 - math.exp(raw / 2 ** 26))
+        assert error < 2.0 ** -21  # gemmlowp's polynomial is good to about 2^-23
+    for real in [0.0, 0.25, 0.5, 0.999]:
+        assert abs(fp.one_over_one_plus_x(int(real * 2 ** 31)) / 2 ** 31 - 1 / (1 + real)) < 1e-8
+    r, bits = fp.get_reciprocal(3 << 19, 12)  # 3.0 in Q12.19
+    assert abs(r / 2 ** 31 / 2 ** bits - 1 / 3) < 1e-8
+
+
+@given(st.lists(INT32, min_size=1, max_size=40), st.integers(1 << 30, fp.INT32_MAX), st.integers(-31, 30),
+       st.integers(-128, 255))
+def test_requantize_without_branches_equals_the_runtime_rounding(acc, multiplier, shift, y_zero):
+    # the epilogue of every convolution kernel (SIMD-friendly form) against the oracle's form,
+    # over the whole int32 accumulator range, negative values and left shifts included
+    rq = fp.requantize_params(np.array([multiplier]), np.array([shift]))
+    fast = [fp.requantize(a, rq, 0, y_zero, -(1 << 40), 1 << 40) for a in acc]
+    ref = fp.requantize_ref(np.array(acc), multiplier, shift, y_zero, -(1 << 40), 1 << 40)
+    np.testing.assert_array_equal(fast, ref)

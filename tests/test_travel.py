@@ -1,0 +1,78 @@
+"""A Model that travels to other processes: pickling (what Dask and Ray ship to their workers)
+and `npmobile warmup` (a process started after it compiles nothing)."""
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import npmobile
+from npmobile.data import DIGITS_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_v2():
+    """MobileNetV2 (residual adds included) with random weights, small enough to run in ms."""
+    graph = npmobile.mobilenet_v2(0.35, 64, classes=7)
+    rng = np.random.default_rng(1)
+    params = {k: rng.standard_normal(s).astype(np.float32) * 0.2 for k, s in graph.param_shapes().items()}
+    params.update({k: np.abs(v) + 1 for k, v in params.items() if k.endswith(".var")})
+    return npmobile.Model(graph, params, labels=[f"class {i}" for i in range(7)])
+
+
+def python(code, env=None):
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.mark.parametrize("make", [lambda: npmobile.load(DIGITS_MODEL), tiny_v2], ids=["digits_v1", "tiny_v2"])
+def test_pickled_model_gives_bit_identical_outputs_in_a_fresh_process(tmp_path, make):
+    model = make()
+    h, w, c = model.graph.input_shape
+    x = np.random.default_rng(2).standard_normal((5, h, w, c)).astype(np.float32)
+    expected = model(x)
+    threads = [threading.Thread(target=model, args=(x,), kwargs={"threads": 2}) for _ in range(2)]
+    for t in threads:  # the model now holds plans, a fused graph, thread-local state: none of it travels
+        t.start()
+    for t in threads:
+        t.join()
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "x.npy", x)
+    python(f"import pickle, numpy as np; m = pickle.load(open({str(tmp_path / 'model.pkl')!r}, 'rb')); "
+           f"np.save({str(tmp_path / 'y.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r})))")
+    got = np.load(tmp_path / "y.npy")
+    assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+
+
+def test_pickle_carries_the_model_and_nothing_else():
+    model = tiny_v2()
+    before = pickle.dumps(model)
+    model(np.zeros((3, 64, 64, 3), dtype=np.float32), threads=2)
+    after = pickle.dumps(model)
+    assert len(after) == len(before)  # no plans or buffers came along
+    copy = pickle.loads(after)
+    assert copy.labels == model.labels and copy.config == model.config and copy.source == model.source
+    assert [n for n in copy.graph.nodes] == [n for n in model.graph.nodes]
+    assert all(np.array_equal(copy.params[k], v) for k, v in model.params.items())
+
+
+def test_after_warmup_a_new_process_compiles_nothing(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    first = subprocess.run([sys.executable, "-m", "npmobile", "warmup"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "kernel loops ready" in first.stdout
+    code = ("import numpy as np, npmobile; from npmobile.warmup import compiled_here\n"
+            f"m = npmobile.load({str(DIGITS_MODEL)!r}); m(np.zeros((3, 32, 32, 3), np.float32))\n"
+            "from test_travel import tiny_v2\n"
+            "v2 = tiny_v2(); v2(np.zeros((1, 64, 64, 3), np.float32)); v2.run(np.zeros((2, 64, 64, 3), np.float32))\n"
+            "print(compiled_here())")
+    assert python(code, env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}).strip() == "0"
