@@ -168,7 +168,11 @@ def test_corpus_file_agrees_with_its_runtime(corpus, name):
     entry, path, bound = manifest[name], folder / name, FILES[name]
     assert entry["quantized"] == (bound is not None)
     # a state_dict or export archive does not record its input size: the generator's
-    model = npmobile.load(path, **({"resolution": entry["resolution"]} if "resolution" in entry else {}))
+    options = {"resolution": entry["resolution"]} if "resolution" in entry else {}
+    if path.suffix == ".tflite":  # the float path; the default path must load the file too
+        npmobile.load(path)
+        options["dequantize"] = True
+    model = npmobile.load(path, **options)
     x = model_input(model, None if bound is not None else FLOAT_PHOTOS)
     ref, seen = reference(path, entry, x)
     y = model(seen).reshape(len(x), -1)

@@ -396,8 +396,10 @@ def _build(tfl, buf, path, dequantize=False):
     ops = _ops(reader)
     _check_supported(w, ops)
     if not dequantize:
-        from .tflite_int import build_integer, is_integer_graph
-        if is_integer_graph(reader, ops):
+        from .tflite_int import TRANSLATE as INTEGER_OPS, build_integer, is_integer_graph
+        # the integer engine's ops; a quantized file with others (a FULLY_CONNECTED or MEAN head,
+        # QUANTIZE at the ends) runs as float, dequantized, until the integer engine has them
+        if is_integer_graph(reader, ops) and all(op.kind in INTEGER_OPS for op in ops):
             return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(reader, classes))
     shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
     for op in ops:
