@@ -203,3 +203,22 @@ def test_corpus_labels(corpus):
         assert labels == make_corpus.label_names(n), name
 
 
+
+
+def test_a_form_outside_the_supported_set_is_refused_listing_every_node(corpus, tmp_path):
+    """quantize_dynamic on the convolutions writes ConvInteger nodes, which npmobile does not
+    run: loading refuses the file with one error that names every one of them."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from npmobile.errors import WeightFileError
+
+    folder, _ = corpus
+    path = tmp_path / "conv_integer.onnx"
+    quantize_dynamic(str(folder / "tv_v2_05_112_c100_legacy_op13.onnx"), str(path), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Conv"])
+    n = sum(node.op_type == "ConvInteger" for node in onnx.load(str(path)).graph.node)
+    with pytest.raises(WeightFileError) as e:
+        npmobile.load(path)
+    assert n == 52 and f"{n} ONNX node(s) npmobile cannot run" in str(e.value)
+    assert str(e.value).count("(ConvInteger): op not supported") == n
