@@ -76,7 +76,7 @@ def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=Fal
     (randomise) with a prototype head."""
     if trained:
         base, kernel, bias = trained_base(arch)
-        res = 224
+        res = TRAINED[arch][2]
     else:
         app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
         base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, weights=None)
@@ -121,28 +121,24 @@ def classifier(arch, alpha, res, classes, *, activation="softmax", rescaling=Fal
     return model
 
 
+TRAINED = {"v1": ("mobilenet_v1_0.25_128_quant.tflite", 0.25, 128), "v2": ("mobilenet_v2_1.0_224_quant.tflite", 1.0, 224)}
+
+
 def trained_base(arch, pooling=None):
-    """A keras.applications base (include_top=False) at 224 holding trained ImageNet weights from
-    ../shared/assets, and that network's classifier (kernel (c, 1000), bias (1000,)):
-    - v1: MobileNet 0.25 from mobilenet_v1_0.25_224.h5 (Keras, float);
-    - v2: MobileNetV2 1.0 from mobilenet_v2_1.0_224_quant.tflite (dequantized; each BN the
-      identity plus the folded bias; the background class dropped).
+    """A keras.applications base (include_top=False) holding the trained ImageNet weights of one
+    of ../shared/assets' quantization-aware-trained TFLite files (TRAINED: V1 0.25-128, V2
+    1.0-224), dequantized, each BN the identity plus the folded bias; and that file's classifier
+    without its background class (kernel (c, 1000), bias (1000,)). Returns (base, kernel, bias).
     A random network's features barely differ between photos, so quantization noise decides its
-    top-1; a trained base gives the confident outputs a real fine-tuned file has."""
-    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
-    base = app(input_shape=(224, 224, 3), alpha=0.25 if arch == "v1" else 1.0, include_top=False, pooling=pooling,
-               weights=None)
-    if arch == "v1":
-        full = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25,
-                                            weights=str(ASSETS / "models" / "mobilenet_v1_0.25_224.h5"))
-        for layer in base.layers:
-            if layer.weights:
-                layer.set_weights(full.get_layer(layer.name).get_weights())
-        k, b = full.get_layer("conv_preds").get_weights()
-        return base, k[0, 0], b
+    top-1; a trained base gives the confident outputs a real fine-tuned file has. (The Keras V1
+    0.25-224 .h5 in the assets was tried first: per-tensor uint8 depthwise weights, as the legacy
+    converter writes them, leave that float-trained network one class for every photo.)"""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    src = flatbuffer_utils.read_model(str(ASSETS / "models" / "mobilenet_v2_1.0_224_quant.tflite"))
+    name, alpha, res = TRAINED[arch]
+    app = {"v1": keras.applications.MobileNet, "v2": keras.applications.MobileNetV2}[arch]
+    base = app(input_shape=(res, res, 3), alpha=alpha, include_top=False, pooling=pooling, weights=None)
+    src = flatbuffer_utils.read_model(str(ASSETS / "models" / name))
     g = src.subgraphs[0]
 
     def value(i):
@@ -180,9 +176,9 @@ def headless(arch, alpha, res, pooling, trained=False):
 
 
 def slim_classifier(classes):
-    """keras.applications.MobileNet(0.25, 224, include_top=True, classes=k) on the trained base:
+    """keras.applications.MobileNet(0.25, 128, include_top=True, classes=k) on the trained base:
     GAP (keepdims) -> Dropout -> 1x1 Conv -> Reshape -> softmax, the head Keras writes for V1."""
-    model = keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, classes=classes, weights=None)
+    model = keras.applications.MobileNet(input_shape=(128, 128, 3), alpha=0.25, classes=classes, weights=None)
     base, kernel, bias = trained_base("v1")
     for layer in base.layers:
         if layer.weights:
@@ -387,20 +383,20 @@ def write_all(out):
                **keras_file)
     to_onnx(out, m, "v2_10_224_fc965_tf2onnx.onnx", opset=13)
 
-    # V1 0.25-224 with Keras' own classifier head (1x1 conv + reshape), 10 classes.
+    # V1 0.25-128 with Keras' own classifier head (1x1 conv + reshape), 10 classes.
     m = slim_classifier(10)
     head = "MEAN + CONV_2D 1x1 + RESHAPE + SOFTMAX head, 10 classes"
     for mode in ("float", "int8"):
-        write(out, f"v1_025_224_conv10_{mode}.tflite", with_metadata(to_tflite(m, mode), label_names(10), "v1"),
+        write(out, f"v1_025_128_conv10_{mode}.tflite", with_metadata(to_tflite(m, mode), label_names(10), "v1"),
               format="tflite", writer="TFLiteConverter", quantized=mode != "float", runtime="litert",
               form=f"{mode}; {head}; labels from the TFLite Metadata")
-    write(out, "v1_025_224_conv10_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), form=f"legacy uint8; {head}",
+    write(out, "v1_025_128_conv10_legacy_uint8.tflite", to_legacy_uint8(m, out / "legacy"), form=f"legacy uint8; {head}",
           **legacy)
-    save_keras(out, m, "v1_025_224_conv10.h5", form="keras.applications.MobileNet(classes=10), legacy .h5", **keras_file)
+    save_keras(out, m, "v1_025_128_conv10.h5", form="keras.applications.MobileNet(classes=10), legacy .h5", **keras_file)
 
     # Other heads on trained bases: AVERAGE_POOL_2D + Flatten + linear Dense; 1x1 conv + squeeze.
-    m = classifier("v1", 0.25, 224, 12, activation=None, pool="avg", trained=True)
-    tflite_forms(out, m, "v1_025_224_avgpool_linear12", ("float", "int8-float-io"),
+    m = classifier("v1", 0.25, 128, 12, activation=None, pool="avg", trained=True)
+    tflite_forms(out, m, "v1_025_128_avgpool_linear12", ("float", "int8-float-io"),
                  "AVERAGE_POOL_2D + RESHAPE + FULLY_CONNECTED head (no softmax), 12 classes")
     m = classifier("v2", 1.0, 224, 20, head="conv", trained=True)
     head = "MEAN + CONV_2D 1x1 + SQUEEZE + SOFTMAX head, 20 classes"
@@ -409,8 +405,8 @@ def write_all(out):
           form=f"legacy uint8; {head}", **legacy)
 
     # Headless embedding extractors.
-    m = headless("v1", 0.25, 224, "avg", trained=True)
-    tflite_forms(out, m, "v1_025_224_headless_avg", ("float", "int8"), "headless extractor (pooling=avg)",
+    m = headless("v1", 0.25, 128, "avg", trained=True)
+    tflite_forms(out, m, "v1_025_128_headless_avg", ("float", "int8"), "headless extractor (pooling=avg)",
                  embedding=True)
     m = headless("v2", 0.35, 128, None)
     tflite_forms(out, m, "v2_035_128_headless_map", ("dynamic",), "headless, random weights, the 4x4x1280 map out",

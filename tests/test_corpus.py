@@ -33,17 +33,17 @@ FILES = {
     "v2_10_224_fc965_legacy_uint8.tflite": 0.97,
     "v2_10_224_fc965.keras": None,
     "v2_10_224_fc965_tf2onnx.onnx": None,
-    # trained V1 0.25-224 and V2 1.0-224 bases with other heads, headless extractors
-    "v1_025_224_conv10_float.tflite": None,
-    "v1_025_224_conv10_int8.tflite": 0.9,
-    "v1_025_224_conv10_legacy_uint8.tflite": 0.9,
-    "v1_025_224_conv10.h5": None,
-    "v1_025_224_avgpool_linear12_float.tflite": None,
-    "v1_025_224_avgpool_linear12_int8-float-io.tflite": 0.9,
+    # trained V1 0.25-128 and V2 1.0-224 bases with other heads, headless extractors
+    "v1_025_128_conv10_float.tflite": None,
+    "v1_025_128_conv10_int8.tflite": 0.9,
+    "v1_025_128_conv10_legacy_uint8.tflite": 0.9,
+    "v1_025_128_conv10.h5": None,
+    "v1_025_128_avgpool_linear12_float.tflite": None,
+    "v1_025_128_avgpool_linear12_int8-float-io.tflite": 0.9,
     "v2_10_224_conv_squeeze20_float.tflite": None,
     "v2_10_224_conv_squeeze20_legacy_uint8.tflite": 0.95,
-    "v1_025_224_headless_avg_float.tflite": None,
-    "v1_025_224_headless_avg_int8.tflite": 0.99,
+    "v1_025_128_headless_avg_float.tflite": None,
+    "v1_025_128_headless_avg_int8.tflite": 0.99,
     "v2_035_128_headless_map_dynamic.tflite": 0.99,
     # small random-weight networks: Keras wrappers, torchvision, torch.onnx
     "v2_05_128_seq_rescale_linear37.keras": None,
@@ -197,8 +197,8 @@ def test_corpus_labels(corpus):
     folder, _ = corpus
     # the legacy file: labels.txt in an appended zip; the V1 ones: the file the TFLite Metadata
     # names, packed after a readme.txt (so taking the zip's first .txt would be wrong)
-    for name, n in (("v2_10_224_fc965_legacy_uint8.tflite", 965), ("v1_025_224_conv10_float.tflite", 10),
-                    ("v1_025_224_conv10_int8.tflite", 10)):
+    for name, n in (("v2_10_224_fc965_legacy_uint8.tflite", 965), ("v1_025_128_conv10_float.tflite", 10),
+                    ("v1_025_128_conv10_int8.tflite", 10)):
         labels = npmobile.load(folder / name).labels
         assert labels == make_corpus.label_names(n), name
 
