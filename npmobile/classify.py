@@ -18,6 +18,7 @@ import csv
 import functools
 import json
 import os
+import stat
 import sys
 import warnings
 
@@ -32,6 +33,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # would warn about a real 10,000 x 10,000 photo. Above 2 * 144M pixels (over 800 MB decoded)
 # the image is reported and skipped.
 MAX_IMAGE_PIXELS = 12_000 * 12_000
+# Pixels alone undercount: a 16-bit or CMYK image takes more bytes per pixel. The bytes an image
+# takes to decode and bring to 8-bit RGB are capped at what an 8-bit RGB image of
+# MAX_IMAGE_PIXELS takes (432 MB), judged from the header (after JPEG's draft scaling) before
+# any pixel is decoded. 16-bit samples count 8 bytes: decoded, copied, shifted, narrowed.
+MAX_IMAGE_BYTES = 3 * MAX_IMAGE_PIXELS
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                    "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "F": 4}
+
+
+class ImageRefused(ValueError):
+    """An image file refused before decoding: empty, or too large once decoded."""
 
 
 def _pil():
@@ -44,31 +56,48 @@ def _pil():
 # --- finding and reading images -------------------------------------------------------------
 
 def iter_paths(paths):
-    """Yield (path, None) for every file to classify, or (path, reason) for a path that is
-    missing. Files named on the command line are always tried; folders are walked recursively
-    for image suffixes, skipping hidden entries, each directory in name order."""
+    """Yield (path, None) for every file to classify, or (path, reason) for one that cannot be:
+    missing, not a regular file (a FIFO, socket or device would block or never end), or a folder
+    that cannot be listed. Files named on the command line are always tried; folders are walked
+    for image suffixes, skipping hidden entries, each directory in name order. The walk always
+    ends: a directory (by device and inode) is entered once, however many links lead to it."""
+    entered = set()
     for path in paths:
-        if os.path.isdir(path):
-            yield from ((p, None) for p in _walk(path))
-        elif os.path.isfile(path):
-            yield path, None
-        else:
-            yield path, "no such file or directory"
+        yield from _walk(path, entered, named=True)
 
 
-def _walk(folder):
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted((e.name, e.is_dir()) for e in it if not e.name.startswith("."))
-    except OSError as e:
-        print(f"npmobile: {folder}: cannot list: {e.strerror or e}", file=sys.stderr)
-        return
-    for name, is_dir in entries:
-        path = os.path.join(folder, name)
-        if is_dir:
-            yield from _walk(path)
-        elif name.lower().endswith(IMAGE_SUFFIXES):
-            yield path
+def _kind(mode):
+    """What a file that is not a regular file or a directory is, for a message."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _walk(root, entered, named):
+    """Depth first in name order, iteratively (a deep tree cannot exhaust the stack)."""
+    pending = [(root, named)]  # a stack: the next path to look at is last
+    while pending:
+        path, named = pending.pop()
+        try:
+            st = os.stat(path)  # follows links: a link is judged by what it points to
+        except OSError as e:
+            yield path, "no such file or directory" if isinstance(e, FileNotFoundError) else _reason(e)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in entered:
+                continue  # a link back to a folder already walked: following it again never ends
+            entered.add((st.st_dev, st.st_ino))
+            try:
+                with os.scandir(path) as it:
+                    names = sorted(e.name for e in it if not e.name.startswith("."))
+            except OSError as e:
+                yield path, f"cannot list the folder: {_reason(e)}"
+                continue
+            pending.extend((os.path.join(path, n), False) for n in reversed(names))
+        elif named or path.lower().endswith(IMAGE_SUFFIXES):
+            yield path, None if stat.S_ISREG(st.st_mode) else f"{_kind(st.st_mode)}, not a regular file: not read"
 
 
 def read_image(path, resolution, crop):
@@ -84,9 +113,21 @@ def read_image(path, resolution, crop):
             need = int(np.ceil(2 * resolution / crop))
             if im.format == "JPEG":
                 im.draft("RGB", (need, need))
+            _check_size(im)
             im = ImageOps.exif_transpose(im)
             rgb = np.asarray(_to_rgb(im, Image))
     return center_crop_resize(rgb, resolution, crop)
+
+
+def _check_size(im):
+    """Refuse an empty image, or one whose decoded pixels would take over MAX_IMAGE_BYTES."""
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageRefused(f"an empty image ({w}x{h} pixels)")
+    size = w * h * _BYTES_PER_PIXEL.get(im.mode, 8)
+    if size > MAX_IMAGE_BYTES:
+        raise ImageRefused(f"decompression bomb refused: a {w}x{h} {im.mode} image decodes to {size:,.0f} bytes, "
+                           f"above {MAX_IMAGE_BYTES:,}")
 
 
 def _to_rgb(im, Image):
@@ -95,8 +136,8 @@ def _to_rgb(im, Image):
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, im).convert("RGB")
     if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit samples: keep the top 8 bits
-        a = np.asarray(im).astype(np.int64)
-        im = Image.fromarray(np.clip(a >> 8, 0, 255).astype(np.uint8))
+        a = np.asarray(im)  # uint16 (I;16) or int32 (I): shifted in its own type, no wider copy
+        im = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8))
     return im.convert("RGB")
 
 
@@ -112,6 +153,8 @@ def try_read(path, resolution, crop):
 
 def _reason(e):
     name = type(e).__name__
+    if isinstance(e, ImageRefused):
+        return str(e)
     if name in ("DecompressionBombError", "DecompressionBombWarning"):
         return f"decompression bomb refused: {e}"
     if name == "UnidentifiedImageError":
@@ -140,6 +183,17 @@ def top_k(model, probs, k):
     return [[(labels[i] if labels else str(i), int(i), float(p[i])) for i in row] for p, row in zip(probs, order)]
 
 
+def shown(path):
+    """A path as printed in text and CSV output and on stderr: every character that is not
+    printable (a newline, a carriage return, an escape sequence, bytes that are not UTF-8) is
+    written as its backslash escape, so a file name cannot forge or hide a result line."""
+    path = os.fspath(path)
+    if path.isprintable():
+        return path
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in path)
+
+
 class _Writer:
     """Writes each result as it comes, as text lines, CSV rows or one streamed JSON array."""
 
@@ -162,16 +216,16 @@ class _Writer:
             self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
         elif self.fmt == "csv":
             for rank, (lab, i, p) in enumerate(preds, start=1):
-                self.csv.writerow([path, rank, lab, i, f"{p:.6f}"])
+                self.csv.writerow([shown(path), rank, lab, i, f"{p:.6f}"])
         else:
-            line = f"{path}: " + ", ".join(f"{lab} ({p:.1%})" for lab, _, p in preds)
+            line = f"{shown(path)}: " + ", ".join(f"{shown(lab)} ({p:.1%})" for lab, _, p in preds)
             self.bar.write(line, file=self.out) if self.bar is not None else print(line, file=self.out)
         self.count += 1
 
     def error(self, path, reason):
         if self.fmt in rows.ROW_FORMATS:
             self.rows.write(rows.to_rows([(path, reason)], []))
-        line = f"npmobile: {path}: skipped: {reason}"
+        line = f"npmobile: {shown(path)}: skipped: {reason}"
         self.bar.write(line, file=sys.stderr) if self.bar is not None else print(line, file=sys.stderr)
 
     def close(self):

@@ -2,6 +2,7 @@
 (the standard library's) parses, so `npmobile --help` and `npmobile CMD --help` document all."""
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -100,10 +101,30 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return _run(args)
+
+
+def _run(args):
+    """Run a subcommand; whatever goes wrong is one line on stderr, never a traceback. The
+    documented errors (ValueError and its WeightFileError, FileNotFoundError, ImportError naming
+    the extra to install) are the message; Ctrl-C exits 130 as shells expect; anything else is a
+    bug, reported as one (NPMOBILE_DEBUG=1 shows its traceback)."""
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"npmobile {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"npmobile {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"npmobile {args.command}: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 -- the last line of defence: no traceback for users
+        if os.environ.get("NPMOBILE_DEBUG"):
+            raise
+        print(f"npmobile {args.command}: internal error (please report it; NPMOBILE_DEBUG=1 shows the "
+              f"traceback): {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 

@@ -67,30 +67,46 @@ class Graph:
 
 
 def check_params(graph, params, source):
-    """Raise one WeightFileError naming every tensor that does not fit `graph`."""
+    """The weights as C-contiguous float32 arrays, after one WeightFileError naming every tensor
+    that does not fit `graph`: missing, unexpected, not float, mis-shaped, not finite (or a
+    negative variance, which a folded batch norm would turn into NaN)."""
+    if not hasattr(params, "items"):
+        raise WeightFileError(f"{source}: expected the weights as a mapping of names to arrays, "
+                              f"found {type(params).__name__}")
     expected = graph.param_shapes()
     # in graph order, so the first layer at fault comes first
     missing = [k for k in expected if k not in params]
-    extra = sorted(set(params) - set(expected))
-    wrong = []
-    for key in (k for k in expected if k in params):
-        a = params[key]
-        if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
-            wrong.append(f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}")
-        elif tuple(a.shape) != expected[key]:
-            wrong.append(f"{key}: expected shape {expected[key]}, found {tuple(a.shape)}")
-        elif not np.isfinite(a).all():
-            wrong.append(f"{key}: expected finite values, found NaN or inf")
-    if missing or extra or wrong:
-        arch = graph.config.arch if graph.config else "the graph"
-        lines = [f"{source}: the tensors do not fit {arch} {_describe(graph.config)}:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
-        if extra:
-            lines.append(f"  unexpected ({len(extra)}): {', '.join(extra[:20])}" + (" ..." if len(extra) > 20 else ""))
-        lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
-        raise WeightFileError("\n".join(lines))
+    extra = set(params) - set(expected)
+    wrong = [p for p in (_tensor_problem(k, params[k], expected[k]) for k in expected if k in params) if p]
+    error = tensor_error(graph, source, missing, extra, wrong)
+    if error:
+        raise error
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+def _tensor_problem(key, a, shape):
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
+        return f"{key}: expected float32, found {getattr(a, 'dtype', type(a).__name__)}"
+    if tuple(a.shape) != shape:
+        return f"{key}: expected shape {shape}, found {tuple(a.shape)}"
+    if not np.isfinite(a).all():
+        return f"{key}: expected finite values, found NaN or inf"
+    if key.endswith(".var") and (a < 0).any():
+        return f"{key}: expected a variance >= 0, found {float(a.min())}"
+    return None
+
+
+def tensor_error(graph, source, missing=(), extra=(), wrong=()):
+    """One WeightFileError naming every missing, unexpected and wrong tensor (None if none)."""
+    if not (missing or extra or wrong):
+        return None
+    arch = graph.config.arch if graph.config else "the graph"
+    lines = [f"{source}: the tensors do not fit {arch} {_describe(graph.config)}:"]
+    for what, names in (("missing", list(missing)), ("unexpected", sorted(extra))):
+        if names:
+            lines.append(f"  {what} ({len(names)}): {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
+    lines += [f"  {w}" for w in wrong[:20]] + ([f"  ... and {len(wrong) - 20} more"] if len(wrong) > 20 else [])
+    return WeightFileError("\n".join(lines))
 
 
 def _describe(config):
@@ -191,9 +207,6 @@ class Builder:
 
 # --- the graph as JSON, for the native weight file ------------------------------------------
 
-_ATTRS = {"stride": int, "pad": list, "clamp": list, "eps": float, "lo": float, "hi": float}
-
-
 def graph_to_json(graph):
     return {"input_shape": list(graph.input_shape),
             "nodes": [{"op": n.op, "name": n.name, "inputs": list(n.inputs), "attrs": n.attrs,
@@ -201,35 +214,35 @@ def graph_to_json(graph):
                       for n in graph.nodes]}
 
 
-def graph_from_json(data, config, ops):
-    """Rebuild a graph from graph_to_json's output, refusing anything that is not a plain chain
-    of known ops over earlier values (`ops` is the set of kernel names)."""
-    try:
-        nodes, seen = [], {"input"}
-        for i, d in enumerate(data["nodes"]):
-            where = f"node {i} ({d.get('name')!r})"
-            if d["op"] not in ops:
-                raise ValueError(f"{where}: unknown op {d['op']!r}")
-            if d["name"] in seen or not isinstance(d["name"], str):
-                raise ValueError(f"{where}: name repeated or not a string")
-            for name in d["inputs"]:
-                if name not in seen:
-                    raise ValueError(f"{where}: reads {name!r}, which no earlier node produces")
-            attrs = {}
-            for k, v in d["attrs"].items():
-                if k not in _ATTRS:
-                    raise ValueError(f"{where}: unknown attribute {k!r}")
-                attrs[k] = tuple(float(a) for a in v) if k == "clamp" else (
-                    tuple(int(a) for a in v) if k == "pad" else _ATTRS[k](v))
-            params = {p: tuple(int(a) for a in s) for p, s in d["params"].items()}
-            nodes.append(Node(d["op"], d["name"], tuple(d["inputs"]), attrs, params,
-                              tuple(int(a) for a in d["shape"])))
-            seen.add(d["name"])
-        if not nodes:
-            raise ValueError("no nodes")
-        return Graph(nodes, tuple(int(a) for a in data["input_shape"]), config)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"malformed graph description: {e!r}") from None
+def _fields(d, i):
+    """One node's JSON fields, each of the JSON type graph_to_json writes (ValueError if not)."""
+    types = {"op": str, "name": str, "inputs": list, "attrs": dict, "params": dict, "shape": list}
+    if not isinstance(d, dict):
+        raise ValueError(f"node {i}: expected a JSON object, found {type(d).__name__}")
+    for key, kind in types.items():
+        if not isinstance(d.get(key), kind):
+            raise ValueError(f"node {i} ({d.get('name')!r}): {key}: expected {kind.__name__}, "
+                             f"found {type(d.get(key)).__name__}")
+    if not all(isinstance(s, str) for s in d["inputs"]):
+        raise ValueError(f"node {i} ({d['name']!r}): inputs: expected the names of values (strings)")
+    if not all(isinstance(s, list) for s in d["params"].values()):
+        raise ValueError(f"node {i} ({d['name']!r}): params: expected a list (a shape) per weight")
+    return d
+
+
+def graph_from_json(data, config):
+    """Rebuild a graph from graph_to_json's output. Only the JSON types are checked here (lists
+    become tuples, nothing is converted); validate.check_graph judges what the values mean."""
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or \
+            not isinstance(data.get("input_shape"), list):
+        raise ValueError("expected an object with a list of nodes and an input_shape list")
+    nodes = []
+    for i, d in enumerate(data["nodes"]):
+        d = _fields(d, i)
+        attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in d["attrs"].items()}
+        nodes.append(Node(d["op"], d["name"], tuple(d["inputs"]), attrs,
+                          {p: tuple(s) for p, s in d["params"].items()}, tuple(d["shape"])))
+    return Graph(nodes, tuple(data["input_shape"]), config)
 
 
 class Imported(NamedTuple):

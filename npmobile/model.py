@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import engine
-from .graph import check_params
+from . import engine, validate
 from .preprocess import preprocess_batch
 
 _num_threads = int(os.environ.get("NPMOBILE_NUM_THREADS") or os.environ.get("NUMBA_NUM_THREADS") or 1)
@@ -64,7 +63,8 @@ class Model:
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
-        self.params = check_params(graph, params, source)
+        # Every reader ends here: the one validation step, before anything runs or is allocated.
+        self.params = validate.check_model(graph, params, labels, source)
         # The file's class names; else ImageNet's for a 1000/1001-class classifier (data.default_labels).
         self.labels = list(labels) if labels is not None else _default_labels(graph.config)
         self.source = source
@@ -131,7 +131,9 @@ class Model:
 
     def predict(self, x, batch_size=32):
         """model(x) in batches of batch_size, concatenated (Keras' predict)."""
-        x = np.asarray(x)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+        x = engine.check_input(self.graph, x)
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     def preprocess(self, images):

@@ -21,6 +21,8 @@ def _as_rgb_array(image, i):
         raise ValueError(f"images[{i}]: expected uint8 RGB pixels, found dtype {a.dtype}")
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"images[{i}]: expected shape (h, w, 3), found {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"images[{i}]: an empty image, shape {a.shape}")
     return a
 
 

@@ -84,9 +84,19 @@ class QuantizedModel:
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
 
-    def __call__(self, x):
-        """Float batch in, the output dequantized to float32 out (probabilities for a softmax)."""
-        q = self.run_integers(self.quantize_input(x))
+    def __getstate__(self):
+        """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
+        thread-local plans."""
+        return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
+                "labels": self.labels, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def __call__(self, x, *, threads=None):
+        """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
+        threads as in Model.__call__."""
+        q = self.run_integers(self.quantize_input(x), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)
 
@@ -94,13 +104,13 @@ class QuantizedModel:
         x = np.asarray(x)
         return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
-    def run_integers(self, q):
+    def run_integers(self, q, *, threads=None):
         """The fast engine on the integer input q (n, h, w, c): a new array of output integers.
         As in the float Model, a batch is split across the threads of npmobile.set_num_threads,
         and each thread runs its part PLAN_BATCH images at a time (the float32 scratch of the
         exact kernels grows with the batch: about 30 MB per image for V2-224)."""
         q = self._check_integer_input(q)
-        parts = min(get_num_threads(), len(q))
+        parts = min(threads or get_num_threads(), len(q))
         bounds = np.linspace(0, len(q), parts + 1).astype(int)
         chunks = [q[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         outs = [self._run_part(chunks[0])] if parts == 1 else list(_executor().map(self._run_part, chunks))

@@ -35,7 +35,14 @@ def python(code, env=None):
 
 @pytest.mark.parametrize("make", [lambda: npmobile.load(DIGITS_MODEL), tiny_v2], ids=["digits_v1", "tiny_v2"])
 def test_pickled_model_gives_bit_identical_outputs_in_a_fresh_process(tmp_path, make):
-    model = make()
+    travels_bit_identically(make(), tmp_path)
+
+
+def test_pickled_quantized_model_gives_bit_identical_outputs_in_a_fresh_process(tmp_path, assets):
+    travels_bit_identically(npmobile.load(assets / "models" / "mobilenet_v1_0.25_128_quant.tflite"), tmp_path)
+
+
+def travels_bit_identically(model, tmp_path):
     h, w, c = model.graph.input_shape
     x = np.random.default_rng(2).standard_normal((5, h, w, c)).astype(np.float32)
     expected = model(x)
@@ -64,15 +71,18 @@ def test_pickle_carries_the_model_and_nothing_else():
     assert all(np.array_equal(copy.params[k], v) for k, v in model.params.items())
 
 
-def test_after_warmup_a_new_process_compiles_nothing(tmp_path):
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    first = subprocess.run([sys.executable, "-m", "npmobile", "warmup"], capture_output=True, text=True, cwd=ROOT,
-                           timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "kernel loops ready" in first.stdout
+def test_after_warmup_a_new_process_compiles_nothing(tmp_path, assets):
+    """`npmobile warmup --weights` into an empty NUMBA_CACHE_DIR; then a new process running float
+    models (built and read from a file) and the quantized TFLite file compiles no loop."""
+    quantized = assets / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    first = subprocess.run([sys.executable, "-m", "npmobile", "warmup", "--weights", str(quantized)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, **env})
+    assert first.returncode == 0 and "kernel loops ready" in first.stdout, first.stdout + first.stderr
     code = ("import numpy as np, npmobile; from npmobile.warmup import compiled_here\n"
             f"m = npmobile.load({str(DIGITS_MODEL)!r}); m(np.zeros((3, 32, 32, 3), np.float32))\n"
+            f"q = npmobile.load({str(quantized)!r}); q(np.zeros((1, 224, 224, 3), np.float32))\n"
             "from test_travel import tiny_v2\n"
             "v2 = tiny_v2(); v2(np.zeros((1, 64, 64, 3), np.float32)); v2.run(np.zeros((2, 64, 64, 3), np.float32))\n"
             "print(compiled_here())")
-    assert python(code, env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}).strip() == "0"
+    assert python(code, env=env).strip() == "0"

@@ -40,6 +40,8 @@ def load(path, *, dequantize=False, **options):
     dequantize=True loads its weights dequantized into a float Model instead."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO (reading it would block), a device...
+            raise WeightFileError(f"{path}: not a regular file: expected a weight file")
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     for suffixes, magic, reader in FORMATS:

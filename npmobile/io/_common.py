@@ -59,6 +59,20 @@ def dequantize(q, scale, zero_point, axis=0):
     return (scale * (q - zero_point)).astype(np.float32)
 
 
+def read_member(z, name, limit, source):
+    """One zip member's bytes, refused when its header declares more than `limit` bytes and read
+    with that cap whatever the header says (a deflated member can inflate 1000-fold)."""
+    info = z.getinfo(name)
+    if info.file_size > limit:
+        raise WeightFileError(f"{source}: zip member {name!r} declares {info.file_size:,} bytes, "
+                              f"expected at most {limit:,}")
+    with z.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise WeightFileError(f"{source}: zip member {name!r} inflates beyond {limit:,} bytes")
+    return data
+
+
 def refuse_unsupported(path, what, problems):
     """One WeightFileError naming every node the engine cannot run: [(node, op, reason), ...]."""
     lines = [f"{path}: {len(problems)} {what} node(s) npmobile cannot run (nothing was skipped):"]

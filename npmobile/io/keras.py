@@ -19,6 +19,7 @@ The files Keras writes:
 
 import io
 import json
+import math
 import re
 import zipfile
 
@@ -27,6 +28,8 @@ import numpy as np
 from ..architectures import mobilenet_v1, mobilenet_v2
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, Node
+from ..validate import expect, load_json, max_weight_bytes
+from ._common import read_member
 from ._widths import fit_alpha
 
 # Keras' weight names -> the graph's parameter names.
@@ -40,6 +43,7 @@ _ARCH = {
     "mobilenet_v2": dict(marker="expanded_conv_depthwise", head="predictions", activation="predictions",
                          widest=("block_16_project", 320), build=mobilenet_v2),
 }
+MAX_CONFIG_BYTES = 16 << 20  # a .keras zip's config.json
 _NAME = re.compile(r"^mobilenet(?:v2)?_(\d+\.\d+)_(\d+)$")  # keras.applications' model names
 
 
@@ -65,52 +69,100 @@ def _snake(class_name):
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _config_layers(model_config):
-    """{layer name: (class name, config)} in model order, from a Functional model's JSON."""
+def _parse_config(model_config):
+    """A Functional model's JSON (bytes, str or already parsed) as a dict, checked by shape and
+    depth (untrusted input: a list, a string or 100k nested lists must not crash the reader)."""
     if model_config is None:
         return {}
     if isinstance(model_config, (bytes, str)):
-        model_config = json.loads(model_config)
+        model_config = load_json(model_config, "model_config", "the model config")
+    config = expect(model_config, dict, "model_config", "the model config")
+    inner = expect(config.get("config", {}), dict, "model_config", "its 'config'")
+    layers = expect(inner.get("layers", []), list, "model_config", "its 'layers'")
+    for layer in layers:
+        expect(layer, dict, "model_config", "each layer")
+        expect(layer.get("config", {}), dict, "model_config", f"layer {str(layer.get('name'))[:80]!r}'s config")
+    return config
+
+
+def _config_layers(config):
+    """{layer name: (class name, config)} in model order, from a _parse_config dict."""
     layers = {}
-    for layer in model_config.get("config", {}).get("layers", []):
+    for layer in config.get("config", {}).get("layers", []):
         cfg = layer.get("config", {})
-        layers[layer.get("name", cfg.get("name"))] = (layer.get("class_name"), cfg)
-        if "layers" in cfg:  # a nested model (a fine-tuned classifier's base): its layers too
-            layers.update(_config_layers(layer))
+        layers[str(layer.get("name", cfg.get("name")))] = (layer.get("class_name"), cfg)
+        inner = cfg.get("layers") if isinstance(cfg, dict) else None
+        if isinstance(inner, list) and all(isinstance(i, dict) and isinstance(i.get("config", {}), dict) for i in inner):
+            layers.update(_config_layers(layer))  # a nested model (a fine-tuned classifier's base): its layers too
     return layers
 
 
-def _model_name(model_config):
-    if isinstance(model_config, (bytes, str)):
-        model_config = json.loads(model_config)
-    return (model_config or {}).get("config", {}).get("name")
+def _model_name(config):
+    name = config.get("config", {}).get("name")
+    return name if isinstance(name, str) else None
 
 
 def _input_hw(layers):
     for cls, cfg in layers.values():
         if cls == "InputLayer":
             shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
-            if shape and len(shape) == 4:
+            if isinstance(shape, list) and len(shape) == 4 and \
+                    all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape[1:3]):
                 return tuple(shape[1:3])
     return None
+
+
+MAX_ATTR_BYTES = 16 << 20  # an HDF5 attribute: the model's JSON, the names of its layers
+
+
+def _attr(obj, name, default=None):
+    """An HDF5 attribute, refused when its dataspace declares more than MAX_ATTR_BYTES (a flipped
+    byte in a dimension would otherwise make h5py allocate gigabytes to read it)."""
+    if name not in obj.attrs:
+        return default
+    aid = obj.attrs.get_id(name)
+    size = math.prod(aid.shape or ()) * aid.dtype.itemsize
+    if size > MAX_ATTR_BYTES:
+        raise WeightFileError(f"attribute {name!r} of {obj.name}: declares {size:,} bytes, above {MAX_ATTR_BYTES:,}")
+    return obj.attrs[name]
+
+
+class _Budget:
+    """Reads HDF5 datasets as arrays within max_weight_bytes() in all: a dataset's dataspace
+    can declare gigabytes that a few bytes of compressed chunks (or none: the fill value) back."""
+
+    def __init__(self):
+        self.left = max_weight_bytes()
+
+    def read(self, ds, name):
+        import h5py
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
+            raise WeightFileError(f"{name}: expected a dataset of numbers, found {getattr(ds, 'dtype', type(ds).__name__)}")
+        size = int(ds.size or 0) * ds.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        if size > self.left or size > 1100 * stored + 4096:  # deflate inflates at most ~1032-fold
+            raise WeightFileError(f"{name}: declares {size:,} bytes backed by {stored:,} stored; refused "
+                                  f"(at most {self.left:,} more bytes of weights, $NPMOBILE_MAX_WEIGHT_BYTES)")
+        self.left -= size
+        return np.asarray(ds)
 
 
 # --- readers ----------------------------------------------------------------------------------
 
 def _read_legacy(root):
     """model_weights/<layer>/<layer>/<weight> (or the same at the root, Keras 2 save_weights)."""
-    weights, names = {}, _strings(root.attrs["layer_names"])
+    weights, names, budget = {}, _strings(_attr(root, "layer_names")), _Budget()
     for name in names:
         group = root[name]
-        for w in _strings(group.attrs.get("weight_names", [])):
+        for w in _strings(_attr(group, "weight_names", [])):
             # "<layer>/<weight>": a nested model's group holds the weights of all its layers
             parts = w.split(":")[0].split("/")
             layer = parts[-2] if len(parts) > 1 and parts[-2] in group else name
-            weights.setdefault(layer, []).append((_short(w), np.asarray(group[w])))
+            weights.setdefault(layer, []).append((_short(w), budget.read(group[w], f"{name}/{w}")))
     return weights, names
 
 
-def _read_vars(f, layers):
+def _read_vars(f, layers, budget=None):
     """layers/<auto name>/vars/<i>: the real layer name from the vars group's "name" attribute,
     else from the model config by Keras' own rule (snake-cased class name, unique in order)."""
     auto, used = {}, {}
@@ -118,15 +170,15 @@ def _read_vars(f, layers):
         base = _snake(cls or "")
         auto[f"{base}_{used[base]}" if base in used else base] = name
         used[base] = used.get(base, 0) + 1
-    weights, names = {}, []
+    weights, names, budget = {}, [], budget or _Budget()
     for key, group in f["layers"].items():
-        if "layers" in group:  # a nested model (a fine-tuned classifier's base)
-            inner_weights, inner_names = _read_vars(group, {})
+        if "layers" in group:  # a nested model (a fine-tuned classifier's base), within the same budget
+            inner_weights, inner_names = _read_vars(group, {}, budget)
             weights.update(inner_weights)
             names += inner_names
             continue
         variables = group.get("vars")
-        name = variables.attrs.get("name") if variables is not None else None
+        name = _attr(variables, "name") if variables is not None else None
         name = name.decode() if isinstance(name, bytes) else name
         name = name or auto.get(key)
         if name is None:
@@ -135,7 +187,7 @@ def _read_vars(f, layers):
         names.append(name)
         if variables is not None and len(variables):
             order = sorted(variables, key=int)
-            weights[name] = [(None, np.asarray(variables[i])) for i in order]
+            weights[name] = [(None, budget.read(variables[i], f"layers/{key}/vars/{i}")) for i in order]
     return weights, names
 
 
@@ -157,11 +209,11 @@ def load_h5(path, **options):
     options: alpha=, resolution= override what the file says or what is inferred."""
     h5py = _h5py()
     with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f:
-        config = f.attrs.get("model_config")
+        config = _parse_config(_attr(f, "model_config"))
         layers = _config_layers(config)
         weights, names = _read_h5(f, layers)
         name = _model_name(config)
-    return _import(str(path), weights, layers, names, name, _input_hw(layers), **options)
+    return _checked_import(str(path), weights, layers, names, name, _input_hw(layers), **options)
 
 
 def load_keras_zip(path, **options):
@@ -172,12 +224,12 @@ def load_keras_zip(path, **options):
             members = z.namelist()
             if "config.json" not in members or "model.weights.h5" not in members:
                 raise WeightFileError(f"expected config.json and model.weights.h5 in the .keras zip, found {members}")
-            config = json.loads(z.read("config.json"))  # z.read checks each member's CRC-32
-            blob = z.read("model.weights.h5")
+            config = _parse_config(read_member(z, "config.json", MAX_CONFIG_BYTES, "the .keras zip"))
+            blob = read_member(z, "model.weights.h5", max_weight_bytes() + (64 << 20), "the .keras zip")
         layers = _config_layers(config)
         with h5py.File(io.BytesIO(blob), "r") as f:
             weights, names = _read_h5(f, layers)
-    return _import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
+    return _checked_import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
 
 
 def from_keras_model(model, **options):
@@ -281,6 +333,16 @@ def _with_rescaling(graph, layers, source):
     return type(graph)(nodes, graph.input_shape, config), params
 
 
+def _checked_import(source, *args, **options):
+    """_import, with whatever a malformed file trips inside it reported as a WeightFileError."""
+    try:
+        return _import(source, *args, **options)
+    except WeightFileError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
+        raise WeightFileError(f"{source}: not a Keras MobileNet npmobile can build: {type(e).__name__}: {e}") from None
+
+
 def _import(source, weights, layers, names, model_name, input_hw, *, alpha=None, resolution=None):
     arch = next((a for a, spec in _ARCH.items() if spec["marker"] in weights), None)
     if arch is None:
@@ -331,7 +393,8 @@ def _with_layer_eps(graph, layers):
     for node in graph.nodes:
         cls, cfg = layers.get(node.name, (None, {}))
         if node.op == "batchnorm" and "epsilon" in cfg:
-            node = node._replace(attrs={**node.attrs, "eps": float(cfg["epsilon"])})
+            eps = cfg["epsilon"]  # validate.check_graph refuses anything but a finite number > 0
+            node = node._replace(attrs={**node.attrs, "eps": float(eps) if isinstance(eps, (int, float)) else eps})
         nodes.append(node)
     return type(graph)(nodes, graph.input_shape, graph.config)
 

@@ -35,6 +35,7 @@ as an ONNX file does not record it: "torch" (ImageNet mean/std) for NCHW inputs,
 (127.5/127.5) for NHWC ones, unless load_onnx(path, convention=...) says otherwise.
 """
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,7 +131,7 @@ class _Walk:
     def __init__(self, onnx, model, source):
         self.onnx, self.source, self.graph = onnx, source, model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.consts = {init.name: onnx.numpy_helper.to_array(init) for init in self.graph.initializer}
+        self.consts = {init.name: _initializer(onnx, init) for init in self.graph.initializer}
         self.acts, self.origin = {}, {}
         # quantize_dynamic's run-time scales: tensor -> its constant factor (the activation's own
         # scale, known only at run time, cancels: see _dynamic_quantize_linear)
@@ -251,6 +252,37 @@ def _step(w, op):
         w.fail(f"node {op.name!r} ({node.op_type}): {e}")
 
 
+def _initializer(onnx, init):
+    try:
+        return onnx.numpy_helper.to_array(init)
+    except Exception as e:  # noqa: BLE001 -- protobuf and numpy fail many ways on a damaged tensor
+        raise WeightFileError(f"initializer {init.name!r}: not a readable tensor: {type(e).__name__}: {e}") from None
+
+
+# Folding a constant node computes its output at import: a 1.5 KB file with a ConstantOfShape or a
+# Range could ask for gigabytes. Shape arithmetic and per-channel constants need a few thousand.
+FOLD_BUDGET = 1 << 20  # elements of one folded output
+
+
+def _fold_size(op, inputs):
+    """An upper bound on the elements a folded node outputs, from its inputs alone: ops that make
+    a shape from values (ConstantOfShape, Range, Expand) are bounded by those values, the rest
+    by their inputs (Gather by the product of two)."""
+    sizes = [int(np.size(a)) for a in inputs if a is not None]
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(max(int(d), 0) for d in np.ravel(inputs[0]))
+        if op == "Range":
+            start, limit, delta = (float(np.ravel(a)[0]) for a in inputs[:3])
+            return 0 if delta == 0 else max(math.ceil((limit - start) / delta), 0)
+        if op == "Expand":
+            target = [max(int(d), 1) for d in np.ravel(inputs[1])]
+            return max(math.prod(target), sizes[0]) * max(sizes[0], 1)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return math.inf  # NaN or inf bounds, a missing input: not something to compute
+    return math.prod(sizes) if op == "Gather" else sum(sizes)
+
+
 def _fold(w, op):
     """Compute a node whose inputs are constants (Shape of an activation: its shape at batch 1)."""
     node, helper = op.node, w.onnx.helper
@@ -264,6 +296,9 @@ def _fold(w, op):
         w.consts[node.output[0]] = dequantize(q, scale, 0 if zp is None else zp, axis=axis)
         return
     feeds = {t: w.consts[t] for t in node.input if t}
+    size = _fold_size(node.op_type, [feeds.get(t) for t in node.input])
+    if size > FOLD_BUDGET:
+        raise ValueError(f"folding this constant would make up to {size:,} elements (at most {FOLD_BUDGET:,})")
     # A one-node model, so the evaluator runs the op at the file's opset (Unsqueeze's axes
     # moved from an attribute to an input at 13, and so on).
     graph = helper.make_graph([node], "fold", [helper.make_empty_tensor_value_info(t) for t in feeds],

@@ -40,8 +40,9 @@ import numpy as np
 from ..config import Preprocess
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, pad_same
-from ._common import Emitter, dequantize, refuse_unsupported
+from ._common import Emitter, dequantize, read_member, refuse_unsupported
 
+MAX_LABELS_BYTES = 4 << 20  # an appended labels.txt: 1001 ImageNet names are 11 kB
 
 def _tflite():
     with needs("tflite", "reading .tflite files", "tflite"):
@@ -294,19 +295,23 @@ def _check_supported(w, ops):
         refuse_unsupported(w.reader.path, "TFLite", problems)
 
 
-def _labels(reader, classes):
-    """The class names the file carries, or None: the file that the TFLite Metadata names as the
-    output's TENSOR_AXIS_LABELS (packed in the zip appended to the model, as tflite-support's
-    writers do), else the first .txt in an appended zip (TF-slim's hosted models)."""
+def _labels(buf, path, classes, named=None):
+    """The class names the file carries, or None: `named` (the file the TFLite Metadata names as
+    the output's label file, packed in the zip appended to the model, as tflite-support's writers
+    do) when the zip has it, else the first .txt in an appended zip (TF-slim's hosted models). A
+    zip that is there but cannot be read (truncated, corrupted) is an error, not "no labels"."""
     try:
-        with zipfile.ZipFile(io.BytesIO(reader.buf)) as z:
-            named = _metadata_label_file(reader)
+        with zipfile.ZipFile(io.BytesIO(buf)) as z:
             txt = [named] if named in z.namelist() else [n for n in z.namelist() if n.endswith(".txt")]
             if not txt:
                 return None
-            labels = z.read(txt[0]).decode("utf-8").splitlines()
-    except zipfile.BadZipFile:
+            labels = read_member(z, txt[0], MAX_LABELS_BYTES, path).decode("utf-8").splitlines()
+    except zipfile.BadZipFile as e:
+        if _appended_txt(buf):
+            raise WeightFileError(f"{path}: the appended labels zip is truncated or corrupted: {e}") from None
         return None
+    except (zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError, UnicodeDecodeError) as e:
+        raise WeightFileError(f"{path}: the appended labels zip cannot be read: {type(e).__name__}: {e}") from None
     labels = [s for s in labels if s.strip()]
     if len(labels) != classes:
         raise WeightFileError(f"{reader.path}: the embedded {txt[0]} has {len(labels)} labels, "
@@ -369,6 +374,18 @@ def _check_shape_op(w, op, ops, shapes):
             raise ValueError(f"feeds {user.kind} {user.name!r}: only shape arithmetic for a RESHAPE is supported")
 
 
+def _appended_txt(buf):
+    """Whether a zip local file header for a .txt member is in buf (what is left of a labels
+    zip whose central directory was cut off)."""
+    at = buf.find(b"PK\x03\x04")
+    while at >= 0:
+        name_len = int.from_bytes(buf[at + 26:at + 28], "little")
+        if buf[at + 30:at + 30 + name_len].endswith(b".txt"):
+            return True
+        at = buf.find(b"PK\x03\x04", at + 4)
+    return False
+
+
 def load_tflite(path, dequantize=False):
     """Read a .tflite file (NHWC input; see the module docstring): a quantized file as a
     QuantizedImport, unless dequantize=True; a float file, or dequantize=True, as a float graph."""
@@ -395,12 +412,33 @@ def _build(tfl, buf, path, dequantize=False):
     w = _Walk(reader, Emitter(shape[1:]), {inp: "input"})
     ops = _ops(reader)
     _check_supported(w, ops)
+    named = _metadata_label_file(reader)
+
+    def labels_for(classes):
+        return _labels(buf, path, classes, named)
+
     if not dequantize:
         from .tflite_int import TRANSLATE as INTEGER_OPS, build_integer, is_integer_graph
         # the integer engine's ops; a quantized file with others (a FULLY_CONNECTED or MEAN head,
         # QUANTIZE at the ends) runs as float, dequantized, until the integer engine has them
-        if is_integer_graph(reader, ops) and all(op.kind in INTEGER_OPS for op in ops):
-            return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(reader, classes))
+        if is_integer_graph(reader, ops) and all(op.kind in INTEGER_OPS or op.kind in SHAPE_OPS for op in ops):
+            return build_integer(w, ops, shape, _preprocess(reader, inp), labels_for)
+    translate_ops(w, ops, TRANSLATE)
+    output = w.values.get(int(g.Outputs(0)))
+    if output is None:
+        raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
+    try:
+        graph = w.em.graph(output, resolution=shape[1], convention="tfslim", preprocess=_preprocess(reader, inp),
+                           input_layout="NHWC", source_format="tflite")
+    except ValueError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    return Imported(graph, w.em.params, labels_for(graph.config.classes), str(path))
+
+
+def translate_ops(w, ops, table):
+    """Translate the operators in order with `table` (kind -> translator) into w's emitter,
+    recording each output's value in w.values; an error names the operator."""
+    path = w.reader.path
     shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
     for op in ops:
         if op.kind in SHAPE_OPS:
@@ -412,20 +450,11 @@ def _build(tfl, buf, path, dequantize=False):
             continue
         if op.inputs[0] not in w.values:
             raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
-                                  f"{reader.name(op.inputs[0])!r}, which no earlier node computes")
+                                  f"{w.reader.name(op.inputs[0])!r}, which no earlier node computes")
         try:
-            w.values[op.output] = TRANSLATE[op.kind](w, op, w.values[op.inputs[0]])
+            w.values[op.output] = table[op.kind](w, op, w.values[op.inputs[0]])
         except ValueError as e:
             raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
-    output = w.values.get(int(g.Outputs(0)))
-    if output is None:
-        raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
-    try:
-        graph = w.em.graph(output, resolution=shape[1], convention="tfslim", preprocess=_preprocess(reader, inp),
-                           input_layout="NHWC", source_format="tflite")
-    except ValueError as e:
-        raise WeightFileError(f"{path}: {e}") from None
-    return Imported(graph, w.em.params, _labels(reader, graph.config.classes), str(path))
 
 
 def _preprocess(reader, inp):
@@ -434,5 +463,7 @@ def _preprocess(reader, inp):
     q, kind, types = reader.quant(inp), reader.tensor(inp).Type(), reader.tfl.TensorType
     if q is None or kind not in (types.UINT8, types.INT8):
         return Preprocess((127.5,) * 3, (127.5,) * 3, 0.875)
+    if not float(q[0][0]) > 0:  # NaN, 0 or negative: (pixel - mean) / std would be NaN or inf
+        raise WeightFileError(f"input {reader.name(inp)!r}: expected a quantization scale > 0, found {float(q[0][0])}")
     mean = float(q[1][0]) + (128.0 if kind == types.INT8 else 0.0)
     return Preprocess((mean,) * 3, (1.0 / float(q[0][0]),) * 3, 0.875)
