@@ -4,11 +4,13 @@ Flatten / MatMul + Add / Reshape heads), ONNX Runtime's quantizers, a torch.expo
 Weights as in make_corpus's docstring: BN statistics measured on the calibration photos, random
 gamma and beta, a nearest-prototype classifier."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torchvision
 
-from make_corpus import ASSETS, SEED, add_entry, calibration_images, photos
+from make_corpus import ASSETS, SEED, add_entry, calibration_images
 
 GEN = torch.Generator().manual_seed(SEED)
 
@@ -124,6 +126,7 @@ def export(model, path, res, opset, dynamo):
         import onnx
         proto = onnx.load(str(path))
         onnx.save(proto, str(path))
+        Path(str(path) + ".data").unlink(missing_ok=True)
 
 
 def entry(out, name, **kw):
