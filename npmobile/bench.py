@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 from .measure import check_agrees, median_time, thread_env, torch_twin
 
@@ -99,8 +100,7 @@ def _peers(graph, params, threads):
     peers = {}
     try:
         import torch
-    except ImportError:
-        print("# torch not installed: no PyTorch, ONNX Runtime or reference-evaluator rows", file=sys.stderr)
+    except ImportError:  # run_all says so, once
         return peers
     torch.set_num_threads(threads)
     net = torch_twin(graph, params)
@@ -120,14 +120,14 @@ def _peers(graph, params, threads):
         peers["onnxruntime"] = (lambda x: session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                 8, False)
     except ImportError:
-        print("# onnxruntime not installed", file=sys.stderr)
+        pass
     try:
         from onnx.reference import ReferenceEvaluator
         evaluator = ReferenceEvaluator(path)
         peers["onnx_reference"] = (lambda x: evaluator.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                    1, True)
     except ImportError:
-        print("# onnx not installed", file=sys.stderr)
+        pass
     return peers
 
 
@@ -137,9 +137,11 @@ def export_onnx(net, graph, folder):
     import torch
 
     path = os.path.join(folder, f"{graph.config.arch}.onnx")
-    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # torch deprecates this (TorchScript) exporter; it is the one without onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                          opset_version=17, dynamo=False)
     return path
 
 
@@ -159,7 +161,28 @@ def first_inference_seconds():
     return float(out.stdout.strip())
 
 
+def missing_peers():
+    """One line naming the peers that will not run because their package is missing, or None."""
+    gone = []
+    try:
+        import torch  # noqa: F401 -- every peer runs a module torch builds (or its ONNX export)
+    except ImportError:
+        gone = ["PyTorch", "ONNX Runtime", "the ONNX reference evaluator"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        gone += [] if "ONNX Runtime" in gone else ["ONNX Runtime"]
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        gone += [] if "the ONNX reference evaluator" in gone else ["the ONNX reference evaluator"]
+    return f"# not timed (package missing; pip install 'npmobile[bench]'): {', '.join(gone)}" if gone else None
+
+
 def run_all(thread_counts=(1, 2), quick=False):
+    note = missing_peers()
+    if note:
+        print(note, file=sys.stderr)
     rows = []
     for t in thread_counts:
         env = thread_env(t, blas=1)

@@ -86,6 +86,11 @@ class QuantizedModel:
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
 
+    @property
+    def outputs(self):
+        """What model(x) returns, as for the float Model: model.config.output."""
+        return self.config.output
+
     def __getstate__(self):
         """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
         thread-local plans."""

@@ -32,6 +32,7 @@ def test_end_to_end_benchmark_quick(tmp_path):
     assert "onnx_reference_ms" in rows[("mobilenet_v2", 1)] and "oracle_ms" in rows[("mobilenet_v2", 1)]
     assert png.stat().st_size > 10_000
     assert "npm/ort" in run.stdout
+    assert "DeprecationWarning" not in run.stderr and "not timed" not in run.stderr  # issue 17, case 7
 
 
 def test_layer_benchmark_quick(tmp_path):

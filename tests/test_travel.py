@@ -35,7 +35,14 @@ def python(code, env=None):
 
 @pytest.mark.parametrize("make", [lambda: npmobile.load(DIGITS_MODEL), tiny_v2], ids=["digits_v1", "tiny_v2"])
 def test_pickled_model_gives_bit_identical_outputs_in_a_fresh_process(tmp_path, make):
-    model = make()
+    travels_bit_identically(make(), tmp_path)
+
+
+def test_pickled_quantized_model_gives_bit_identical_outputs_in_a_fresh_process(tmp_path, assets):
+    travels_bit_identically(npmobile.load(assets / "models" / "mobilenet_v1_0.25_128_quant.tflite"), tmp_path)
+
+
+def travels_bit_identically(model, tmp_path):
     h, w, c = model.graph.input_shape
     x = np.random.default_rng(2).standard_normal((5, h, w, c)).astype(np.float32)
     expected = model(x)

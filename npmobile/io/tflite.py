@@ -312,14 +312,7 @@ def _build(tfl, buf, path, dequantize=False):
         from .tflite_int import build_integer, is_integer_graph
         if is_integer_graph(reader, ops):
             return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(buf, path, classes))
-    for op in ops:
-        if op.inputs[0] not in w.values:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
-                                  f"{reader.name(op.inputs[0])!r}, which no earlier node computes")
-        try:
-            w.values[op.output] = TRANSLATE[op.kind](w, op, w.values[op.inputs[0]])
-        except ValueError as e:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+    translate_ops(w, ops, TRANSLATE)
     output = w.values.get(int(g.Outputs(0)))
     if output is None:
         raise WeightFileError(f"{path}: the output tensor {reader.name(g.Outputs(0))!r} is not computed")
@@ -329,6 +322,20 @@ def _build(tfl, buf, path, dequantize=False):
     except ValueError as e:
         raise WeightFileError(f"{path}: {e}") from None
     return Imported(graph, w.em.params, _labels(buf, path, graph.config.classes), str(path))
+
+
+def translate_ops(w, ops, table):
+    """Translate the operators in order with `table` (kind -> translator) into w's emitter,
+    recording each output's value in w.values; an error names the operator."""
+    path = w.reader.path
+    for op in ops:
+        if op.inputs[0] not in w.values:
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
+                                  f"{w.reader.name(op.inputs[0])!r}, which no earlier node computes")
+        try:
+            w.values[op.output] = table[op.kind](w, op, w.values[op.inputs[0]])
+        except ValueError as e:
+            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
 
 
 def _preprocess(reader, inp):

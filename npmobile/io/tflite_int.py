@@ -22,6 +22,7 @@ from ..kernels.quantized import add_multipliers, softmax_params
 from ..kernels.quantized.fixedpoint import activation_range, conv_multipliers
 from ..qmodel import QuantizedImport
 from ._common import guess_arch
+from .tflite import translate_ops
 
 _EIGHT_BIT = ("UINT8", "INT8")
 
@@ -194,14 +195,7 @@ def build_integer(walk, ops, shape, preprocess, labels_for):
     em = _IntegerEmitter(reader, shape[1:], dtype)
     em.quant["input"] = em.tensor_quant(inp)
     w = walk._replace(em=em, values={inp: "input"})
-    for op in ops:
-        if op.inputs[0] not in w.values:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
-                                  f"{reader.name(op.inputs[0])!r}, which no earlier node computes")
-        try:
-            w.values[op.output] = TRANSLATE[op.kind](w, op, w.values[op.inputs[0]])
-        except ValueError as e:
-            raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+    translate_ops(w, ops, TRANSLATE)
     nodes = em.builder.nodes
     output = w.values.get(int(reader.g.Outputs(0)))
     if output is None or not nodes or nodes[-1].name != output:
