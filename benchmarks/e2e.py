@@ -3,8 +3,9 @@
     python benchmarks/e2e.py [--quick] [--save]
 
 Runs npmobile.bench (MobileNetV1/V2-1.0-224, batch 1 and 8, 1 and 2 threads; npmobile fast and
-oracle engines, ONNX Runtime, PyTorch, the ONNX reference evaluator, all on the same weights) and
-prints the table; with --save it also writes benchmarks/results/e2e.json, e2e.png and e2e.md (the
+oracle engines, ONNX Runtime, PyTorch, the ONNX reference evaluator, all on the same weights; and
+LiteRT against npmobile on the quantized MobileNetV2 .tflite of ../shared/assets when it is there)
+and prints the table; with --save it also writes benchmarks/results/e2e.json, e2e.png and e2e.md (the
 committed results: never overwritten unless asked). See npmobile/bench.py for the method and the
 thread settings.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from npmobile import bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TFLITE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
@@ -23,4 +25,6 @@ if __name__ == "__main__":
         RESULTS.mkdir(exist_ok=True)
         argv += ["--out", str(RESULTS / "e2e.json"), "--plot", str(RESULTS / "e2e.png"),
                  "--markdown", str(RESULTS / "e2e.md")]
+    if TFLITE.exists():
+        argv += ["--tflite", str(TFLITE)]
     sys.exit(bench.main(argv))
