@@ -52,6 +52,20 @@ def corpus(assets):
     return out, make_corpus.manifest(out)
 
 
+@pytest.fixture(scope="session")
+def sample_pngs(tmp_path_factory):
+    """The ten bundled sample digits (npmobile/data/samples.npz) written as grayscale PNG files,
+    named as in the package: a folder for the tests of `npmobile classify`."""
+    from PIL import Image
+
+    from npmobile.data import sample_digits
+
+    folder = tmp_path_factory.mktemp("samples")
+    for name, rgb in sample_digits().items():
+        Image.fromarray(rgb).convert("L").save(folder / f"{name}.png")
+    return folder
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI every test runs: a skip (a framework missing, the assets absent) fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

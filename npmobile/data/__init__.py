@@ -3,7 +3,8 @@ class names.
 
 - digits_mobilenet.npz: MobileNetV1 alpha 0.25 at 32x32, 10 classes "0".."9", trained on
   scikit-learn's digits by scripts/train_digits.py (the default that needs no network);
-- samples/*.png: ten test-split digits from the same data set, named after their true label;
+- samples.npz: ten test-split digits from the same data set as uint8 RGB arrays (32, 32, 3),
+  keyed "digit<true label>_sklearn<index in scikit-learn's data set>" (no image decoder needed);
 - imagenet_classes.tsv: "synset<TAB>name" for the 1000 ImageNet classes in output order,
   written by scripts/make_imagenet_labels.py from torchvision's and timm's public lists.
 """
@@ -15,7 +16,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DIGITS_MODEL = HERE / "digits_mobilenet.npz"
-SAMPLES = HERE / "samples"
+SAMPLES = HERE / "samples.npz"
+
+
+def sample_digits():
+    """{name: (32, 32, 3) uint8 RGB} of the bundled samples, in name order (true label first)."""
+    with np.load(SAMPLES, allow_pickle=False) as data:
+        return {name: data[name] for name in sorted(data.files)}
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ these shapes (_widths.fit_alpha), the resolution defaults to 224 (resolution= to
 """
 
 import json
+import pickle
 import zipfile
 
 import numpy as np
@@ -118,10 +119,15 @@ def load_pth(path, **options):
         bad = z.testzip()
     if bad is not None:
         raise WeightFileError(f"{path}: corrupted: member {bad!r} fails its CRC-32 check")
-    # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause; weights_only=True
-    # refuses a pickle that would run code
-    with reading(path, "torch state_dict (or a pickle that weights_only=True refuses to run)"):
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+    # torch raises RuntimeError, EOFError, ... by cause; weights_only=True refuses (UnpicklingError)
+    # a pickle of anything but tensors and containers, as torch.save(model) writes
+    with reading(path, "torch state_dict"):
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise WeightFileError(f"{path}: holds pickled Python objects, not only tensors (torch.save(model) saves "
+                                  "the whole module so), which torch.load(weights_only=True) refuses to run; npmobile "
+                                  "reads state_dicts: torch.save(model.state_dict(), 'model.pth')") from None
     if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
         sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
     return from_state_dict(sd, source=str(path), **options)
