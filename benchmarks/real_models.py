@@ -136,6 +136,9 @@ def markdown(results, photo_names):
     return "\n".join(lines)
 
 
+CORPUS_SECTION = "## Every form the converters write"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--assets", type=Path, default=ASSETS)
@@ -151,7 +154,9 @@ def main(argv=None):
     photos = [n for n, _, c in images if c is None]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(markdown(results, photos) + "\n")
+        old = out.read_text() if out.exists() else ""
+        kept = old[old.index(CORPUS_SECTION):] if CORPUS_SECTION in old else ""  # scripts/make_corpus.py's
+        out.write_text(markdown(results, photos) + "\n" + ("\n" + kept if kept else ""))
         print(f"wrote {out}")
 
 

@@ -103,7 +103,8 @@ class Model:
         self.graph = graph
         # Every reader ends here: the one validation step, before anything runs or is allocated.
         self.params = validate.check_model(graph, params, labels, source)
-        self.labels = list(labels) if labels is not None else None
+        # The file's class names; else ImageNet's for a 1000/1001-class classifier (data.default_labels).
+        self.labels = list(labels) if labels is not None else _default_labels(graph.config)
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
@@ -205,6 +206,11 @@ class Model:
             print_fn(timing.format_table(timing.timed_rows(self, runs=runs), repr(self)))
         else:
             print_fn(cost.format_table(cost.count(self.graph), repr(self)))
+
+
+def _default_labels(config):
+    from .data import default_labels
+    return default_labels(config.classes) if config.include_top else None
 
 
 def _concat(outs):

@@ -32,6 +32,15 @@ def imagenet_classes():
     return [tuple(line.split("\t", 1)) for line in lines]
 
 
+def default_labels(classes):
+    """The class names of a model whose file names none: ImageNet's for 1000 outputs (Keras,
+    torchvision) and 1001 ("background" first, TF-slim), else None."""
+    if classes not in (1000, 1001):
+        return None
+    names = [name for _, name in imagenet_classes()]
+    return names if classes == 1000 else ["background"] + names
+
+
 def digit_images(flat, side=32):
     """scikit-learn's digits (n, 64), values 0..16 -> (n, side, side) uint8 grayscale, drawn dark
     on white and upsampled with Pillow (bilinear): the images the digits model was trained on."""

@@ -15,7 +15,7 @@ from ..weights import read as read_native
 from .keras import load_h5, load_keras_zip
 from .onnx import load_onnx
 from .tflite import load_tflite
-from .torchvision import load_pth
+from .torchvision import load_pt2, load_pth
 
 # (suffixes, what the file's content is, the reader)
 FORMATS = [
@@ -23,6 +23,7 @@ FORMATS = [
     ((".h5", ".hdf5"), "hdf5", load_h5),
     ((".keras",), "zip", load_keras_zip),
     ((".pth", ".pt"), "zip", load_pth),
+    ((".pt2",), "zip", load_pt2),
     ((".onnx",), "protobuf", load_onnx),
     ((".tflite",), "tflite", load_tflite),
 ]
