@@ -5,17 +5,19 @@ For each distinct layer shape of each network (taken from the graph, so every ro
 MobileNet layer) it first checks the fast kernel against its oracle (float32 error bound), then
 times fast kernel, oracle and torch.nn.functional (torch in its native NCHW layout) in the same
 run: median of several runs after a warm-up that also absorbs numba's compile. It prints MACs,
-GFLOP/s and the ratios per layer and per kernel, and writes benchmarks/results/kernels.json.
+GFLOP/s and the ratios per layer and per kernel; --save writes benchmarks/results/kernels.json (the
+committed results: never overwritten unless asked), --out FILE elsewhere.
 
 Threads are pinned to 1 for every peer (npmobile.measure.pin_threads: numba, BLAS and OpenMP through
 threadpoolctl, torch.set_num_threads, and the environment).
 
-    python benchmarks/kernels.py [--quick] [--arch mobilenet_v2] [--out FILE]
+    python benchmarks/kernels.py [--quick] [--arch mobilenet_v2] [--save | --out FILE]
 """
 
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,10 +169,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three layers, few repeats (a smoke test)")
     parser.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2", "both"], default="both")
-    parser.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/kernels.json, "
-                                                 "not written by --quick)")
+    parser.add_argument("--out", type=Path, help="write the JSON results to this file")
+    parser.add_argument("--save", action="store_true",
+                        help="write benchmarks/results/kernels.json (the committed results the README quotes)")
     args = parser.parse_args(argv)
-    import torch
+    try:
+        import torch
+    except ImportError:
+        sys.exit("benchmarks/kernels.py compares against torch, which is not installed: pip install 'npmobile[bench]'")
     threads = pin_threads(1)
     nets = {"mobilenet_v1": mobilenet_v1(1.0, 224), "mobilenet_v2": mobilenet_v2(1.0, 224)}
     rows = []
@@ -185,7 +191,7 @@ def main(argv=None):
               f"{s['oracle_over_fast']:11.1f}x {s['min_oracle_over_fast']:12.1f}x {s['torch_over_fast']:9.2f}x")
     env = dict(threads=threads, numpy=np.__version__, torch=torch.__version__,
                machine=platform.processor() or platform.machine(), quick=args.quick)
-    out = args.out or (None if args.quick else RESULTS / "kernels.json")
+    out = args.out or (RESULTS / "kernels.json" if args.save else None)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(dict(env=env, summary=summary, layers=rows), indent=1))

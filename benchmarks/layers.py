@@ -8,22 +8,24 @@ over repeated runs. The layers are summed by kind: first conv, depthwise, pointw
 ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
 under pointwise; npmobile's are under "other".
 
-    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--out FILE]
+    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--save | --out FILE]
 
-writes benchmarks/results/layers-{arch}.md unless told otherwise.
+prints the table; --out FILE writes it as markdown, --save to benchmarks/results/layers-{arch}.md
+(the committed results the README quotes: never overwritten unless asked). Needs torch (to export
+the ONNX file) and onnxruntime: pip install 'npmobile[bench]'.
 """
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from npmobile import Model, engine
+from npmobile import Model, engine, timing
 from npmobile.bench import export_onnx
 from npmobile.measure import check_agrees, pin_threads, torch_twin
 from npmobile.architectures import ARCHITECTURES, random_params
@@ -47,18 +49,9 @@ def layer_kinds(graph):
 
 def npmobile_layers(model, x, runs):
     """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    plan = engine.Plan(*engine.fuse(model.graph, model.params), 1)
-    graph = plan.graph
-    for _ in range(10):
-        plan.run(x)
-    times = [[] for _ in plan.steps]
-    for _ in range(runs):
-        np.copyto(plan.values["input"], x)  # what plan.run does first (not timed here)
-        for k, run in enumerate(plan.steps):  # one bound step per node of the fused graph, in order
-            t = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t)
-    return [(node.name, node.op, 1e3 * statistics.median(t)) for node, t in zip(graph.nodes, times)]
+    graph, _ = engine.fuse(model.graph, model.params)
+    seconds = timing.time_steps(model, runs, warmup=10, x=x)  # one bound step per fused node, in order
+    return [(node.name, node.op, 1e3 * s) for node, s in zip(graph.nodes, seconds)]
 
 
 def onnxruntime_layers(graph, params, x, runs, expected):
@@ -98,8 +91,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHITECTURES))
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--out", help="markdown file to write (default: benchmarks/results/layers-ARCH.md)")
+    parser.add_argument("--out", help="write the table as markdown to this file")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/layers-ARCH.md")
     args = parser.parse_args(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"benchmarks/layers.py needs torch, onnx and onnxruntime; {e.name} is not installed: "
+                 "pip install 'npmobile[bench]'")
     pin_threads(1)
     graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
     params = random_params(graph, seed=1)
@@ -125,9 +126,10 @@ def main(argv=None):
     lines += [f"{name:36s} {op:18s} {ms:6.3f}" for name, op, ms in ours]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out) if args.out else RESULTS / f"layers-{args.arch}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("```\n" + text + "\n```\n")
+    out = Path(args.out) if args.out else (RESULTS / f"layers-{args.arch}.md" if args.save else None)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("```\n" + text + "\n```\n")
     return 0
 
 

@@ -35,13 +35,14 @@ def _real_models():
 
 
 def load_images(assets):
-    """[(name, uint8 RGB array, ImageNet class or None)], as benchmarks/real_models.py reads them."""
+    """[(name, path, ImageNet class or None)], as benchmarks/real_models.py lists them."""
     return _real_models().load_images(assets)
 
 
 def pixels_for(images, resolution):
-    from npmobile.preprocess import center_crop_resize
-    return np.stack([center_crop_resize(rgb, resolution, 0.875) for _, rgb, _ in images])
+    """The images as `npmobile classify` reads them: decoded, centre-cropped 0.875, resized."""
+    from npmobile.classify import read_image
+    return np.stack([read_image(str(path), resolution, 0.875) for _, path, _ in images])
 
 
 def litert_outputs(path, pixels, reference):

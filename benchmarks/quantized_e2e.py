@@ -133,7 +133,8 @@ def format_table(result):
         def ratio(k):
             return f"{r[k]:.2f}" if k in r else "-"
         lines.append(f"{r['model']:36s} {r['threads']:3d} {ms('npmobile'):>15s} {ms('litert'):>13s} "
-                     f"{ms('onnxruntime'):>13s} {ratio('npmobile_over_litert'):>5s} ({ratio('npmobile_over_litert_cpu')})")
+                     f"{ms('onnxruntime'):>13s} {ratio('npmobile_over_litert'):>5s} "
+                     f"({ratio('npmobile_over_litert_cpu')})")
     lines.append("(ms per image, batch 1, wall (CPU of the process); npm/litert = npmobile's integer engine / "
                  "LiteRT's default interpreter on the same file, wall (CPU); onnxrt: ONNX Runtime on the ONNX "
                  "zoo's int8 MobileNetV2, another file)")

@@ -20,11 +20,12 @@ the pointwise node after it). For each row:
 Threads: one core for everyone (npmobile.measure.pin_threads(1): numba, BLAS and OpenMP through
 threadpoolctl, torch.set_num_threads, and the environment).
 
-    python benchmarks/separable.py [--quick] [--repeats 5] [--out benchmarks/results]
+    python benchmarks/separable.py [--quick] [--repeats 5] [--save | --out DIR]
 
-writes separable.csv (one row per layer), separable.png (predicted vs measured ratio, log-log;
-achieved GFLOP/s against arithmetic intensity) and separable.json (machine, threads, headline
-medians quoted by the README). --quick runs a handful of rows in seconds (for the tests).
+prints the headline figures; --save writes into benchmarks/results (the committed results that
+docs/separable.md quotes: never overwritten unless asked), --out DIR elsewhere: separable.csv
+(one row per layer), separable.png (predicted vs measured ratio, log-log; achieved GFLOP/s against
+arithmetic intensity) and separable.json (machine, threads, headline medians quoted by the README). --quick runs a handful of rows in seconds (for the tests).
 """
 
 import argparse
@@ -32,6 +33,7 @@ import csv
 import json
 import platform
 import statistics
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -237,10 +239,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a handful of rows, 2 repeats: seconds, for tests")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per kernel after the warm-up (median)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for separable.csv/.png/.json")
+    parser.add_argument("--out", type=Path, help="write separable.csv/.png/.json into this folder")
+    parser.add_argument("--save", action="store_true", help="write them into benchmarks/results (the committed results)")
     args = parser.parse_args(argv)
-
-    import torch
+    out = args.out or (RESULTS if args.save else None)
+    try:
+        import torch
+    except ImportError:
+        sys.exit("benchmarks/separable.py times torch beside npmobile; torch is not installed: "
+                 "pip install 'npmobile[bench]'")
     threads = pin_threads(1)
 
     if args.quick:
@@ -251,14 +258,16 @@ def main(argv=None):
         repeats = args.repeats
     start = time.perf_counter()
     results = measure(rows, repeats, torch)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, args.out / "separable.csv")
-    plot(results, args.out / "separable.png")
     summary = headline(results, torch, threads) | {"seconds": round(time.perf_counter() - start, 1), "repeats": repeats}
-    (args.out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary["median"], indent=1))
-    print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly; "
-          f"wrote {args.out}/separable.csv, .png, .json in {summary['seconds']} s")
+    print(f"{summary['exact_rows']}/{summary['rows']} rows: counted ratio == 1/N + 1/D_K^2 exactly "
+          f"({summary['seconds']} s)")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(results, out / "separable.csv")
+        plot(results, out / "separable.png")
+        (out / "separable.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {out}/separable.csv, .png, .json")
     return 0
 
 

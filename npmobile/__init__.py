@@ -1,7 +1,7 @@
 """npmobile: MobileNetV1 and V2 inference in NumPy and numba, with an oracle for every kernel.
 
     model = npmobile.load("mobilenet_v2.tflite")    # or .npz, .h5, .keras, .pth, .onnx
-    probs = model(model.preprocess(images))
+    probs = model.predict(model.preprocess(images))   # probabilities; model(x): see model.outputs
 """
 
 __version__ = "0.1.0"

@@ -70,14 +70,28 @@ def preprocess_input(x):
     return np.asarray(x, dtype=np.float32) / np.float32(127.5) - np.float32(1)
 
 
-def decode_predictions(preds, top=5):
-    """ImageNet probabilities (n, 1000) -> per row, [(synset, class name, score)] best first, as
-    keras.applications' decode_predictions returns them (names from torchvision's list)."""
+def decode_predictions(preds, top=5, labels=None):
+    """Class scores -> per row, [(class id, class name, score)] best first, as keras.applications'
+    decode_predictions returns them.
+
+    - labels=None: ImageNet, (n, 1000) (synset ids and names from torchvision's list) or TF-slim's
+      (n, 1001), whose column 0 is "background": it is dropped and the rest decoded as ImageNet;
+    - labels=model.labels (any labelled model, e.g. a fine-tuned classifier whose file names its
+      classes): ids are the column indices as strings.
+    """
     from .data import imagenet_classes
 
     preds = np.asarray(preds)
-    if preds.ndim != 2 or preds.shape[1] != 1000:
-        raise ValueError(f"decode_predictions: expected an (n, 1000) ImageNet batch, found shape {preds.shape}")
-    classes = imagenet_classes()
+    if labels is not None:
+        if preds.ndim != 2 or preds.shape[1] != len(labels):
+            raise ValueError(f"decode_predictions: expected an (n, {len(labels)}) batch for {len(labels)} labels, "
+                             f"found shape {preds.shape}")
+        classes = [(str(i), name) for i, name in enumerate(labels)]
+    elif preds.ndim == 2 and preds.shape[1] in (1000, 1001):
+        preds = preds[:, -1000:]  # 1001: TF-slim's background class first
+        classes = imagenet_classes()
+    else:
+        raise ValueError(f"decode_predictions: expected an (n, 1000) or (n, 1001) ImageNet batch, found shape "
+                         f"{preds.shape} (for other classifiers pass labels=model.labels)")
     order = np.argsort(-preds, axis=1, kind="stable")[:, :top]
     return [[(*classes[i], float(row[i])) for i in idx] for row, idx in zip(preds, order)]

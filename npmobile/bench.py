@@ -6,15 +6,17 @@ and 2 threads, it times on the *same weights*:
 - npmobile's oracle engine (one call),
 - ONNX Runtime and PyTorch eager (medians), on a torch module built from the same graph and the
   ONNX file torch.onnx exports from it,
-- the ONNX reference evaluator (onnx.reference, one call, batch 1).
+- the ONNX reference evaluator (onnx.reference, one call, batch 1);
+- with --tflite FILE, LiteRT on that file against npmobile's float engine on the same file;
+and a roofline line per row: GFLOP/s against the sgemm peak of one core measured in the same run.
 Every peer's output is checked against npmobile's first; each thread count runs in its own
 process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THREADS,
 OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime
-intra_op_num_threads=t. npmobile splits a batch across its t threads, BLAS on one thread per
-part; a single image gets its t threads inside the matrix products, BLAS on t threads. The ratio
-npmobile / ONNX Runtime of each row comes from that same process.
+intra_op_num_threads=t, LiteRT num_threads=t. npmobile splits every layer across its t numba
+threads (a single image too) and a batch across t Python threads; BLAS runs on one thread per
+call. The ratio npmobile / ONNX Runtime of each row comes from that same process.
 
-    npmobile bench [--quick] [--out results.json] [--plot results.png]
+    npmobile bench [--quick] [--tflite FILE] [--out results.json] [--plot results.png]
     python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
 """
 
@@ -24,35 +26,41 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 from .measure import check_agrees, median_time, thread_env, torch_twin
 
 ARCHS = ("mobilenet_v1", "mobilenet_v2")
 
 
-def worker(threads, quick):
+def worker(threads, quick, tflite=()):
     """One thread count, in a process whose thread settings were pinned before numpy loaded."""
     import numpy as np
 
     import npmobile
     from npmobile.architectures import ARCHITECTURES, random_params
+    from npmobile.cost import count
 
     npmobile.set_num_threads(threads)
+    probe = dict(probe=threads, sgemm_peak_gflops=sgemm_peak_gflops(), parallel_launch_us=parallel_launch_us())
+    print(json.dumps(probe), flush=True)
     rows = []
     for arch in ARCHS:
         graph = ARCHITECTURES[arch](1.0, 224, convention="torch")
         params = random_params(graph, seed=1)
         model = npmobile.Model(graph, params)
         peers = _peers(graph, params, threads)
+        macs = count(graph).macs
         for batch in (1, 8):
             x = np.random.default_rng(batch).standard_normal((batch, 224, 224, 3)).astype(np.float32)
             ours = model(x)
             row = dict(arch=arch, batch=batch, threads=threads)
-            # npmobile uses its threads by splitting a batch (BLAS on one thread per part); a
-            # single image can use them only inside the matrix products, through BLAS's threads.
-            with _blas_threads(threads if batch == 1 else 1) as blas:
+            # npmobile splits a batch across its threads, and each layer across numba's threads
+            # (a single image too); BLAS stays on one thread per call.
+            with _blas_threads(1) as blas:
                 t, runs = median_time(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)
             row["npmobile_ms"], row["npmobile_runs"], row["npmobile_blas_threads"] = 1e3 * t, runs, blas
+            row.update(_roofline(macs * batch, t, threads, probe["sgemm_peak_gflops"]))
             for name, (call, max_batch, one_call) in peers.items():
                 if batch > max_batch:
                     continue
@@ -74,7 +82,80 @@ def worker(threads, quick):
                 row["onnx_reference_over_npmobile"] = row["onnx_reference_ms"] / row["npmobile_ms"]
             print(json.dumps(row), flush=True)
             rows.append(row)
+    for path in tflite:
+        row = litert_row(path, threads, quick)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
+
+
+def _roofline(macs, seconds, threads, peak_gflops):
+    """GFLOP/s (2 FLOPs per MAC) and its fraction of the sgemm peak of `threads` cores."""
+    gflops = 2 * macs / seconds / 1e9
+    return dict(npmobile_gflops=gflops, npmobile_fraction_of_peak=gflops / (peak_gflops * threads))
+
+
+def sgemm_peak_gflops(side=1024):
+    """This core's practical FMA peak: OpenBLAS sgemm on large square matrices, one thread, the
+    best of a few runs (the roofline every row is measured against)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((side, side)).astype(np.float32)
+    c = np.empty_like(a)
+    best = float("inf")
+    with _blas_threads(1):
+        for _ in range(5):
+            t = time.perf_counter()
+            np.matmul(a, a, out=c)
+            best = min(best, time.perf_counter() - t)
+    return 2 * side**3 / best / 1e9
+
+
+def parallel_launch_us():
+    """The cost of one parallel loop on numba's threads (the kernels' threading layer) with
+    next to no work in it: what splitting one layer across the threads costs per layer."""
+    import numpy as np
+
+    from npmobile.kernels import KERNELS
+
+    kernel = KERNELS["depthwise_conv2d"]  # a 3x3 layer of two output rows, one pixel, one channel
+    args = kernel.check(np.zeros((1, 4, 3, 1), np.float32), np.zeros((3, 3, 1), np.float32))
+    return 1e6 * median_time(lambda: kernel.run(*args), 2000, 0.0)[0]
+
+
+def litert_row(path, threads, quick):
+    """npmobile's float engine against LiteRT on one .tflite file, batch 1: LiteRT runs the file
+    as written (int8 for a quantized file, XNNPACK, num_threads=threads), npmobile its dequantized
+    float graph. Their probabilities differ by quantization, so the row records the top-1
+    agreement and the largest difference rather than asserting them."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    import npmobile
+
+    model = npmobile.load(path)
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    side = model.config.resolution
+    image = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
+    x = model.preprocess(image)
+
+    def litert():
+        interpreter.set_tensor(inp["index"], image.astype(inp["dtype"]))
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+    scale, zero = out["quantization"]
+    theirs = (litert().astype(np.float32) - zero) * (scale or 1.0)
+    ours = model(x)
+    row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])),
+               top1_agrees=bool(ours.argmax() == theirs.argmax()), max_prob_diff=float(np.abs(ours - theirs).max()))
+    with _blas_threads(1) as blas:
+        row["npmobile_ms"] = 1e3 * median_time(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)[0]
+    row["npmobile_blas_threads"] = blas
+    row["litert_ms"] = 1e3 * median_time(litert, 3 if quick else 10, 0.5 if quick else 3.0)[0]
+    row["npmobile_over_litert"] = row["npmobile_ms"] / row["litert_ms"]
+    return row
 
 
 @contextlib.contextmanager
@@ -99,8 +180,7 @@ def _peers(graph, params, threads):
     peers = {}
     try:
         import torch
-    except ImportError:
-        print("# torch not installed: no PyTorch, ONNX Runtime or reference-evaluator rows", file=sys.stderr)
+    except ImportError:  # run_all says so, once
         return peers
     torch.set_num_threads(threads)
     net = torch_twin(graph, params)
@@ -120,14 +200,14 @@ def _peers(graph, params, threads):
         peers["onnxruntime"] = (lambda x: session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                 8, False)
     except ImportError:
-        print("# onnxruntime not installed", file=sys.stderr)
+        pass
     try:
         from onnx.reference import ReferenceEvaluator
         evaluator = ReferenceEvaluator(path)
         peers["onnx_reference"] = (lambda x: evaluator.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0],
                                    1, True)
     except ImportError:
-        print("# onnx not installed", file=sys.stderr)
+        pass
     return peers
 
 
@@ -137,9 +217,11 @@ def export_onnx(net, graph, folder):
     import torch
 
     path = os.path.join(folder, f"{graph.config.arch}.onnx")
-    torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # torch deprecates this (TorchScript) exporter; it is the one without onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, torch.zeros(1, 3, *graph.input_shape[:2]), path, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
+                          opset_version=17, dynamo=False)
     return path
 
 
@@ -159,22 +241,48 @@ def first_inference_seconds():
     return float(out.stdout.strip())
 
 
-def run_all(thread_counts=(1, 2), quick=False):
-    rows = []
+def missing_peers():
+    """One line naming the peers that will not run because their package is missing, or None."""
+    gone = []
+    try:
+        import torch  # noqa: F401 -- every peer runs a module torch builds (or its ONNX export)
+    except ImportError:
+        gone = ["PyTorch", "ONNX Runtime", "the ONNX reference evaluator"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        gone += [] if "ONNX Runtime" in gone else ["ONNX Runtime"]
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        gone += [] if "the ONNX reference evaluator" in gone else ["the ONNX reference evaluator"]
+    return f"# not timed (package missing; pip install 'npmobile[bench]'): {', '.join(gone)}" if gone else None
+
+
+def run_all(thread_counts=(1, 2), quick=False, tflite=()):
+    note = missing_peers()
+    if note:
+        print(note, file=sys.stderr)
+    rows, probes, load_start = [], [], os.getloadavg()[0]
     for t in thread_counts:
         env = thread_env(t, blas=1)
-        cmd = [sys.executable, "-m", "npmobile.bench", "--worker", str(t)] + (["--quick"] if quick else [])
+        cmd = ([sys.executable, "-m", "npmobile.bench", "--worker", str(t)] + (["--quick"] if quick else [])
+               + [arg for path in tflite for arg in ("--tflite", path)])
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
-        rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        probes += [r for r in lines if "probe" in r]
+        rows += [r for r in lines if "probe" not in r]
     by_key = {(r["arch"], r["batch"], r["threads"]): r for r in rows}
     for r in rows:
         one = by_key.get((r["arch"], r["batch"], 1))
         if r["threads"] > 1 and one:
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
-    return dict(rows=rows, first_inference_s=first_inference_seconds(),
-                threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; a batch is split across t threads "
-                         "with BLAS on 1 thread each, a single image gets BLAS on t threads (threadpoolctl); "
-                         "torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, inter_op_num_threads=1"),
+    return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
+                load_average=[load_start, os.getloadavg()[0]],
+                threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; the kernels' parallel loops on t "
+                         "numba threads (TBB), each block of a product one single-threaded OpenBLAS call; a batch is "
+                         "also split across t Python threads; torch.set_num_threads(t); "
+                         "onnxruntime intra_op_num_threads=t, inter_op_num_threads=1; LiteRT num_threads=t"),
                 machine=_machine())
 
 
@@ -191,9 +299,10 @@ def _machine():
 def format_table(result):
     lines = [f"# {result['machine']}", f"# threads: {result['threads']}",
              f"# first inference in a new process: {result['first_inference_s']:.2f} s after import",
+             "# load average (1 min, all cores): {:.1f} at the start, {:.1f} at the end".format(*result["load_average"]),
              f"{'model':14s} {'batch':>5s} {'thr':>3s} {'npmobile':>9s} {'onnxrt':>8s} {'pytorch':>8s} "
              f"{'oracle':>9s} {'onnx-ref':>9s} {'npm/ort':>8s} {'ref/npm':>8s} {'x1thr':>6s}"]
-    for r in result["rows"]:
+    for r in [r for r in result["rows"] if "litert_ms" not in r]:
         def ms(k):
             return f"{r[k]:.1f}" if k in r else "-"
         lines.append(f"{r['arch']:14s} {r['batch']:5d} {r['threads']:3d} {ms('npmobile_ms'):>9s} "
@@ -204,7 +313,33 @@ def format_table(result):
                      f"{r.get('speedup_vs_1_thread', float('nan')):6.2f}")
     lines.append("(times in ms per batch; npm/ort = npmobile / ONNX Runtime; ref/npm = ONNX reference "
                  "evaluator / npmobile; x1thr = throughput over 1 thread)")
+    lines += _roofline_lines(result) + _litert_lines(result)
     return "\n".join(lines)
+
+
+def _roofline_lines(result):
+    lines = ["", "roofline: npmobile's GFLOP/s (2 x MACs / time) against the sgemm peak of its threads"]
+    for p in result.get("probes", []):
+        lines.append(f"# {p['probe']} thread(s): sgemm peak {p['sgemm_peak_gflops']:.0f} GFLOP/s per core; "
+                     f"one parallel loop costs {p['parallel_launch_us']:.1f} us")
+    for r in result["rows"]:
+        if "npmobile_gflops" in r:
+            lines.append(f"{r['arch']:14s} {r['batch']:5d} {r['threads']:3d} {r['npmobile_gflops']:7.1f} GFLOP/s "
+                         f"{100 * r['npmobile_fraction_of_peak']:5.1f}% of peak")
+    return lines
+
+
+def _litert_lines(result):
+    rows = [r for r in result["rows"] if "litert_ms" in r]
+    if not rows:
+        return []
+    lines = ["", "LiteRT on the same .tflite file (LiteRT runs it as written: int8 for a quantized file; "
+                 "npmobile its float graph), batch 1:",
+             f"{'file':36s} {'thr':>3s} {'npmobile':>9s} {'litert':>8s} {'npm/lrt':>8s} {'top-1 same':>10s}"]
+    for r in rows:
+        lines.append(f"{r['arch']:36s} {r['threads']:3d} {r['npmobile_ms']:9.1f} {r['litert_ms']:8.1f} "
+                     f"{r['npmobile_over_litert']:8.2f} {str(r['top1_agrees']):>10s}")
+    return lines
 
 
 def plot(result, path):
@@ -212,7 +347,7 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if "litert_ms" not in r]
     peers = [("npmobile_ms", "npmobile"), ("onnxruntime_ms", "ONNX Runtime"), ("pytorch_ms", "PyTorch")]
     labels = [f"{r['arch'].replace('mobilenet_', '')}\nb{r['batch']} t{r['threads']}" for r in rows]
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -238,12 +373,14 @@ def main(argv=None):
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a PNG plot to this file (needs matplotlib)")
     parser.add_argument("--markdown", help="write the table as a markdown code block to this file")
+    parser.add_argument("--tflite", action="append", default=[], metavar="FILE",
+                        help="also time LiteRT against npmobile on this .tflite file (repeatable)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.quick)
+        worker(args.worker, args.quick, args.tflite)
         return 0
-    result = run_all(tuple(args.threads), args.quick)
+    result = run_all(tuple(args.threads), args.quick, args.tflite)
     print(format_table(result))
     if args.out:
         with open(args.out, "w") as f:

@@ -21,11 +21,13 @@ import os
 import stat
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from . import pipeline, rows
 from .errors import needs
+from .model import softmax
 from .preprocess import center_crop_resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -100,6 +102,10 @@ def _walk(root, entered, named):
             yield path, None if stat.S_ISREG(st.st_mode) else f"{_kind(st.st_mode)}, not a regular file: not read"
 
 
+class UnreadableImage(Exception):
+    """An image file refused before decoding; the message is the reason shown to the user."""
+
+
 def read_image(path, resolution, crop):
     """Decode one image file into the model's (resolution, resolution, 3) uint8 RGB input.
 
@@ -107,6 +113,8 @@ def read_image(path, resolution, crop):
     the crop needs), the EXIF orientation is applied, and grayscale, palette, 16-bit, CMYK and
     transparent images become RGB (transparency over white)."""
     Image, ImageOps = _pil()
+    if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:  # (a worker may pass bytes)
+        raise UnreadableImage("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
@@ -152,6 +160,8 @@ def try_read(path, resolution, crop):
 
 
 def _reason(e):
+    if isinstance(e, UnreadableImage):
+        return str(e)
     name = type(e).__name__
     if isinstance(e, ImageRefused):
         return str(e)
@@ -166,21 +176,60 @@ def _reason(e):
 
 # --- running and reporting --------------------------------------------------------------------
 
-def probabilities(model, outputs):
-    """The model's outputs as probabilities: as they are when the graph ends in softmax (Keras,
-    TF-slim, TFLite), softmax of the logits otherwise (torchvision)."""
-    if model.config.output == "probabilities":
-        return outputs
-    z = outputs - outputs.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+# --- output formats: what a script reads --------------------------------------------------------
+
+class Prediction(NamedTuple):
+    label: str          # the model's label (or its output index as text when it has none)
+    index: int          # the model's output index (TF-slim/TFLite count "background" as 0)
+    probability: float
+    synset: str | None  # the WordNet id for ImageNet models: the same class whatever the index convention
 
 
-def top_k(model, probs, k):
-    """[[(label, index, probability), ...] per row], best first."""
+def imagenet_classes_of(model):
+    """[(synset, name)] per output index for a model with ImageNet's classes (1000, or 1001 with
+    TF-slim's "background" first: ("", "background")), else None. A model whose labels are not
+    ImageNet's (its first class is not the tench) is not taken for one."""
+    from .data import imagenet_classes
+
+    offset = {1000: 0, 1001: 1}.get(model.config.classes)
     labels = model.labels
+    if offset is None or (labels and not labels[offset].lower().startswith("tench")):
+        return None
+    return [("", "background")] * offset + imagenet_classes()
+
+
+def top_k(model, probs, k, classes=None):
+    """[[Prediction, ...] per row], best first. Labels: the model's own; for an ImageNet model
+    without labels (an .h5 or ONNX file), ImageNet's class names (`classes`, imagenet_classes_of)."""
+    labels = model.labels or ([name for _, name in classes] if classes else None)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(labels[i] if labels else str(i), int(i), float(p[i])) for i in row] for p, row in zip(probs, order)]
+    return [[Prediction(labels[i] if labels else str(i), int(i), float(p[i]), classes[i][0] if classes else None)
+             for i in row] for p, row in zip(probs, order)]
+
+
+def text_line(path, preds):
+    """path: "label" 12.3%, "label" 6.9%: each label in double quotes (JSON escapes), so that the
+    commas inside ImageNet names ("jersey, T-shirt, tee shirt") cannot be read as separators."""
+    return f"{path}: " + ", ".join(f"{json.dumps(p.label, ensure_ascii=False)} {p.probability:.1%}" for p in preds)
+
+
+def json_record(path, preds=None, error=None):
+    """One element of the --json array: {"path", "predictions": [...]} or {"path", "error"}."""
+    if error is not None:
+        return {"path": path, "error": error}
+    return {"path": path, "predictions": [{"label": p.label, "synset": p.synset, "index": p.index,
+                                           "probability": round(p.probability, 6)} for p in preds]}
+
+
+CSV_COLUMNS = ["path", "rank", "label", "synset", "index", "probability", "error"]
+
+
+def csv_rows(path, preds=None, error=None):
+    """The --csv rows of one image: one per prediction, or one naming the error."""
+    if error is not None:
+        return [[path, "", "", "", "", "", error]]
+    return [[path, rank, p.label, p.synset or "", p.index, f"{p.probability:.6f}", ""]
+            for rank, p in enumerate(preds, start=1)]
 
 
 def shown(path):
@@ -195,42 +244,46 @@ def shown(path):
 
 
 class _Writer:
-    """Writes each result as it comes, as text lines, CSV rows or one streamed JSON array."""
+    """Writes each result as it comes, as text lines, CSV rows, one streamed JSON array, or
+    --jsonl/--parquet rows (npmobile/rows.py). A skipped image is named on stderr, and in every
+    format but text also as a record with its error."""
 
     def __init__(self, fmt, out, bar):
-        self.fmt, self.out, self.bar, self.count = fmt, out, bar, 0
+        self.fmt, self.out, self.bar, self.count, self.records = fmt, out, bar, 0, 0
         if fmt == "csv":
             self.csv = csv.writer(out, lineterminator="\n")
-            self.csv.writerow(["path", "rank", "label", "index", "probability"])
+            self.csv.writerow(CSV_COLUMNS)
         elif fmt == "json":
             out.write("[")
         elif fmt in rows.ROW_FORMATS:
             self.rows = rows.RowWriter(fmt, getattr(out, "buffer", out))
 
-    def result(self, path, preds):
+    def _record(self, path, preds=None, error=None):
         if self.fmt in rows.ROW_FORMATS:
-            self.rows.write(rows.to_rows([(path, None)], [preds]))
+            self.rows.write(rows.to_rows([(path, error)], [] if error is not None else [preds]))
         elif self.fmt == "json":
-            record = {"path": path, "predictions": [{"label": lab, "index": i, "probability": round(p, 6)}
-                                                    for lab, i, p in preds]}
-            self.out.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
+            self.out.write(("\n" if self.records == 0 else ",\n") + json.dumps(json_record(path, preds, error)))
         elif self.fmt == "csv":
-            for rank, (lab, i, p) in enumerate(preds, start=1):
-                self.csv.writerow([shown(path), rank, lab, i, f"{p:.6f}"])
-        else:
-            line = f"{shown(path)}: " + ", ".join(f"{shown(lab)} ({p:.1%})" for lab, _, p in preds)
+            self.csv.writerows(csv_rows(shown(path), preds, error))
+        self.records += 1
+
+    def result(self, path, preds):
+        if self.fmt == "text":
+            line = text_line(shown(path), preds)
             self.bar.write(line, file=self.out) if self.bar is not None else print(line, file=self.out)
+        else:
+            self._record(path, preds)
         self.count += 1
 
     def error(self, path, reason):
-        if self.fmt in rows.ROW_FORMATS:
-            self.rows.write(rows.to_rows([(path, reason)], []))
         line = f"npmobile: {shown(path)}: skipped: {reason}"
         self.bar.write(line, file=sys.stderr) if self.bar is not None else print(line, file=sys.stderr)
+        if self.fmt != "text":
+            self._record(path, error=reason)
 
     def close(self):
         if self.fmt == "json":
-            self.out.write("\n]\n" if self.count else "]\n")
+            self.out.write("\n]\n" if self.records else "]\n")
         elif self.fmt in rows.ROW_FORMATS:
             self.rows.close()
         self.out.flush()
@@ -269,9 +322,7 @@ def classify(model, paths, *, top=5, batch_size=16, fmt="text", out=None, relati
             if bar is not None:
                 bar.update(len(done))
         writer.close()
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so the exit-time flush cannot fail again
-    finally:
+    finally:  # a closed output pipe (`| head`) raises BrokenPipeError: the CLI stops quietly (cli.main)
         if bar is not None:
             bar.close()
     return writer.count, failed
@@ -284,26 +335,29 @@ def reader(model):
 
 
 def predictor(model, top):
-    """uint8 images -> their top-k predictions, computed on the calling thread."""
-    return lambda images: top_k(model, probabilities(model, model(model.preprocess(images), threads=1)), top)
+    """uint8 images -> their top-k predictions (always from probabilities: a softmax applied to
+    a graph that ends in logits), computed on the calling thread."""
+    classes = imagenet_classes_of(model)
+
+    def predict(images):
+        out = model(model.preprocess(images), threads=1)
+        return top_k(model, softmax(out) if model.config.output == "logits" else out, top, classes)
+    return predict
 
 
 # --- the subcommands --------------------------------------------------------------------------
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text}")
-    return value
-
-
 def _add_output_flags(p, top):
-    p.add_argument("--top", type=_positive, default=top, metavar="K", help=f"labels per image (default {top})")
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="B", help="images per batch (default 16)")
+    from .cli import positive_int
+
+    p.add_argument("--top", type=positive_int, default=top, metavar="K", help=f"labels per image (default {top})")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="images per batch (default 16)")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="write one JSON array")
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json",
+                     help='write one JSON array: {"path", "predictions": [{"label", "synset", "index", "probability"}]} '
+                          'per image, {"path", "error"} per skipped image')
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv",
-                     help="write CSV rows: path, rank, label, index, probability")
+                     help="write CSV rows: " + ", ".join(CSV_COLUMNS) + " (a skipped image: one row with its error)")
     fmt.add_argument("--jsonl", dest="fmt", action="store_const", const="jsonl",
                      help="write one JSON object per file: path, ids, scores, labels, error")
     fmt.add_argument("--parquet", dest="fmt", action="store_const", const="parquet",
@@ -314,18 +368,21 @@ def _add_output_flags(p, top):
 
 
 def _add_engine_flags(p):
-    p.add_argument("--threads", type=_positive, metavar="N",
+    from .cli import positive_int
+
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="batches decoded or run at once, one core each (default: every core this process may use)")
     p.add_argument("--engine", choices=["local", "dask", "ray"], default="local",
                    help="local: this process (default); dask or ray: a cluster, writing --jsonl or --parquet "
                         "(the default) files into the --output folder; needs --weights readable by every worker")
     p.add_argument("--address", metavar="ADDR", help="with --engine: the cluster to join (default: start one here)")
-    p.add_argument("--workers", type=_positive, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
                    help="with --engine and no --address: workers of the local cluster (default: one per core)")
 
 
 def add_parsers(sub):
     """Add `classify` and `demo` to the CLI's subparsers."""
+    from .cli import positive_float, positive_int
     from .download import KERAS_ALPHAS
 
     p = sub.add_parser(
@@ -339,8 +396,8 @@ def add_parsers(sub):
                    help="a weight file npmobile.load reads (.npz, .h5, .keras, .pth, .onnx, .tflite)")
     p.add_argument("--arch", choices=sorted(KERAS_ALPHAS),
                    help="without --weights: the ImageNet model to download (default mobilenet_v2)")
-    p.add_argument("--alpha", type=float, help="without --weights: width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, help="without --weights: input side (default 224)")
+    p.add_argument("--alpha", type=positive_float, help="without --weights: width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=positive_int, help="without --weights: input side (default 224)")
     p.add_argument("--dequantize", action="store_true",
                    help="run a quantized --weights file (TFLite uint8/int8) as float instead of as the runtime's "
                         "integers")
@@ -358,6 +415,7 @@ def add_parsers(sub):
 
 
 def cmd_classify(args):
+    from .cli import given
     from .download import DownloadError, imagenet_model
     from .io import load
 
@@ -372,7 +430,7 @@ def cmd_classify(args):
         model = load(args.weights, dequantize=args.dequantize)
     else:
         try:
-            model = imagenet_model(args.arch or "mobilenet_v2", args.alpha or 1.0, args.resolution or 224)
+            model = imagenet_model(*(given(args, k) for k in ("arch", "alpha", "resolution")))
         except DownloadError as e:
             print(f"npmobile classify: error: {e}", file=sys.stderr)
             return 1
@@ -398,12 +456,27 @@ def _cmd_classify_cluster(args):
 
 
 def cmd_demo(args):
-    from .data import DIGITS_MODEL, SAMPLES
+    """The bundled digits model on the ten bundled digits (uint8 arrays: no decoder, no network):
+    says which model ran, prints each prediction, then how many match the true labels."""
+    from .data import DIGITS_MODEL, sample_digits
     from .io import load
 
+    model = load(DIGITS_MODEL)
+    samples = sample_digits()
+    note = sys.stdout if args.fmt == "text" else sys.stderr  # --json / --csv keep stdout machine-readable
+    c = model.config
+    print(f"model: {DIGITS_MODEL.name} ({c.arch} alpha={c.alpha} {c.resolution}x{c.resolution}, "
+          f"{c.classes} classes, trained by scripts/train_digits.py on scikit-learn's digits)", file=note)
+    probs = model.predict(model.preprocess(np.stack(list(samples.values()))), batch_size=args.batch_size)
+    right = 0
     with _output(args) as out:
-        return _report(*classify(load(DIGITS_MODEL), [str(SAMPLES)], top=args.top, batch_size=args.batch_size,
-                                 fmt=args.fmt, out=out, relative_to=SAMPLES))
+        writer = _Writer(args.fmt, out, None)
+        for name, preds in zip(samples, top_k(model, probs, args.top)):
+            writer.result(name, preds)
+            right += preds[0].label == name[len("digit")]  # a sample's name starts with digit<true label>
+        writer.close()
+    print(f"{right}/{len(samples)} right (each sample is named digit<true label>_sklearn<index>)", file=note)
+    return 0
 
 
 @contextlib.contextmanager

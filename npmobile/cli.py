@@ -2,23 +2,61 @@
 (the standard library's) parses, so `npmobile --help` and `npmobile CMD --help` document all."""
 
 import argparse
+import math
 import os
 import sys
 
 from . import __version__
 
+# The architecture flags' defaults. Every flag defaults to None ("not given") and is resolved
+# here with `given(...)`, so that a value the user typed, 0 included, is never mistaken for absent.
+ARCH_DEFAULTS = {"arch": "mobilenet_v2", "alpha": 1.0, "resolution": 224, "classes": None, "convention": "keras"}
+
+
+def given(args, name):
+    """The flag's value when the user gave it, else its default (ARCH_DEFAULTS)."""
+    value = getattr(args, name)
+    return ARCH_DEFAULTS[name] if value is None else value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (a width multiplier)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, found {text!r}")
+    return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
 
 def _add_arch_flags(p):
-    p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], default="mobilenet_v2")
-    p.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
-    p.add_argument("--resolution", type=int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--classes", type=int, default=None, help="classes of the head (default: the convention's)")
-    p.add_argument("--convention", choices=["keras", "torch", "tfslim"], default="keras")
+    p.add_argument("--arch", choices=["mobilenet_v1", "mobilenet_v2"], help="architecture (default mobilenet_v2)")
+    p.add_argument("--alpha", type=positive_float, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=positive_int, help="input side in pixels (default 224)")
+    p.add_argument("--classes", type=positive_int, help="classes of the head (default: the convention's)")
+    p.add_argument("--convention", choices=["keras", "torch", "tfslim"], help="padding/BN/head conventions (default keras)")
 
 
 def cmd_convert(args):
+    """Read any weight file, write the native .npz. Only a name ending in .npz is accepted: the
+    file written is always the native format, and a name saying otherwise would lie to `load`."""
     from .io import load
     from .weights import save
+    if os.path.splitext(args.output)[1].lower() != ".npz":
+        raise ValueError(f"-o {args.output}: convert writes npmobile's native .npz format only; expected a name "
+                         f"ending in .npz (npmobile reads .h5, .keras, .pth, .onnx and .tflite but writes none of them)")
     model = load(args.src, dequantize=True)  # the native file holds float32 tensors
     save(args.output, model)
     print(f"wrote {args.output}: {model!r}")
@@ -26,26 +64,21 @@ def cmd_convert(args):
 
 
 def cmd_summary(args):
-    """The cost of a model, layer by layer: from a weight file, or from architecture flags."""
+    """The cost of a model, layer by layer: from a weight file, or from architecture flags; with
+    --time, per step of the fast engine with its measured time beside (npmobile/timing.py)."""
     import json
 
     from . import cost
-    from .architectures import ARCHITECTURES
 
-    flags = {k: getattr(args, k) for k in ("arch", "alpha", "resolution", "classes", "convention")}
-    if args.src:
-        defaults = vars(build_parser().parse_args(["summary"]))
-        if any(flags[k] != defaults[k] for k in flags):
-            raise ValueError("give a weight file or architecture flags (--arch, --alpha, ...), not both")
-        from .io import load
-        model = load(args.src, dequantize=True)  # the same layers; counted on the float graph
-        graph, title = model.graph, f"{args.src}: {model!r}"
+    model, title = _summary_model(args)
+    if args.time:
+        from . import timing
+        table = timing.timed_rows(model, runs=args.runs)
+        text = (json.dumps({"config": model.config.to_json(), "layers": timing.to_json(table)}, indent=1) if args.json
+                else timing.format_table(table, title + f" (batch 1, median of {args.runs} runs per step)"))
     else:
-        graph = ARCHITECTURES[args.arch](args.alpha, args.resolution, args.classes, convention=args.convention)
-        title = (f"{args.arch} alpha={args.alpha} resolution={args.resolution} "
-                 f"classes={graph.config.classes} convention={args.convention}")
-    c = cost.count(graph)
-    text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
+        c = cost.count(model.graph)
+        text = json.dumps(c.to_json(), indent=1) if args.json else cost.format_table(c, title)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text + "\n")
@@ -54,9 +87,50 @@ def cmd_summary(args):
     return 0
 
 
+def _summary_model(args):
+    """(Model, title) from the weight file, or from the architecture flags with random weights
+    (counts and times do not depend on the weights' values)."""
+    from .model import Model
+    from .architectures import ARCHITECTURES, random_params
+
+    chosen = [f"--{k}" for k in ARCH_DEFAULTS if getattr(args, k) is not None]
+    if args.src:
+        if chosen:
+            raise ValueError(f"give a weight file or architecture flags, not both: {args.src} carries its own "
+                             f"architecture, so {', '.join(chosen)} would be ignored")
+        from .io import load
+        model = load(args.src, dequantize=True)  # the same layers; counted and timed on the float graph
+        return model, f"{args.src}: {model!r}"
+    arch, alpha, resolution, convention = (given(args, k) for k in ("arch", "alpha", "resolution", "convention"))
+    graph = ARCHITECTURES[arch](alpha, resolution, args.classes, convention=convention)
+    title = f"{arch} alpha={alpha} resolution={resolution} classes={graph.config.classes} convention={convention}"
+    return Model(graph, random_params(graph), source="random weights"), title
+
+
 def cmd_bench(args):
+    """With --weights: time that file (bench_file_parser's flags). Without: the end-to-end
+    benchmark, which parses its own flags (npmobile/bench.py)."""
+    if any(a == "--weights" or a.startswith("--weights=") for a in args.rest):
+        from pathlib import Path
+
+        from .bench_file import bench_file
+        opts = bench_file_parser().parse_args(args.rest)
+        bench_file(Path(opts.weights), runs=opts.runs, warmup=opts.warmup, threads=opts.threads, batch=opts.batch)
+        return 0
     from . import bench
     return bench.main(args.rest)
+
+
+def bench_file_parser():
+    p = argparse.ArgumentParser(prog="npmobile bench --weights", description="Time one model file with npmobile "
+                                "and with the runtime that reads the same file (ONNX Runtime, LiteRT, PyTorch).")
+    p.add_argument("--weights", required=True, metavar="FILE", help="any file npmobile.load reads")
+    p.add_argument("--runs", type=positive_int, default=20, metavar="N", help="timed calls per runtime (default 20)")
+    p.add_argument("--warmup", type=positive_int, default=3, metavar="N",
+                   help="untimed calls first, at least 1: it absorbs numba's compile (default 3)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="T", help="threads for every runtime (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="images per call (default 1)")
+    return p
 
 
 def build_parser():
@@ -77,11 +151,17 @@ def build_parser():
     p.add_argument("--json", action="store_true",
                    help="print JSON instead of the table: top-level keys macs, params, params_by_kind, config, layers")
     p.add_argument("-o", "--output", help="write the table or JSON to this file instead of stdout")
+    p.add_argument("--time", action="store_true",
+                   help="one row per step of the fast engine (fused nodes named), MACs and parameters beside its "
+                        "measured ms and GFLOP/s (batch 1)")
+    p.add_argument("--runs", type=positive_int, default=20, metavar="N", help="with --time: timed runs per step (default 20)")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights)",
+    p = sub.add_parser("bench", help="time whole MobileNets against ONNX Runtime and PyTorch (same weights); "
+                                     "--weights FILE [--runs N --warmup N --threads T --batch B] times your file",
                        description="The end-to-end benchmark (npmobile/bench.py): MobileNetV1/V2-1.0-224, "
-                                   "batch 1 and 8, 1 and 2 threads, ratios from the same run.", add_help=False)
+                                   "batch 1 and 8, 1 and 2 threads, ratios from the same run. "
+                                   "`npmobile bench --weights FILE --help` for timing one file.", add_help=False)
     p.set_defaults(func=cmd_bench)
 
     from .classify import add_parsers  # `classify` and `demo`
@@ -111,6 +191,8 @@ def _run(args):
     bug, reported as one (NPMOBILE_DEBUG=1 shows its traceback)."""
     try:
         return args.func(args)
+    except BrokenPipeError:
+        return _output_closed()
     except KeyboardInterrupt:
         print(f"npmobile {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -126,6 +208,14 @@ def _run(args):
         print(f"npmobile {args.command}: internal error (please report it; NPMOBILE_DEBUG=1 shows the "
               f"traceback): {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def _output_closed():
+    """The reader of our stdout went away (`| head`, `| true`): stop quietly, exit status 1, as
+    the Python docs recommend (signal module, "Note on SIGPIPE"): point stdout at devnull so that
+    the flush at exit cannot raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ around importing a format's optional package, and the wrap of a parser's failure
 so that the graph (which checks tensors against itself), the native reader, the importers and
 the image reader share them without importing each other."""
 
+import re
 from contextlib import contextmanager
 
 
@@ -32,6 +33,7 @@ def reading(source, what, errors=(Exception,)):
             raise
         raise WeightFileError(f"{source}: {e}") from None
     except errors as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e)).strip()  # no terminal colour codes (torch's)
+        first = text.splitlines()[0] if text else ""
         raise WeightFileError(f"{source}: not a readable {what} (truncated or corrupted?): "
                               f"{type(e).__name__}: {first}") from None

@@ -37,7 +37,10 @@ def pin_threads(n):
 
     from .model import get_num_threads, set_num_threads
 
-    os.environ.update({v: str(n) for v in THREAD_VARS})
+    # Not NUMBA_NUM_THREADS: numba rereads it at every compile and refuses a value other than the
+    # size of the pool it has launched (RuntimeError); numba.set_num_threads below limits this
+    # process, and children get it from thread_env.
+    os.environ.update({v: str(n) for v in THREAD_VARS if v != "NUMBA_NUM_THREADS"})
     set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     global _limits

@@ -53,19 +53,58 @@ def _executor():
         return _pool
 
 
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def softmax(z):
+    """exp(z) / sum(exp(z)) along the last axis, computed on z - max(z) so that exp cannot overflow."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def as_nhwc(graph, x, layout):
+    """A batch given in `layout` ("NHWC", the default, or "NCHW" as torch and ONNX hold images) as
+    the NHWC batch the engine runs, with one error naming the expected and the found shape."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
+    x = np.asarray(x)
+    h, w, c = graph.input_shape
+    expected = (h, w, c) if layout == "NHWC" else (c, h, w)
+    if x.ndim == 4 and x.shape[1:] == expected:
+        return x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
+    hint = ""
+    if x.ndim == 3 and x.shape == expected:
+        hint = ": that is one image; add the batch axis, x[None] (a batch of one), as Keras' predict requires"
+    elif x.ndim == 4 and layout == "NHWC" and x.shape[1:] == (c, h, w):
+        hint = ": that is an NCHW batch (torch, ONNX); pass layout=\"NCHW\""
+    elif x.ndim == 4 and layout == "NCHW" and x.shape[1:] == (h, w, c):
+        hint = ": that is an NHWC batch; drop layout=\"NCHW\""
+    raise ValueError(f"input: expected shape (n, {', '.join(map(str, expected))}), found {x.shape} "
+                     f"(layout={layout!r}){hint}")
+
+
 class Model:
     """A MobileNet ready to run.
 
-    model(x) runs the fast engine on an NHWC float batch that is already preprocessed and returns
-    what the graph computes (`model.config.output`: softmax probabilities for Keras and TF-slim
-    models, logits for torchvision). model.preprocess turns uint8 RGB images into that input.
+    The output contract:
+    - model.outputs (= model.config.output) says what model(x) returns: "probabilities" when the
+      graph ends in a softmax (Keras, TF-slim and TFLite files), "logits" when it does not
+      (torchvision, most ONNX files), "features" for a graph without its classifier;
+    - model(x) returns what the graph computes (model.outputs), nothing added;
+    - model.predict(x) always returns probabilities (a softmax applied to logits), as does
+      `npmobile classify` (features stay features: there is no classifier to make them
+      probabilities).
+    Input: a preprocessed float batch, NHWC by default; model(x, layout="NCHW"),
+    model.run(x, layout="NCHW") and model.predict(x, layout="NCHW") take the (n, 3, h, w)
+    batches torch and ONNX users hold. model.preprocess turns uint8 RGB images into NHWC input.
     """
 
     def __init__(self, graph, params, labels=None, source="<memory>"):
         self.graph = graph
         # Every reader ends here: the one validation step, before anything runs or is allocated.
         self.params = validate.check_model(graph, params, labels, source)
-        self.labels = list(labels) if labels is not None else None
+        # The file's class names; else ImageNet's for a 1000/1001-class classifier (data.default_labels).
+        self.labels = list(labels) if labels is not None else _default_labels(graph.config)
         self.source = source
         self._fused = None
         self._lock = threading.Lock()
@@ -88,17 +127,24 @@ class Model:
         return (f"Model({c.arch}, alpha={c.alpha}, resolution={c.resolution}, classes={c.classes}, "
                 f"output={c.output!r}, convention={c.convention!r}, source={self.source!r})")
 
-    def __call__(self, x, *, threads=None):
-        """The fast engine on an NHWC float batch; returns a new float32 array."""
-        return self.run(x, threads=threads)
+    @property
+    def outputs(self):
+        """What model(x) returns: "probabilities", "logits" or "features" (model.config.output)."""
+        return self.config.output
 
-    def run(self, x, *, oracle=False, intermediates=False, threads=None):
-        """Run on an NHWC float batch with the fast kernels on the fused graph, or (oracle=True)
-        the float64 oracles on the graph as built. Returns the output, or with intermediates
-        {name: value} for "input" and every node. A batch is split across `threads` threads
-        (default: set_num_threads; threads=1 keeps it on the calling thread, as a pipeline that
-        runs one batch per core does); each thread runs its part PLAN_BATCH images at a time."""
-        x = engine.check_input(self.graph, x)
+    def __call__(self, x, *, layout="NHWC", threads=None):
+        """The fast engine on a float batch (NHWC, or NCHW with layout="NCHW"); returns a new
+        float32 array of what the graph computes: see model.outputs."""
+        return self.run(x, layout=layout, threads=threads)
+
+    def run(self, x, *, oracle=False, intermediates=False, layout="NHWC", threads=None):
+        """Run on a float batch (NHWC, or NCHW with layout="NCHW") with the fast kernels on the
+        fused graph, or (oracle=True) the float64 oracles on the graph as built. Returns the
+        output (model.outputs says what it is), or with intermediates {name: value} for "input"
+        and every node. A batch is split across `threads` threads (default: set_num_threads;
+        threads=1 keeps it on the calling thread, as a pipeline that runs one batch per core
+        does); each thread runs its part PLAN_BATCH images at a time."""
+        x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
         if not oracle:
             x = np.ascontiguousarray(x, dtype=np.float32)
         parts = min(threads or _num_threads, len(x))
@@ -128,12 +174,17 @@ class Model:
                 self._fused = engine.fuse(self.graph, self.params)
         return self._fused
 
-    def predict(self, x, batch_size=32):
-        """model(x) in batches of batch_size, concatenated (Keras' predict)."""
+    def predict(self, x, batch_size=32, *, layout="NHWC"):
+        """Probabilities (n, classes), always: model(x) in batches of batch_size, with a softmax
+        when the graph ends in logits (a graph without its classifier returns its features). As
+        Keras' predict, x is a batch: one (h, w, 3) image is refused with a message saying to add
+        the batch axis, rather than guessed at (a 3-d array would otherwise be read as a batch of
+        (w, 3) rows)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
-        x = engine.check_input(self.graph, x)
-        return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
+        out = np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return softmax(out) if self.outputs == "logits" else out
 
     def preprocess(self, images):
         """uint8 RGB images -> the float32 NHWC batch this model expects.
@@ -144,6 +195,22 @@ class Model:
         """
         pre = self.config.preprocess
         return preprocess_batch(images, self.config.resolution, pre.mean, pre.std, pre.crop)
+
+    def summary(self, time=False, runs=20, print_fn=print):
+        """Print the model layer by layer, as Keras' model.summary() does, with MACs beside the
+        parameters (npmobile.cost). time=True: one row per step of the fast engine (the nodes it
+        fuses named), with its measured ms and GFLOP/s beside its MACs (npmobile.timing)."""
+        from . import cost, timing
+
+        if time:
+            print_fn(timing.format_table(timing.timed_rows(self, runs=runs), repr(self)))
+        else:
+            print_fn(cost.format_table(cost.count(self.graph), repr(self)))
+
+
+def _default_labels(config):
+    from .data import default_labels
+    return default_labels(config.classes) if config.include_top else None
 
 
 def _concat(outs):

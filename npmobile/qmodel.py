@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import validate
 from .engine import _last_use, check_input
 from .kernels.quantized import QKERNELS, dequantize, quantize
 from .model import PLAN_BATCH, _executor, get_num_threads
@@ -62,6 +63,7 @@ class QuantizedModel:
         for node in graph.nodes:
             if node.op not in QKERNELS:
                 raise ValueError(f"{source}: node {node.name!r}: {node.op!r} is not an integer kernel")
+        validate.check_structure(graph, source)  # the checks at load that do not depend on the op
 
     @property
     def config(self):
@@ -83,6 +85,11 @@ class QuantizedModel:
         x = check_input(self.graph, x)
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
+
+    @property
+    def outputs(self):
+        """What model(x) returns, as for the float Model: model.config.output."""
+        return self.config.output
 
     def __getstate__(self):
         """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no

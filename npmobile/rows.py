@@ -18,13 +18,13 @@ ROWS_PER_GROUP = 10_000
 
 def to_rows(done, preds):
     """Rows for a batch: done is [(path, reason)], preds the top-k lists [(label, index,
-    probability)] of the paths whose reason is None, in order."""
+    probability, ...)] (classify.Prediction) of the paths whose reason is None, in order."""
     ran = iter(preds)
     rows = []
     for path, reason in done:
         top = [] if reason else next(ran)
-        rows.append({"path": path, "ids": [i for _, i, _ in top], "scores": [p for _, _, p in top],
-                     "labels": [lab for lab, _, _ in top], "error": reason})
+        rows.append({"path": path, "ids": [t[1] for t in top], "scores": [t[2] for t in top],
+                     "labels": [t[0] for t in top], "error": reason})
     return rows
 
 

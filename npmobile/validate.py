@@ -282,7 +282,6 @@ def check_graph(graph, source="<memory>"):
     if len(shapes["input"]) != 3 or not 1 <= len(graph.nodes) <= MAX_NODES:
         raise WeightFileError(f"{source}: expected an (h, w, c) input and 1..{MAX_NODES} nodes, found "
                               f"input {shapes['input']} and {len(graph.nodes)} nodes")
-    read = set()
     for node in graph.nodes:
         if not isinstance(node.name, str) or not node.name or node.name in shapes:
             raise WeightFileError(f"{source}: node name {node.name!r}: empty, not a string, or used twice")
@@ -290,12 +289,42 @@ def check_graph(graph, source="<memory>"):
             shapes[node.name] = _check_node(node, shapes)
         except _Bad as bad:
             _fail(source, node, bad)
-        read.update(node.inputs)
+    _check_dead(graph, source)
+    _check_memory(graph, source)
+
+
+def check_structure(graph, source="<memory>"):
+    """What check_graph checks that does not depend on an op's own rules, for graphs whose ops
+    are not in OPS (the integer graphs: npmobile.kernels.quantized): node names, inputs computed
+    earlier, no dead nodes, shapes in range, stride and pad (where a node has them) in range, and
+    the activation memory. Their kernels check the rest when a plan binds them."""
+    try:
+        shapes = {"input": _check_shape(graph.input_shape, "the input shape")}
+    except _Bad as bad:
+        raise WeightFileError(f"{source}: the graph's input_shape: {bad.message}") from None
+    for node in graph.nodes:
+        if not isinstance(node.name, str) or not node.name or node.name in shapes:
+            raise WeightFileError(f"{source}: node name {node.name!r}: empty, not a string, or used twice")
+        try:
+            for name in node.inputs:
+                if name not in shapes:
+                    raise _Bad("inputs", f"reads {name!r}, which no earlier node computes")
+            for attr, check in (("stride", _stride), ("pad", _pad)):
+                if attr in node.attrs:
+                    check(node.attrs[attr])
+            shapes[node.name] = _check_shape(node.shape, "the node's shape")
+        except _Bad as bad:
+            _fail(source, node, bad)
+    _check_dead(graph, source)
+    _check_memory(graph, source)
+
+
+def _check_dead(graph, source):
+    read = {name for n in graph.nodes for name in n.inputs}
     dead = [n.name for n in graph.nodes[:-1] if n.name not in read]
     if dead:
         raise WeightFileError(f"{source}: node(s) {', '.join(map(repr, dead[:5]))} compute values that no later "
                               f"node reads (the output is the last node, {graph.output!r})")
-    _check_memory(graph, source)
 
 
 def _node_bytes(node):

@@ -142,11 +142,14 @@ def _npy(z, info, shape, limit, path):
         size = math.prod(found) * dtype.itemsize
         if size > limit:
             raise WeightFileError(f"{path}: member {info.filename!r}: {size:,} bytes, above {limit:,}")
-        data = f.read(size)  # zipfile checks the CRC-32 once the member is read to its end
-        f.read(1)
-    if len(data) != size:
-        raise WeightFileError(f"{path}: member {info.filename!r}: expected {size:,} bytes of data, found {len(data):,}")
-    return np.frombuffer(data, dtype=dtype).reshape(found, order="F" if fortran else "C")
+        a = np.empty(math.prod(found), dtype=dtype)  # writable, as np.load's arrays (numba types differ)
+        got, view = 0, memoryview(a).cast("B")
+        while got < size and (n := f.readinto(view[got:])):
+            got += n
+        f.read(1)  # zipfile checks the CRC-32 once the member is read to its end
+    if got != size:
+        raise WeightFileError(f"{path}: member {info.filename!r}: expected {size:,} bytes of data, found {got:,}")
+    return a.reshape(found, order="F" if fortran else "C")
 
 
 def _config(data, graph_json):

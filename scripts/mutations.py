@@ -56,7 +56,7 @@ MUTATIONS = [
              r"np\.float32\(h \* w\)", "np.float32(h * w + 1)",
              (KERNEL_TESTS, "-k", "pool")),
     Mutation("pointwise fused clamp: upper bound dropped",
-             ("npmobile/kernels/_epilogue.py", "npmobile/kernels/pointwise.py"),
+             ("npmobile/kernels/_product.py", "npmobile/kernels/pointwise.py"),
              r"v = min\(max\(v, lo\), hi\)", "v = max(v, lo)",
              (KERNEL_TESTS, "-k", "pointwise")),
     Mutation("plan liveness: a value freed at its first reader, not its last", ("npmobile/engine.py",),

@@ -3,9 +3,9 @@
     pip install -e ".[train]" && python scripts/train_digits.py
 
 Writes npmobile/data/digits_mobilenet.npz (the native weight file, labels "0".."9") and a few
-test-split digits as npmobile/data/samples/*.png, so that `npmobile demo` shows real predictions
-on a machine with no network. The data set ships inside scikit-learn (1,797 8x8 grayscale digits
-with values 0..16); each is drawn dark-on-white and upsampled to 32x32 with Pillow.
+test-split digits as npmobile/data/samples.npz (uint8 RGB arrays), so that `npmobile demo` shows
+real predictions on a machine with no network and no image decoder. The data set ships inside
+scikit-learn (1,797 8x8 grayscale digits with values 0..16); each is drawn dark-on-white and upsampled to 32x32 with Pillow.
 
 torch trains the network, but the network it trains is npmobile's own graph: its torch twin
 (npmobile.measure.torch_twin, the same one the benchmarks time) runs `npmobile.mobilenet_v1(...)`
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -55,7 +54,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DATA / "digits_mobilenet.npz")
-    ap.add_argument("--samples", type=Path, default=DATA / "samples")
+    ap.add_argument("--samples", type=Path, default=DATA / "samples.npz")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -107,13 +106,13 @@ def main():
     print(f"held-out accuracy (npmobile, {len(idx_test)} test digits): {accuracy:.4f}")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 
-    # Samples: the first test digit of each class, named after its true label.
-    args.samples.mkdir(parents=True, exist_ok=True)
-    for old in args.samples.glob("*.png"):
-        old.unlink()
+    # Samples: the first test digit of each class, keyed after its true label and its index in
+    # scikit-learn's data set, as uint8 RGB arrays (the demo then needs no image decoder).
+    samples = {}
     for d in range(10):
         i = next(i for i in idx_test if digits.target[i] == d)
-        Image.fromarray(images[i]).save(args.samples / f"digit{d}_sklearn{i:04d}.png", optimize=True)
+        samples[f"digit{d}_sklearn{i:04d}"] = np.repeat(images[i][..., None], 3, axis=-1)
+    np.savez_compressed(args.samples, **samples)
     print(f"wrote 10 samples to {args.samples}")
 
 

@@ -29,6 +29,43 @@ def assets():
     return ASSETS
 
 
+@pytest.fixture(scope="session")
+def corpus(assets):
+    """The generated corpus (scripts/make_corpus.py: every MobileNet form the converters write),
+    built once and reused while the generator is unchanged: in $NPMOBILE_CORPUS_DIR, else
+    ~/.cache/npmobile/corpus (a lock keeps two sessions from building it at once).
+    Returns (folder, {file name: manifest entry})."""
+    import fcntl
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    import make_corpus
+
+    out = Path(os.environ.get("NPMOBILE_CORPUS_DIR") or make_corpus.CACHE / "corpus")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not make_corpus.is_built(out):
+            subprocess.run([sys.executable, str(root / "scripts" / "make_corpus.py"), str(out)], check=True)
+    return out, make_corpus.manifest(out)
+
+
+@pytest.fixture(scope="session")
+def sample_pngs(tmp_path_factory):
+    """The ten bundled sample digits (npmobile/data/samples.npz) written as grayscale PNG files,
+    named as in the package: a folder for the tests of `npmobile classify`."""
+    from PIL import Image
+
+    from npmobile.data import sample_digits
+
+    folder = tmp_path_factory.mktemp("samples")
+    for name, rgb in sample_digits().items():
+        Image.fromarray(rgb).convert("L").save(folder / f"{name}.png")
+    return folder
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI every test runs: a skip (a framework missing, the assets absent) fails the run."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

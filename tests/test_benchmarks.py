@@ -19,19 +19,25 @@ def test_kernel_benchmark_quick(tmp_path):
     assert all(r["macs"] > 0 and r["fast_s"] > 0 and r["torch_s"] > 0 for r in result["layers"])
 
 
-def test_end_to_end_benchmark_quick(tmp_path):
+def test_end_to_end_benchmark_quick(tmp_path, assets):
     out, png = tmp_path / "e2e.json", tmp_path / "e2e.png"
-    run = subprocess.run([sys.executable, "-m", "npmobile", "bench", "--quick", "--threads", "1",
+    tflite = assets / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+    run = subprocess.run([sys.executable, "-m", "npmobile", "bench", "--quick", "--threads", "1", "--tflite", str(tflite),
                           "--out", str(out), "--plot", str(png)],
                          check=True, capture_output=True, text=True, timeout=1800)
     result = json.loads(out.read_text())
-    rows = {(r["arch"], r["batch"]): r for r in result["rows"]}
+    litert = [r for r in result["rows"] if "litert_ms" in r]
+    assert len(litert) == 1 and litert[0]["npmobile_ms"] > 0 and litert[0]["top1_agrees"] in (True, False), litert
+    assert 0 < result["probes"][0]["sgemm_peak_gflops"] and 0 < result["probes"][0]["parallel_launch_us"]
+    rows = {(r["arch"], r["batch"]): r for r in result["rows"] if "litert_ms" not in r}
     assert set(rows) == {(a, b) for a in ("mobilenet_v1", "mobilenet_v2") for b in (1, 8)}
     for r in rows.values():  # every peer ran, on outputs checked against npmobile's
         assert {"npmobile_ms", "onnxruntime_ms", "pytorch_ms"} <= set(r), r
     assert "onnx_reference_ms" in rows[("mobilenet_v2", 1)] and "oracle_ms" in rows[("mobilenet_v2", 1)]
     assert png.stat().st_size > 10_000
-    assert "npm/ort" in run.stdout
+    assert all(0 < r["npmobile_fraction_of_peak"] < 1 for r in rows.values()), rows
+    assert "npm/ort" in run.stdout and "LiteRT" in run.stdout and "% of peak" in run.stdout
+    assert "DeprecationWarning" not in run.stderr and "not timed" not in run.stderr  # issue 17, case 7
 
 
 def test_layer_benchmark_quick(tmp_path):

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 import npmobile
-from npmobile.data import DIGITS_MODEL, SAMPLES, digit_images
+from npmobile.data import DIGITS_MODEL, digit_images, sample_digits
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}  # ImageNet 281..285
 
@@ -26,6 +25,11 @@ def npmobile_cli(*args, env=None, timeout=600):
     """Run `python -m npmobile ARGS`; returns the CompletedProcess (text)."""
     return subprocess.run([sys.executable, "-m", "npmobile", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def digit_image(d):
+    """The bundled sample of digit d as a grayscale PIL image."""
+    return Image.fromarray(next(a for k, a in sample_digits().items() if k.startswith(f"digit{d}_"))).convert("L")
 
 
 def sample_digit(path):
@@ -61,7 +65,7 @@ def test_demo_shows_real_predictions():
     text = npmobile_cli("demo")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.strip().splitlines()
-    assert len(lines) == 10
+    assert len(lines) == 12 and lines[0].startswith("model: digits_mobilenet.npz") and "right" in lines[-1]
     json_run = npmobile_cli("demo", "--json", "--top", "3")
     records = json.loads(json_run.stdout)
     assert len(records) == 10 and all(len(r["predictions"]) == 3 for r in records)
@@ -98,8 +102,8 @@ def test_tflite_weights_classify_the_photos(assets):
     assert text.returncode == 0, text.stderr
     top1 = {Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in text.stdout.splitlines()}
     assert set(top1) == {p.name for p in photos.iterdir() if p.suffix in (".png", ".jpg", ".bmp")}
-    assert any(top1["chelsea.png"].startswith(c) for c in CAT_CLASSES), top1["chelsea.png"]
-    assert top1["coffee.png"].startswith("espresso ("), top1["coffee.png"]
+    assert any(top1["chelsea.png"].startswith(f'"{c}') for c in CAT_CLASSES), top1["chelsea.png"]
+    assert top1["coffee.png"].startswith('"espresso" '), top1["coffee.png"]
 
     records = {Path(r["path"]).name: r["predictions"]
                for r in json.loads(npmobile_cli("classify", "--weights", weights, photos, "--json").stdout)}
@@ -125,7 +129,7 @@ def test_folder_with_bad_images(tmp_path):
     """Good images in every format and mode are classified; each bad one is named with its reason."""
     folder = tmp_path / "photos"
     (folder / "nested" / "deeper").mkdir(parents=True)
-    digit = Image.open(sorted(SAMPLES.glob("digit3_*.png"))[0])
+    digit = digit_image(3)
     good = {
         "gray.png": digit,
         "rgb.bmp": digit.convert("RGB"),
@@ -154,8 +158,11 @@ def test_folder_with_bad_images(tmp_path):
     run = npmobile_cli("classify", "--weights", DIGITS_MODEL, folder, folder / "missing.png", "--json",
                        "--batch-size", "3", "--top", "2")
     assert run.returncode == 1, run.stderr
-    records = {Path(r["path"]).relative_to(folder).as_posix(): r["predictions"] for r in json.loads(run.stdout)}
+    found = json.loads(run.stdout)
+    records = {Path(r["path"]).relative_to(folder).as_posix(): r["predictions"] for r in found if "predictions" in r}
     assert set(records) == set(good), run.stderr
+    errors = {Path(r["path"]).name: r["error"] for r in found if "error" in r}  # skipped files are records too
+    assert set(errors) == {"corrupt.jpg", "notes.png", "bomb.png", "missing.png"}, errors
     for name in ("gray.png", "rgb.bmp", "palette.png", "rgba.png", "photo.JPG", "nested/deeper/lossless.webp",
                  "huge.jpg", "huge.png"):
         assert records[name][0]["label"] == "3", (name, records[name])
@@ -167,7 +174,7 @@ def test_folder_with_bad_images(tmp_path):
 
 
 def test_csv_output_and_text_file(tmp_path):
-    shutil.copy(sorted(SAMPLES.glob("digit7_*.png"))[0], tmp_path / "seven.png")
+    digit_image(7).save(tmp_path / "seven.png")
     run = npmobile_cli("classify", "--weights", DIGITS_MODEL, tmp_path / "seven.png", "--csv", "--top", "10")
     assert run.returncode == 0, run.stderr
     rows = list(csv.DictReader(io.StringIO(run.stdout)))
@@ -183,30 +190,34 @@ def test_logits_model_shows_probabilities(tmp_path):
     graph = npmobile.mobilenet_v2(0.35, 32, classes=4, convention="torch")
     path = tmp_path / "logits.npz"
     npmobile.save(path, npmobile.Model(graph, npmobile.architectures.random_params(graph)))
-    shutil.copy(sorted(SAMPLES.glob("*.png"))[0], tmp_path / "x.png")
+    digit_image(0).save(tmp_path / "x.png")
     run = npmobile_cli("classify", "--weights", path, tmp_path / "x.png", "--json", "--top", "4")
     assert run.returncode == 0, run.stderr
     preds = json.loads(run.stdout)[0]["predictions"]
     assert abs(sum(p["probability"] for p in preds) - 1) < 1e-5 and all(0 < p["probability"] < 1 for p in preds)
 
 
-def test_empty_folder_and_bad_weights(tmp_path):
+def test_empty_folder_and_bad_weights(tmp_path, sample_pngs):
     run = npmobile_cli("classify", "--weights", DIGITS_MODEL, tmp_path)
     assert run.returncode == 1 and "no images found" in run.stderr
     (tmp_path / "w.npz").write_bytes(b"PK not really a zip")
-    run = npmobile_cli("classify", "--weights", tmp_path / "w.npz", SAMPLES)
+    run = npmobile_cli("classify", "--weights", tmp_path / "w.npz", sample_pngs)
     assert run.returncode == 1 and "w.npz" in run.stderr and "Traceback" not in run.stderr
-    run = npmobile_cli("classify", "--weights", DIGITS_MODEL, "--alpha", "0.5", SAMPLES)
+    run = npmobile_cli("classify", "--weights", DIGITS_MODEL, "--alpha", "0.5", sample_pngs)
     assert run.returncode == 1 and "--alpha choose the ImageNet weights to download" in run.stderr
 
 
-def test_missing_pillow_is_a_clear_error():
-    code = "import sys; sys.modules['PIL'] = None; from npmobile.cli import main; sys.exit(main(['demo']))"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def test_missing_pillow_is_a_clear_error(sample_pngs):
+    """Without Pillow, classifying image files says so in one line; the demo needs no Pillow."""
+    code = "import sys; sys.modules['PIL'] = None; from npmobile.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", code, "classify", "--weights", str(DIGITS_MODEL), str(sample_pngs)],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "needs Pillow" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-c", code, "demo"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "10/10 right" in run.stdout, run.stderr
 
 
-def test_progress_bar_on_a_terminal_only():
+def test_progress_bar_on_a_terminal_only(sample_pngs):
     """A folder on a terminal shows tqdm's bar on stderr; piped, stderr has no bar."""
     import fcntl
     import pty
@@ -214,7 +225,8 @@ def test_progress_bar_on_a_terminal_only():
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "npmobile", "demo"], stdout=subprocess.PIPE, stderr=follower)
+    cmd = [sys.executable, "-m", "npmobile", "classify", "--weights", str(DIGITS_MODEL), str(sample_pngs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     chunks = []
     while True:
@@ -229,7 +241,7 @@ def test_progress_bar_on_a_terminal_only():
     os.close(leader)
     assert proc.returncode == 0
     assert re.search(r"10img \[", b"".join(chunks).decode(errors="replace")), chunks
-    assert npmobile_cli("demo").stderr == ""
+    assert npmobile_cli(*cmd[3:]).stderr == ""
 
 
 def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
@@ -239,7 +251,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
 
     from npmobile.classify import classify
 
-    digit = Image.open(sorted(SAMPLES.glob("digit5_*.png"))[0])
+    digit = digit_image(5)
     for n in (300, 1200):
         (tmp_path / str(n)).mkdir()
         for i in range(n):

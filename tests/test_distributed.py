@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import npmobile
-from npmobile.data import DIGITS_MODEL, SAMPLES
+from npmobile.data import DIGITS_MODEL, sample_digits
 from npmobile.distributed import BatchClassifier, classify
 from npmobile.warmup import warmup
 from test_cli import npmobile_cli
@@ -31,7 +31,7 @@ def paths(tmp_path_factory):
     files = []
     for i in range(12):
         path = folder / f"{i:02d}.{('png', 'jpg', 'bmp')[i % 3]}"
-        Image.open(sorted(SAMPLES.glob("*.png"))[i % 10]).convert("RGB").save(path)
+        Image.fromarray(list(sample_digits().values())[i % 10]).save(path)  # uint8 RGB, in name order
         files.append(str(path))
     (folder / "broken.png").write_text("not a PNG")
     warmup()  # the kernels are in numba's cache before any worker starts
@@ -116,8 +116,9 @@ def test_engines_are_imported_only_when_used():
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
 
 
-def test_cluster_flags_are_checked_before_any_cluster_starts(tmp_path):
-    no_output = npmobile_cli("classify", "--engine", "dask", "--weights", DIGITS_MODEL, SAMPLES)
+def test_cluster_flags_are_checked_before_any_cluster_starts(tmp_path, sample_pngs):
+    no_output = npmobile_cli("classify", "--engine", "dask", "--weights", DIGITS_MODEL, sample_pngs)
     assert no_output.returncode == 1 and "needs --weights FILE and --output FOLDER" in no_output.stderr
-    csv = npmobile_cli("classify", "--engine", "ray", "--csv", "--weights", DIGITS_MODEL, "--output", tmp_path, SAMPLES)
+    csv = npmobile_cli("classify", "--engine", "ray", "--csv", "--weights", DIGITS_MODEL, "--output", tmp_path,
+                       sample_pngs)
     assert csv.returncode == 1 and "writes --jsonl or --parquet files, not --csv" in csv.stderr

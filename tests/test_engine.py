@@ -120,7 +120,7 @@ g = npmobile.mobilenet_v2(alpha=0.35, resolution=32, classes=10)
 npmobile.Model(g, random_params(g))(np.zeros((1, 32, 32, 3), np.float32))
 import importlib
 stats = {}
-for name in ("conv2d", "depthwise", "_epilogue", "elementwise", "pooling", "activation", "batchnorm", "padding"):
+for name in ("conv2d", "depthwise", "_product", "elementwise", "pooling", "activation", "batchnorm", "padding"):
     module = importlib.import_module("npmobile.kernels." + name)
     for name, f in vars(module).items():
         if hasattr(f, "stats") and f.signatures:
@@ -133,7 +133,7 @@ def test_second_process_compiles_nothing():
     _run_python(CACHE_CHECK)  # fills numba's cache if this checkout has none yet
     stats = _run_python(CACHE_CHECK)
     assert {"npmobile.kernels.depthwise._depthwise_3x3_jit", "npmobile.kernels.conv2d._im2col_by_tap_jit",
-            "npmobile.kernels._epilogue.bias_clamp_jit"} <= set(stats), stats
+            "npmobile.kernels._product._product_jit"} <= set(stats), stats
     recompiled = {k: v for k, v in stats.items() if v[1] or not v[0]}
     assert not recompiled, f"compiled again instead of loading from the cache: {recompiled}"
 

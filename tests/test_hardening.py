@@ -397,3 +397,33 @@ def test_cli_weights_that_are_a_fifo(tmp_path, capsys):
     assert cli.main(["summary", str(tmp_path / "w.npz")]) == 1
     assert "not a regular file" in capsys.readouterr().err
     assert stat.S_ISFIFO(os.stat(tmp_path / "w.npz").st_mode)
+
+
+def test_tflite_overflowing_stride_refused_on_the_integer_and_float_paths(assets, tmp_path):
+    """The first convolution's strides set to 2**31 - 1 in the flatbuffer: refused at load (here by
+    the shapes that no longer chain), whether read as an integer graph (the default) or as float."""
+    import struct
+    import tflite
+    buf = bytearray((assets / "models" / SMALL_TFLITE).read_bytes())
+    m = tflite.Model.GetRootAsModel(bytes(buf), 0)
+    g = m.Subgraphs(0)
+    op = next(g.Operators(i) for i in range(g.OperatorsLength())
+              if m.OperatorCodes(g.Operators(i).OpcodeIndex()).DeprecatedBuiltinCode() == tflite.BuiltinOperator.CONV_2D)
+    table = op.BuiltinOptions()
+    for slot in (6, 8):  # Conv2DOptions.stride_w, stride_h
+        struct.pack_into("<i", buf, table.Pos + table.Offset(slot), 2**31 - 1)
+    (tmp_path / "m.tflite").write_bytes(bytes(buf))
+    refused(tmp_path / "m.tflite", "node ")
+    with pytest.raises(WeightFileError, match="node "):
+        npmobile.load(tmp_path / "m.tflite", dequantize=True)
+
+
+def test_integer_graphs_get_the_checks_that_do_not_depend_on_the_op():
+    from npmobile.graph import Graph, Node
+    from npmobile.validate import check_structure
+    conv = Node("qconv2d", "c", ("input",), {"stride": 2**62 - 1, "pad": (0, 0, 0, 0)}, {}, (1, 1, 4))
+    with pytest.raises(WeightFileError, match=r"'c' \(qconv2d\): stride"):
+        check_structure(Graph([conv], (8, 8, 3)), "q.tflite")
+    dead = [conv._replace(attrs={"stride": 2}), Node("qadd", "a", ("input", "input"), {}, {}, (8, 8, 3))]
+    with pytest.raises(WeightFileError, match="'c' compute values that no later node reads"):
+        check_structure(Graph(dead, (8, 8, 3)), "q.tflite")

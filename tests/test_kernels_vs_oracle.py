@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
-from npmobile.kernels._epilogue import BLOCK_FLOATS
+from npmobile.kernels._product import BLOCK_FLOATS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -232,3 +232,39 @@ def test_pointwise_block_edges(extra):
     x = rng.standard_normal((1, 1, rows, 8)).astype(np.float32)
     w = rng.standard_normal((8, 16)).astype(np.float32)
     check_linear("pointwise_conv2d", x, w, rng.standard_normal(16).astype(np.float32), {"clamp": (0.0, 6.0)}, terms=8)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows, c_out", [(1, 8), (2, 8), (3, 8), (7, 40), (8, 3), (9, 2), (40, 7)])
+def test_product_split_across_threads(threads, rows, c_out):
+    """The product is cut into row blocks (rows >= c_out) or column blocks (fewer rows), a
+    multiple of the threads: sizes below, at and above the number of threads on each side. (The
+    cut depends only on the thread count it is given, so any count is tested on any machine.)"""
+    from npmobile.kernels import _product
+    if _product.SGEMM is None:
+        pytest.skip("NumPy is not built on OpenBLAS here: the product runs np.matmul")
+    rng = np.random.default_rng(rows * 100 + c_out)
+    x = rng.standard_normal((rows, 5)).astype(np.float32)
+    w = rng.standard_normal((5, c_out)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    lo, hi = np.float32(-1), np.float32(1)
+    y, y_t = np.full((2, rows, c_out), np.nan, np.float32)
+    _product._product_jit(_product.SGEMM, threads, x, False, w, b, True, lo, hi, y)
+    # and x given transposed, as conv2d's first layer gives its patches
+    _product._product_jit(_product.SGEMM, threads, np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
+    np.testing.assert_array_equal(y_t, y)
+    ref = KERNELS["dense"].ref(x, w, b, clamp=(-1, 1))
+    assert_within(y, ref, KERNELS["dense"].ref(np.abs(x), np.abs(w), np.abs(b)), 7)
+
+
+def test_product_without_openblas_falls_back_to_matmul(monkeypatch):
+    """Where NumPy is not built on OpenBLAS, the product runs np.matmul block by block."""
+    from npmobile.kernels import _product
+    monkeypatch.setattr(_product, "SGEMM", None)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 6, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    check_linear("pointwise_conv2d", x, w[0, 0], b, {"clamp": (0.0, 6.0)}, terms=6)
+    check_linear("conv2d", x[..., :2], w[:, :, :2], b, dict(stride=2, pad=(1, 1, 1, 1), clamp=None), terms=18)
+    check_linear("conv2d", x, w, b, dict(stride=1, pad=(0, 1, 0, 1), clamp=None), terms=54)

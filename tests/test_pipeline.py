@@ -12,7 +12,7 @@ from PIL import Image
 import npmobile
 from npmobile import pipeline
 from npmobile.classify import classify, iter_paths, predictor, reader
-from npmobile.data import DIGITS_MODEL, SAMPLES
+from npmobile.data import DIGITS_MODEL, sample_digits
 from test_cli import npmobile_cli
 
 
@@ -26,8 +26,8 @@ def folder(tmp_path_factory):
     """37 images (the ten samples in three encodings) and two unreadable files among them."""
     folder = tmp_path_factory.mktemp("pipeline")
     for i in range(37):
-        digit = Image.open(sorted(SAMPLES.glob("*.png"))[i % 10])
-        digit.convert("RGB").save(folder / f"{i:03d}.{('png', 'jpg', 'bmp')[i % 3]}")
+        digit = Image.fromarray(list(sample_digits().values())[i % 10])  # uint8 RGB, in name order
+        digit.save(folder / f"{i:03d}.{('png', 'jpg', 'bmp')[i % 3]}")
     (folder / "010.png").write_text("not a PNG")
     (folder / "020.jpg").write_bytes(b"\xff\xd8\xff")
     return folder

@@ -122,6 +122,9 @@ def test_the_ends_and_the_float_path(assets, images, models):
     probs = model(model.preprocess(pixels))
     np.testing.assert_array_equal(probs, q.astype(np.float32) / 256)
     np.testing.assert_array_equal(model.run(pixels).values, q)
+    import pickle  # a model travels to a worker process without its threads' buffers
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).run_integers(pixels), q)
+    np.testing.assert_array_equal(model(model.preprocess(pixels), threads=1), probs)
     np.testing.assert_array_equal(model.run(pixels, oracle=True).values, q)  # the int64 oracles
     assert model.labels[0] == "background" and model.config.classes == 1001
     float_model = load(assets / "models" / SMALL, dequantize=True)

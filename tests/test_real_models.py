@@ -1,10 +1,11 @@
 """Real pretrained weights (../shared/assets/models) against each model's own runtime.
 
-The four uint8 TFLite MobileNets (ai-edge-litert) and the int8 ONNX MobileNetV2 (onnxruntime),
-loaded as float by npmobile, on the 15 photos and imagenet-dev-100: top-1 agreement with the
-runtime (>= 90% for V1, >= 95% for V2), top-1 accuracy within 3 points of the runtime's, and both
-cat photos classified as a cat. How the two sides are fed is defined once, in
-benchmarks/real_models.py, which also writes docs/real-models.md; `pytest -s` prints the figures.
+The four uint8 TFLite MobileNets (ai-edge-litert), the int8 ONNX MobileNetV2 (onnxruntime) and the
+float Keras .h5 MobileNet (Keras), loaded as float by npmobile, on the 15 photos and
+imagenet-dev-100 read as `npmobile classify` reads them: top-1 agreement with the runtime (>= 90%
+for V1, >= 95% for V2), top-1 accuracy within 3 points of the runtime's, and both cat photos
+classified as a cat. How the two sides are fed is defined once, in benchmarks/real_models.py,
+which also writes docs/real-models.md (with --save); `pytest -s` prints the figures.
 """
 
 import pytest
@@ -13,7 +14,8 @@ pytest.importorskip("PIL")
 from benchmarks import real_models  # noqa: E402
 
 MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
-          "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite", "mobilenetv2-12-int8.onnx"]
+          "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite", "mobilenetv2-12-int8.onnx",
+          "mobilenet_v1_0.25_224.h5"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,9 @@ def test_labels_and_preprocessing(result):
         assert model.config.preprocess.mean == (128.0,) * 3
         assert model.config.preprocess.std == (128.0,) * 3
         assert model.config.convention == "tfslim"
+    elif result["name"].endswith(".h5"):  # Keras: x / 127.5 - 1, NHWC
+        assert model.config.classes == 1000 and model.config.convention == "keras"
+        assert model.config.preprocess.mean == (127.5,) * 3 and model.config.preprocess.std == (127.5,) * 3
     else:
         assert model.config.classes == 1000 and model.config.convention == "torch"
         assert model.config.input_layout == "NCHW"

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..architectures import mobilenet_v1, mobilenet_v2
 from ..errors import WeightFileError, needs, reading
-from ..graph import Imported
+from ..graph import Imported, Node
 from ..validate import expect, load_json, max_weight_bytes
 from ._common import read_member
 from ._widths import fit_alpha
@@ -91,6 +91,9 @@ def _config_layers(config):
     for layer in config.get("config", {}).get("layers", []):
         cfg = layer.get("config", {})
         layers[str(layer.get("name", cfg.get("name")))] = (layer.get("class_name"), cfg)
+        inner = cfg.get("layers") if isinstance(cfg, dict) else None
+        if isinstance(inner, list) and all(isinstance(i, dict) and isinstance(i.get("config", {}), dict) for i in inner):
+            layers.update(_config_layers(layer))  # a nested model (a fine-tuned classifier's base): its layers too
     return layers
 
 
@@ -151,14 +154,15 @@ def _read_legacy(root):
     weights, names, budget = {}, _strings(_attr(root, "layer_names")), _Budget()
     for name in names:
         group = root[name]
-        arrays = [(_short(w), budget.read(group[w], f"{name}/{w}"))
-                  for w in _strings(_attr(group, "weight_names", []))]
-        if arrays:
-            weights[name] = arrays
+        for w in _strings(_attr(group, "weight_names", [])):
+            # "<layer>/<weight>": a nested model's group holds the weights of all its layers
+            parts = w.split(":")[0].split("/")
+            layer = parts[-2] if len(parts) > 1 and parts[-2] in group else name
+            weights.setdefault(layer, []).append((_short(w), budget.read(group[w], f"{name}/{w}")))
     return weights, names
 
 
-def _read_vars(f, layers):
+def _read_vars(f, layers, budget=None):
     """layers/<auto name>/vars/<i>: the real layer name from the vars group's "name" attribute,
     else from the model config by Keras' own rule (snake-cased class name, unique in order)."""
     auto, used = {}, {}
@@ -166,8 +170,13 @@ def _read_vars(f, layers):
         base = _snake(cls or "")
         auto[f"{base}_{used[base]}" if base in used else base] = name
         used[base] = used.get(base, 0) + 1
-    weights, names, budget = {}, [], _Budget()
+    weights, names, budget = {}, [], budget or _Budget()
     for key, group in f["layers"].items():
+        if "layers" in group:  # a nested model (a fine-tuned classifier's base), within the same budget
+            inner_weights, inner_names = _read_vars(group, {}, budget)
+            weights.update(inner_weights)
+            names += inner_names
+            continue
         variables = group.get("vars")
         name = _attr(variables, "name") if variables is not None else None
         name = name.decode() if isinstance(name, bytes) else name
@@ -267,11 +276,61 @@ def _params(graph, weights):
     return params
 
 
-def _head_activation(layers, name):
-    cls, cfg = layers.get(name, (None, {}))
-    act = cfg.get("activation", "softmax") if cls in ("Activation", "Dense") else "softmax"
+def _activation_of(cfg):
+    act = cfg.get("activation", "softmax")
     act = act.get("class_name", act) if isinstance(act, dict) else act
     return "linear" if act is None else act
+
+
+def _head_activation(layers, name):
+    """The classifier's activation: that of layer `name` (keras.applications' head), and a
+    linear head followed by a softmax layer (a fine-tuned Dense + Activation) counts as softmax."""
+    cls, cfg = layers.get(name, (None, {}))
+    act = _activation_of(cfg) if cls in ("Activation", "Dense") else "softmax"
+    if act == "linear" and cls == "Dense" and any(c == "Softmax" or (c == "Activation" and _activation_of(f) == "softmax")
+                                                  for c, f in layers.values()):
+        return "softmax"
+    return act
+
+
+def _fine_tuned_head(weights, layers, spec, source):
+    """A fine-tuned classifier (base with include_top=False, pooling, Dropout, one Dense(k)): its
+    Dense's weights are moved to the graph's head node and its activation recorded under the
+    graph's activation layer. Dropout is the identity at inference and has no weights."""
+    dense = [name for name, arrays in weights.items() if arrays[0][1].ndim == 2 and name != spec["head"]]
+    if not dense:
+        return
+    if len(dense) > 1 or spec["head"] in weights:
+        raise WeightFileError(f"{source}: expected one Dense classifier on the MobileNet base, found Dense layers "
+                              f"{dense + [spec['head']] * (spec['head'] in weights)}")
+    if any(cls in ("GlobalMaxPooling2D", "MaxPooling2D") for cls, _ in layers.values()):
+        raise WeightFileError(f"{source}: a Dense head after max pooling: only average pooling is supported")
+    weights[spec["head"]] = weights.pop(dense[0])
+    layers[spec["activation"]] = ("Activation", {"activation": _head_activation(layers, dense[0])})
+
+
+def _with_rescaling(graph, layers, source):
+    """A Keras Rescaling layer in front (y = x * scale + offset, preprocessing inside the model)
+    becomes a batchnorm node with gamma = scale, beta = offset, mean 0, var 1 - eps; the model
+    then takes pixels as they are (preprocess mean 0, std 1). Returns (graph, its params)."""
+    found = [cfg for cls, cfg in layers.values() if cls == "Rescaling"]
+    if not found:
+        return graph, {}
+    if len(found) > 1:
+        raise WeightFileError(f"{source}: {len(found)} Rescaling layers (only one, in front, is supported)")
+    c = graph.input_shape[-1]
+    scale = np.broadcast_to(np.asarray(found[0].get("scale", 1.0), np.float32), (c,))
+    offset = np.broadcast_to(np.asarray(found[0].get("offset", 0.0), np.float32), (c,))
+    eps = 1e-3
+    node = Node("batchnorm", "rescaling", ("input",), {"eps": eps}, {p: (c,) for p in ("gamma", "beta", "mean", "var")},
+                graph.input_shape)
+    nodes = [node] + [n._replace(inputs=tuple("rescaling" if i == "input" else i for i in n.inputs))
+                      for n in graph.nodes]
+    pre = graph.config.preprocess
+    config = graph.config.replace(preprocess=type(pre)(mean=(0.0,) * c, std=(1.0,) * c, crop=pre.crop))
+    params = {"rescaling.gamma": scale.copy(), "rescaling.beta": offset.copy(),
+              "rescaling.mean": np.zeros(c, np.float32), "rescaling.var": np.full(c, 1 - eps, np.float32)}
+    return type(graph)(nodes, graph.input_shape, config), params
 
 
 def _checked_import(source, *args, **options):
@@ -298,6 +357,7 @@ def _import(source, weights, layers, names, model_name, input_hw, *, alpha=None,
             resolution = int(input_hw[0])
         else:  # input_shape=None in Keras: the name's size, else Keras' default 224
             resolution = int(match.group(2)) if match else 224
+    _fine_tuned_head(weights, layers, spec, source)
     include_top = spec["head"] in weights
     classes = weights[spec["head"]][0][1].shape[-1] if include_top else None
     pooling = None
@@ -323,7 +383,8 @@ def _import(source, weights, layers, names, model_name, input_hw, *, alpha=None,
         graph = fit_alpha(build, {k: tuple(a.shape) for k, a in params.items()}, arch, estimate,
                           float(match.group(1)) if match else None)
     graph = _with_layer_eps(graph, layers)
-    return Imported(graph, _params(graph, weights), None, source)
+    graph, rescaling = _with_rescaling(graph, layers, source)
+    return Imported(graph, {**_params(graph, weights), **rescaling}, None, source)
 
 
 def _with_layer_eps(graph, layers):

@@ -16,8 +16,10 @@ Add/Sub/Mul/Div by a per-channel constant right after a conv or dense layer (fol
 weights: Keras' unfolded batch norm, a Gemm's bias), Pad (constant zeros on H and W),
 GlobalAveragePool, AveragePool and ReduceMean over the whole map, Flatten/Reshape/Squeeze/
 Unsqueeze of a pooled vector, Gemm, MatMul, Softmax, Transpose, Identity, Dropout, Cast (to
-float). Quantized: QuantizeLinear/DequantizeLinear, QLinearConv, QLinearMatMul and
-(com.microsoft) QLinearAdd, QLinearGlobalAveragePool: weights are dequantized as
+float). Quantized: QuantizeLinear/DequantizeLinear (a QuantizeLinear whose range starts at 0
+becomes the ReLU a QDQ quantizer removed), QLinearConv, QLinearMatMul and (com.microsoft)
+QLinearAdd, QLinearGlobalAveragePool, and quantize_dynamic's DynamicQuantizeLinear +
+MatMulInteger + Mul by the scales: weights are dequantized as
 scale * (q - zero_point), per tensor or per channel, int32 biases with scale x_scale * w_scale,
 and the network runs as float (activations are not re-quantized).
 Nodes whose inputs are all constant (shape arithmetic such as Shape -> Gather -> Concat ->
@@ -131,6 +133,9 @@ class _Walk:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.consts = {init.name: _initializer(onnx, init) for init in self.graph.initializer}
         self.acts, self.origin = {}, {}
+        # quantize_dynamic's run-time scales: tensor -> its constant factor (the activation's own
+        # scale, known only at run time, cancels: see _dynamic_quantize_linear)
+        self.runtime = {}
         self.readers = _value_readers(self.graph)
         self.em = None
 
@@ -229,7 +234,7 @@ def _step(w, op):
     node = op.node
     known = [t for t in node.input if t]
     for t in known:
-        if t not in w.consts and t not in w.acts:
+        if t not in w.consts and t not in w.acts and t not in w.runtime:
             w.fail(f"node {op.name!r} ({node.op_type}) reads {t!r}, which no earlier node computes")
     try:
         if node.op_type == "Shape" or all(t in w.consts for t in known):
@@ -238,7 +243,9 @@ def _step(w, op):
             raise ValueError("combines activations in a way npmobile cannot run "
                              "(a branch or a concatenation; MobileNets are chains with residual adds)")
         else:
-            w.set(node.output[0], TRANSLATE[node.op_type](w, op, w.acts.get(node.input[0])))
+            result = TRANSLATE[node.op_type](w, op, w.acts.get(node.input[0]))
+            if result is not None:  # (None: a run-time scale, recorded in w.runtime)
+                w.set(node.output[0], result)
     except WeightFileError:
         raise
     except Exception as e:
@@ -282,6 +289,11 @@ def _fold(w, op):
     if node.op_type == "Shape" and node.input[0] in w.acts:
         s = np.array(w.onnx_shape(w.acts[node.input[0]]), dtype=np.int64)
         w.consts[node.output[0]] = s[op.attrs.get("start", 0):op.attrs.get("end", len(s))]
+        return
+    if node.op_type == "DequantizeLinear":  # (onnx's evaluator lacks some opsets of it)
+        q, scale, zp = w.consts[node.input[0]], w.const(op, 1), w.const(op, 2, False)
+        axis = op.attrs.get("axis", 1) % max(np.ndim(q), 1) if np.size(scale) > 1 else 0
+        w.consts[node.output[0]] = dequantize(q, scale, 0 if zp is None else zp, axis=axis)
         return
     feeds = {t: w.consts[t] for t in node.input if t}
     size = _fold_size(node.op_type, [feeds.get(t) for t in node.input])
@@ -435,7 +447,44 @@ def _affine(w, x, kind, k):
 
 
 def _arithmetic(w, op, x):
-    return _binary(w, op, op.name, op.node.op_type, op.node.input[0], op.node.input[1])
+    a, b = op.node.input[:2]
+    if op.node.op_type == "Mul" and (a in w.runtime or b in w.runtime):  # quantize_dynamic's rescaling
+        r, other = (a, b) if a in w.runtime else (b, a)
+        if other in w.consts:  # x_scale * w_scale: keep w_scale
+            w.runtime[op.node.output[0]] = w.runtime[r] * np.asarray(w.consts[other], np.float64)
+            return None
+        return _affine(w, w.acts[other], "Mul", w.runtime[r])
+    return _binary(w, op, op.name, op.node.op_type, a, b)
+
+
+def _quantize_linear(w, op, x):
+    """As float, quantizing an activation is the identity, except that it saturates: a range
+    that starts at 0 (zero point = the type's minimum) is how a QDQ quantizer replaces the
+    Relu/Clip it removed, so it becomes clamp(0, scale * (qmax - zero point))."""
+    scale, zp = w.const(op, 1), w.const(op, 2, False)
+    if zp is None or np.size(zp) != 1 or np.size(scale) != 1 or int(zp) != np.iinfo(zp.dtype).min:
+        return x
+    info = np.iinfo(zp.dtype)
+    return Act(w.em.clamp(op.name, x.value, 0.0, float(scale) * (info.max - info.min)), x.layout)
+
+
+def _dynamic_quantize_linear(w, op, x):
+    """y, y_scale, y_zero_point = quantize(x) with a scale computed at run time. As float: y is x
+    itself, and the MatMulInteger that reads y becomes x @ (w - w_zero_point), which is y_scale
+    times the integer product; the Mul by y_scale * w_scale after it then scales by w_scale alone
+    (the run-time factor cancels)."""
+    for t in op.node.output[1:]:
+        if t:
+            w.runtime[t] = np.float64(1.0)
+    return x
+
+
+def _matmul_integer(w, op, x):
+    if len(op.node.input) < 3 or op.node.input[2] not in w.runtime:
+        raise ValueError("only the MatMulInteger of quantize_dynamic (after DynamicQuantizeLinear) is supported")
+    zp = w.const(op, 3, False)
+    weight = w.const(op, 1).astype(np.float64) - (0 if zp is None else np.asarray(zp, np.float64))
+    return _dense(w, op.name, x, weight, None)
 
 
 def _qlinear_add(w, op, x):
@@ -568,7 +617,9 @@ def _f32(a):
 
 # ONNX op -> its translator.
 TRANSLATE = {
-    **dict.fromkeys(("Identity", "Dropout", "Cast", "QuantizeLinear", "DequantizeLinear", "Transpose"), _relabel),
+    **dict.fromkeys(("Identity", "Dropout", "Cast", "DequantizeLinear", "Transpose"), _relabel),
+    "QuantizeLinear": _quantize_linear, "DynamicQuantizeLinear": _dynamic_quantize_linear,
+    "MatMulInteger": _matmul_integer,
     "Conv": _conv, "QLinearConv": _qlinear_conv, "BatchNormalization": _batchnorm, "Relu": _relu, "Clip": _clip,
     **dict.fromkeys(("Add", "Sub", "Mul", "Div"), _arithmetic), "QLinearAdd": _qlinear_add, "Pad": _pad,
     "GlobalAveragePool": _global_average_pool, "QLinearGlobalAveragePool": _qlinear_global_average_pool,

@@ -1,10 +1,15 @@
 """TFLite (.tflite) -> graph and tensors (an `Imported`), read with the `tflite` flatbuffer parser (no TensorFlow).
 
 Supported: CONV_2D, DEPTHWISE_CONV_2D (any depth multiplier), AVERAGE_POOL_2D over the whole map
-(-> global_avg_pool), ADD, RESHAPE/SQUEEZE that only drop 1-axes of a pooled vector, SOFTMAX
-(beta 1), with fused activations NONE, RELU (clamp 0..inf) and RELU6. SAME/VALID padding becomes
-explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1 CONV_2D
-after the pool (TF-slim's 1001-class logits) becomes a dense node. Each op is one function in
+and MEAN over H and W (-> global_avg_pool), ADD, RESHAPE/SQUEEZE that only drop 1-axes of a
+pooled vector, FULLY_CONNECTED on a pooled vector (-> dense: how TF's converter writes a Keras
+Dense head), SOFTMAX (beta 1), QUANTIZE/DEQUANTIZE (a change of representation only: the float
+network has none), with fused activations NONE, RELU (clamp 0..inf) and RELU6. SAME/VALID padding
+becomes explicit (top, bottom, left, right) pads by TensorFlow's rule (graph.pad_same). A 1x1
+CONV_2D after the pool (TF-slim's 1001-class logits) becomes a dense node. The shape arithmetic
+the converter writes for a RESHAPE with a dynamic batch (SHAPE, STRIDED_SLICE, PACK,
+CONCATENATION, GATHER on shapes and constants) is accepted and skipped: the RESHAPE's own output
+shape says where it goes. Each op is one function in
 the table `TRANSLATE`, as in the ONNX importer; the flatbuffer's enums are read by name
 (tflite.BuiltinOperator, Padding, TensorType, ActivationFunctionType).
 
@@ -19,12 +24,14 @@ float path does not re-quantize activations: it is the float network the file wa
 not a copy of the uint8 runtime.
 
 Layouts: TFLite is NHWC like npmobile; weights are OHWI (conv, -> HWIO) and 1HWC (depthwise,
--> HWC). Labels appended to the file as a zip (labels.txt) become Model.labels. The output is
+-> HWC). Labels become Model.labels: the file the TFLite Metadata names as the output's label
+file, else the .txt of a zip appended to the file (TF-slim's hosted models). The output is
 the float softmax; config convention "tfslim" (1001 classes, index 0 = background).
 """
 
 import io
 import zipfile
+from struct import error as struct_error
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,15 +87,18 @@ class _Reader:
             return None
         return q.ScaleAsNumpy(), q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1), q.QuantizedDimension()
 
+    def buffer_bytes(self, index):
+        """The bytes of buffer `index` (b"" when empty)."""
+        buffer = self.model.Buffers(index)
+        if buffer.Offset() > 1:  # large models keep data after the flatbuffer
+            return self.buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+        return buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+
     def raw(self, i):
         """The stored values of a constant tensor in its own dtype, or None for an activation."""
         t = self.tensor(i)
-        buffer = self.model.Buffers(t.Buffer())
-        if buffer.Offset() > 1:  # large models keep data after the flatbuffer
-            data = self.buf[buffer.Offset():buffer.Offset() + buffer.Size()]
-        elif buffer.DataLength():
-            data = buffer.DataAsNumpy().tobytes()
-        else:
+        data = self.buffer_bytes(t.Buffer())
+        if not data:
             return None
         if t.Type() not in self.dtypes:
             raise WeightFileError(f"{self.path}: tensor {self.name(i)!r} has unsupported type code {t.Type()}")
@@ -130,7 +140,10 @@ class _Walk(NamedTuple):
         if table is None:
             return None
         cls = {"CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
-               "AVERAGE_POOL_2D": "Pool2DOptions", "ADD": "AddOptions", "SOFTMAX": "SoftmaxOptions"}[op.kind]
+               "AVERAGE_POOL_2D": "Pool2DOptions", "ADD": "AddOptions", "SOFTMAX": "SoftmaxOptions",
+               "FULLY_CONNECTED": "FullyConnectedOptions"}.get(op.kind)
+        if cls is None:
+            return None
         o = getattr(self.reader.tfl, cls)()
         o.Init(table.Bytes, table.Pos)
         return o
@@ -210,6 +223,33 @@ def _reshape(w, op, x):
     return x
 
 
+def _mean(w, op, x):
+    """MEAN over H and W of a map (how the converter writes GlobalAveragePooling2D)."""
+    axes = sorted(int(a) % 4 for a in np.ravel(w.reader.value(op.inputs[1])))
+    if len(w.em.shape(x)) != 3 or axes != [1, 2]:
+        raise ValueError(f"only a mean over H and W of a map is supported: axes {axes} of {w.em.shape(x)}")
+    return w.em.global_avg_pool(op.name, x)
+
+
+def _fully_connected(w, op, x):
+    """FULLY_CONNECTED (weights (out, in)) on a pooled vector: a dense node (a Keras Dense head)."""
+    o = w.options(op)
+    if o is not None and o.WeightsFormat() != 0:
+        raise ValueError(f"weights format {o.WeightsFormat()} (only DEFAULT)")
+    weight = w.reader.value(op.inputs[1])
+    b = w.reader.value(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    if len(w.em.shape(x)) != 1 or weight.ndim != 2:
+        raise ValueError(f"only a fully-connected layer on a pooled vector is supported: weights {weight.shape} "
+                         f"on a value of shape {w.em.shape(x)}")
+    y = w.em.linear(_fused_name(w, op, "_linear"), x, weight.T[None, None], b)
+    return w.activation(op.name, y, o)
+
+
+def _same_value(w, op, x):
+    """QUANTIZE / DEQUANTIZE: the float network computes the real values themselves."""
+    return x
+
+
 def _softmax(w, op, x):
     o = w.options(op)
     if o is not None and o.Beta() != 1.0:
@@ -218,9 +258,15 @@ def _softmax(w, op, x):
 
 
 # BuiltinOperator name -> its translator.
-TRANSLATE = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv, "AVERAGE_POOL_2D": _average_pool, "ADD": _add,
-             "RESHAPE": _reshape, "SQUEEZE": _reshape, "SOFTMAX": _softmax}
-SUPPORTED = set(TRANSLATE)
+TRANSLATE = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv, "AVERAGE_POOL_2D": _average_pool, "MEAN": _mean,
+             "ADD": _add, "RESHAPE": _reshape, "SQUEEZE": _reshape, "FULLY_CONNECTED": _fully_connected,
+             "SOFTMAX": _softmax, "QUANTIZE": _same_value, "DEQUANTIZE": _same_value}
+# Shape arithmetic: the converter computes a RESHAPE's target from the batch size at run time
+# (Keras' Flatten/Reshape with a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE). These
+# ops are accepted and skipped, as long as they read only shapes and constants and feed only each
+# other or a RESHAPE's shape input (_check_shape_op).
+SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER"}
+SUPPORTED = set(TRANSLATE) | SHAPE_OPS
 
 
 def _ops(reader):
@@ -249,12 +295,14 @@ def _check_supported(w, ops):
         refuse_unsupported(w.reader.path, "TFLite", problems)
 
 
-def _labels(buf, path, classes):
-    """The label file TF-slim appends to the model as a zip, or None when there is none. A zip
-    that is there but cannot be read (truncated, corrupted) is an error, not "no labels"."""
+def _labels(buf, path, classes, named=None):
+    """The class names the file carries, or None: `named` (the file the TFLite Metadata names as
+    the output's label file, packed in the zip appended to the model, as tflite-support's writers
+    do) when the zip has it, else the first .txt in an appended zip (TF-slim's hosted models). A
+    zip that is there but cannot be read (truncated, corrupted) is an error, not "no labels"."""
     try:
         with zipfile.ZipFile(io.BytesIO(buf)) as z:
-            txt = [n for n in z.namelist() if n.endswith(".txt")]
+            txt = [named] if named in z.namelist() else [n for n in z.namelist() if n.endswith(".txt")]
             if not txt:
                 return None
             labels = read_member(z, txt[0], MAX_LABELS_BYTES, path).decode("utf-8").splitlines()
@@ -266,8 +314,64 @@ def _labels(buf, path, classes):
         raise WeightFileError(f"{path}: the appended labels zip cannot be read: {type(e).__name__}: {e}") from None
     labels = [s for s in labels if s.strip()]
     if len(labels) != classes:
-        raise WeightFileError(f"{path}: the embedded {txt[0]} has {len(labels)} labels, the model {classes} outputs")
+        raise WeightFileError(f"{reader.path}: the embedded {txt[0]} has {len(labels)} labels, "
+                              f"the model {classes} outputs")
     return labels
+
+
+def _metadata_label_file(reader):
+    """The name of the output's label file in the TFLite Metadata flatbuffer ("TFLITE_METADATA",
+    tflite-support's metadata_schema.fbs), or None. Read field by field with `flatbuffers`
+    (the tflite package does not include that schema): ModelMetadata.subgraph_metadata[0]
+    .output_tensor_metadata[0].associated_files[i] with type TENSOR_AXIS_LABELS (2); a field in
+    slot i sits at vtable offset 4 + 2 i."""
+    from flatbuffers import number_types, table
+    from flatbuffers.encode import Get
+    from flatbuffers.packer import uoffset
+
+    model = reader.model
+    entry = next((model.Metadata(i) for i in range(model.MetadataLength())
+                  if model.Metadata(i).Name() == b"TFLITE_METADATA"), None)
+    if entry is None:
+        return None
+    data = reader.buffer_bytes(entry.Buffer())
+
+    def field(t, slot):
+        o = t.Offset(4 + 2 * slot)
+        return o + t.Pos if o else None
+
+    def tables(t, slot):  # the tables of a vector field
+        o = t.Offset(4 + 2 * slot)
+        if not o:
+            return []
+        start = t.Vector(o)
+        return [table.Table(data, t.Indirect(start + 4 * i)) for i in range(t.VectorLen(o))]
+
+    try:
+        root = table.Table(data, Get(uoffset, data, 0))
+        for sub in tables(root, 3)[:1]:
+            for out in tables(sub, 3)[:1]:
+                for f in tables(out, 6):
+                    kind = field(f, 2)
+                    if kind is not None and f.Get(number_types.Int8Flags, kind) == 2 and field(f, 0):
+                        return f.String(field(f, 0)).decode("utf-8")
+    except (IndexError, UnicodeDecodeError, struct_error):
+        raise WeightFileError(f"{reader.path}: the TFLite Metadata flatbuffer is corrupted") from None
+    return None
+
+
+def _check_shape_op(w, op, ops, shapes):
+    """A shape-arithmetic op may read an activation only through SHAPE (its shape, not its
+    values), otherwise shapes and constants; its output may feed only shape ops and a RESHAPE's
+    shape input. Anything else is a branch the engine cannot run."""
+    for j in (t for t in op.inputs if t >= 0):
+        if not (j in shapes or w.reader.raw(j) is not None or (op.kind == "SHAPE" and j in w.values)):
+            raise ValueError("combines activations (only shape arithmetic is supported: a branch or a "
+                             "concatenation of activations is not)")
+    for user in ops:
+        if op.output in user.inputs and user.kind not in SHAPE_OPS and \
+                not (user.kind == "RESHAPE" and user.inputs.index(op.output) == 1):
+            raise ValueError(f"feeds {user.kind} {user.name!r}: only shape arithmetic for a RESHAPE is supported")
 
 
 def _appended_txt(buf):
@@ -308,10 +412,17 @@ def _build(tfl, buf, path, dequantize=False):
     w = _Walk(reader, Emitter(shape[1:]), {inp: "input"})
     ops = _ops(reader)
     _check_supported(w, ops)
+    named = _metadata_label_file(reader)
+
+    def labels_for(classes):
+        return _labels(buf, path, classes, named)
+
     if not dequantize:
-        from .tflite_int import build_integer, is_integer_graph
-        if is_integer_graph(reader, ops):
-            return build_integer(w, ops, shape, _preprocess(reader, inp), lambda classes: _labels(buf, path, classes))
+        from .tflite_int import TRANSLATE as INTEGER_OPS, build_integer, is_integer_graph
+        # the integer engine's ops; a quantized file with others (a FULLY_CONNECTED or MEAN head,
+        # QUANTIZE at the ends) runs as float, dequantized, until the integer engine has them
+        if is_integer_graph(reader, ops) and all(op.kind in INTEGER_OPS or op.kind in SHAPE_OPS for op in ops):
+            return build_integer(w, ops, shape, _preprocess(reader, inp), labels_for)
     translate_ops(w, ops, TRANSLATE)
     output = w.values.get(int(g.Outputs(0)))
     if output is None:
@@ -321,14 +432,22 @@ def _build(tfl, buf, path, dequantize=False):
                            input_layout="NHWC", source_format="tflite")
     except ValueError as e:
         raise WeightFileError(f"{path}: {e}") from None
-    return Imported(graph, w.em.params, _labels(buf, path, graph.config.classes), str(path))
+    return Imported(graph, w.em.params, labels_for(graph.config.classes), str(path))
 
 
 def translate_ops(w, ops, table):
     """Translate the operators in order with `table` (kind -> translator) into w's emitter,
     recording each output's value in w.values; an error names the operator."""
     path = w.reader.path
+    shapes = set()  # tensors that hold shapes (SHAPE_OPS outputs)
     for op in ops:
+        if op.kind in SHAPE_OPS:
+            try:
+                _check_shape_op(w, op, ops, shapes)
+            except ValueError as e:
+                raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}): {e}") from None
+            shapes.add(op.output)
+            continue
         if op.inputs[0] not in w.values:
             raise WeightFileError(f"{path}: node {op.name!r} ({op.kind}) reads tensor "
                                   f"{w.reader.name(op.inputs[0])!r}, which no earlier node computes")

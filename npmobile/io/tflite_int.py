@@ -53,7 +53,8 @@ class _IntegerEmitter:
         """(scale, zero_point) of a per-tensor quantized activation."""
         scale, zero, _ = self.reader.quant(t)
         if len(scale) != 1:
-            raise ValueError(f"tensor {self.reader.name(t)!r}: expected one scale for an activation, found {len(scale)}")
+            raise ValueError(f"tensor {self.reader.name(t)!r}: expected one scale for an activation, "
+                             f"found {len(scale)}")
         return float(scale[0]), int(zero[0])
 
     def add(self, op, name, inputs, attrs, params, shape, out_tensor):
@@ -112,7 +113,8 @@ def _conv(w, op, x):
     s = em.shape(x)
     weight = weight[0] if depthwise else weight.transpose(1, 2, 3, 0)
     if depthwise and weight.shape[-1] != s[-1] * o.DepthMultiplier():
-        raise ValueError(f"depthwise weights {weight.shape} do not fit {s[-1]} channels x multiplier {o.DepthMultiplier()}")
+        raise ValueError(f"depthwise weights {weight.shape} do not fit {s[-1]} channels x multiplier "
+                         f"{o.DepthMultiplier()}")
     if len(s) == 1:  # a pooled vector: a 1x1 convolution is a fully connected layer
         if depthwise or weight.shape[:2] != (1, 1):
             raise ValueError(f"only a 1x1 convolution applies to a pooled vector of {s[0]} channels")

@@ -1,4 +1,4 @@
-"""numba's flags for every kernel loop, in one place.
+"""numba's flags for every kernel loop, and the threads its parallel loops run on, in one place.
 
 - cache=True: the compiled machine code is written next to the source (or, when that folder is
   read-only, to numba's per-user cache), so a new process skips the compile.
@@ -6,6 +6,11 @@
 - fastmath stays off: the loops are checked against float64 oracles with a rounding-error bound
   that assumes IEEE arithmetic; reassociation would void it.
 - error_model="numpy": division follows NumPy (inf/nan) instead of raising inside the loop.
+- `parallel_jit` loops split their outer `prange` over numba's threads (numba.set_num_threads,
+  $NUMBA_NUM_THREADS) on TBB's threading layer, chosen here explicitly: TBB lets many Python
+  threads launch parallel loops at once (numba's default fallback, the workqueue layer, aborts
+  the process when two do). TBB comes from the `tbb` package (a dependency). Without it, OpenMP
+  (also thread-safe) when numba has it; with neither, the loops run on one thread.
 
 Every kernel file has the same shape: `check_<op>(...)` checks and coerces the arguments and
 returns the tuple `run_<op>` takes; `run_<op>(*args)` runs the numba loops and returns the
@@ -14,6 +19,41 @@ per layer when it binds a plan, and then only the run: on a 7x7 layer checking t
 costs about as much as computing the result.
 """
 
+import ctypes
+import os
+import sys
+
 import numba
 
 jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+
+def _threading_layer():
+    """'tbb' or 'omp' when numba can load it, else None. pip's `tbb` wheel puts libtbb.so.12 in
+    <prefix>/lib, outside the loader's search path: loading it first by its full path lets
+    numba's TBB pool find it."""
+    for prefix in (sys.prefix, sys.base_prefix):
+        path = os.path.join(prefix, "lib", "libtbb.so.12")
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                break
+            except OSError:
+                pass
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401
+        return "tbb"
+    except ImportError:
+        pass
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+        return "omp"
+    except ImportError:
+        return None
+
+
+THREADING_LAYER = _threading_layer()
+if THREADING_LAYER:
+    numba.config.THREADING_LAYER = THREADING_LAYER
+parallel_jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy",
+                          parallel=THREADING_LAYER is not None)

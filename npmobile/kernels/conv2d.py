@@ -17,8 +17,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
-from ._epilogue import bias_clamp_jit
-from ._jit import jit
+from ._product import product
+from numba import prange
+
+from ._jit import jit, parallel_jit
 
 
 def conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -44,11 +46,10 @@ def run_conv2d(x, w_rows, b, stride, top, left, has_clamp, lo, hi, patches, y):
     rows = y.reshape(-1, y.shape[3])
     if patches.ndim == 4:
         _im2col_by_tap_jit(x, stride, top, left, y.shape[1], y.shape[2], patches)
-        np.matmul(patches.reshape(-1, rows.shape[0]).T, w_rows, out=rows)  # sgemm reads the transpose at no cost
+        product(patches.reshape(-1, rows.shape[0]), True, w_rows, b, has_clamp, lo, hi, rows)  # sgemm reads the transpose at no cost
     else:
         _im2col_jit(x, stride, top, left, patches)
-        np.matmul(patches.reshape(rows.shape[0], -1), w_rows, out=rows)
-    bias_clamp_jit(rows, b, has_clamp, lo, hi)
+        product(patches.reshape(rows.shape[0], -1), False, w_rows, b, has_clamp, lo, hi, rows)
     return y
 
 
@@ -123,23 +124,22 @@ def _im2col_jit(x, stride, top, left, patches):
                     d += run
 
 
-@jit
+@parallel_jit
 def _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, patches_t):
     """patches_t[p, q, c, pixel] = x_pad[i, oy*s + p, ox*s + q, c], where
     pixel = (i*h_out + oy)*w_out + ox (zeros in the padding)."""
     n, h, width, c_in = x.shape
     k_h, k_w = patches_t.shape[:2]
-    for p in range(k_h):
-        for q in range(k_w):
-            for c in range(c_in):
-                # One tap of one channel across every pixel: a contiguous row to write, read
-                # from x every stride * c_in floats.
-                row = patches_t[p, q, c]
-                for i in range(n):
-                    for oy in range(h_out):
-                        iy = oy * stride - top + p
-                        start = (i * h_out + oy) * w_out
-                        for ox in range(w_out):
-                            ix = ox * stride - left + q
-                            inside = 0 <= iy < h and 0 <= ix < width
-                            row[start + ox] = x[i, iy, ix, c] if inside else np.float32(0)
+    for tap in prange(k_h * k_w * c_in):  # the rows are independent: shared out across threads
+        p, q, c = tap // (k_w * c_in), tap // c_in % k_w, tap % c_in
+        # One tap of one channel across every pixel: a contiguous row to write, read from x
+        # every stride * c_in floats.
+        row = patches_t[p, q, c]
+        for i in range(n):
+            for oy in range(h_out):
+                iy = oy * stride - top + p
+                start = (i * h_out + oy) * w_out
+                for ox in range(w_out):
+                    ix = ox * stride - left + q
+                    inside = 0 <= iy < h and 0 <= ix < width
+                    row[start + ox] = x[i, iy, ix, c] if inside else np.float32(0)

@@ -24,7 +24,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
-from ._jit import jit
+from numba import prange
+
+from ._jit import jit, parallel_jit
 
 
 def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -106,27 +108,28 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
     return run_depthwise_conv2d(*check_depthwise_conv2d(x, w, b, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
-@jit
+@parallel_jit
 def _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
     """MobileNet's depthwise layers (3x3, m = 1), one output row at a time: the outputs whose
-    three rows and columns are inside x by a fast path, the others by the border path."""
+    three rows and columns are inside x by a fast path, the others by the border path. The
+    rows are independent: numba's threads share them out (`prange`)."""
     n, h, width = x.shape[0], x.shape[1], x.shape[2]
     h_out, w_out = y.shape[1], y.shape[2]
     # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
     ox0 = min(w_out, (left + stride - 1) // stride)
     ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
-    for i in range(n):
-        for oy in range(h_out):
-            iy = oy * stride - top
-            if not 0 <= iy <= h - 3:
-                _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
-                continue
-            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
-            if stride == 1:
-                _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
-            else:
-                _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
-            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
+    for row in prange(n * h_out):
+        i, oy = row // h_out, row % h_out
+        iy = oy * stride - top
+        if not 0 <= iy <= h - 3:
+            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
+            continue
+        _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
+        if stride == 1:
+            _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+        else:
+            _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+        _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
 
 
 @jit

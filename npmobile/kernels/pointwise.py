@@ -13,7 +13,7 @@ MACs, so this is where inference time goes.
 import numpy as np
 
 from ._checks import as_bias, as_float32, check_fused_clamp, output
-from ._epilogue import bias_clamp_jit, row_blocks
+from ._product import product
 
 
 def pointwise_conv2d_ref(x, w, b=None, *, clamp=None):
@@ -26,11 +26,10 @@ def pointwise_conv2d_ref(x, w, b=None, *, clamp=None):
     return y
 
 
-def run_pointwise_conv2d(blocks, w, b, has_clamp, lo, hi, y):
-    """The product block by block, each followed by its epilogue while still in cache; returns y."""
-    for x_block, y_block in blocks:
-        np.matmul(x_block, w, out=y_block)  # BLAS writes into y's rows (views)
-        bias_clamp_jit(y_block, b, has_clamp, lo, hi)
+def run_pointwise_conv2d(x_rows, w, b, has_clamp, lo, hi, y_rows, y):
+    """One product of the (pixels, c_in) rows with w, its epilogue applied block by block
+    (`_product.product`); returns y, of which y_rows is the (pixels, c_out) view."""
+    product(x_rows, False, w, b, has_clamp, lo, hi, y_rows)
     return y
 
 
@@ -46,7 +45,7 @@ def check_rows(x, x_rows, w, b, clamp, out):
     b = as_bias(b, c_out)
     has_clamp, lo, hi = check_fused_clamp(clamp)
     y = output(out, x.shape[:-1] + (c_out,))
-    return row_blocks(x_rows, y.reshape(-1, c_out), c_out), w, b, has_clamp, lo, hi, y
+    return x_rows, w, b, has_clamp, lo, hi, y.reshape(-1, c_out), y
 
 
 def check_pointwise_conv2d(x, w, b=None, *, clamp=None, out=None):

@@ -69,8 +69,8 @@ def check_qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier,
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
-        return True, check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
-                                      stride=stride, pad=(top, bottom, left, right))
+        return True, check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, rq,
+                                      y_zero, lo, hi, y, stride=stride, pad=(top, bottom, left, right))
     acc = np.empty(c_out, dtype=np.int32)
     xs = np.empty((h, width, c_in), dtype=np.int32)  # one image minus its zero point
     return False, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, xs, acc, y)
@@ -89,8 +89,9 @@ def qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift
                       clamp=None, out=None):
     """The fast kernel: the float kernel on exact integers where exact.py's bound holds (every
     MobileNet layer), else an integer loop with int32 accumulators per pixel."""
-    return run_qdepthwise_conv2d(*check_qdepthwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
-                                                          shift=shift, stride=stride, pad=pad, clamp=clamp, out=out))
+    args = check_qdepthwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
+                                   shift=shift, stride=stride, pad=pad, clamp=clamp, out=out)
+    return run_qdepthwise_conv2d(*args)
 
 
 @jit

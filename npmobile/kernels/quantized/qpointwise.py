@@ -16,7 +16,7 @@ is exact and how the input channels are split into chunks where one float32 sum 
 
 import numpy as np
 
-from .._epilogue import BLOCK_FLOATS
+from .._product import BLOCK_FLOATS
 from ._qchecks import as_q8, check_zero, q_output, requant_args
 from .exact import exact_chunks, minus_zero, requantize_rows, x_bound
 from .fixedpoint import requantize_params, requantize_ref
