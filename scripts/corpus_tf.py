@@ -287,9 +287,8 @@ def append_labels(data, labels, name="labels.txt", before=()):
 def with_metadata(data, labels, name):
     """TFLite Metadata (tflite-support's metadata_schema.fbs, identifier "M001") naming labels.txt
     as the output's TENSOR_AXIS_LABELS associated file, with the file packed into the model as a
-    zip, as tflite-support's metadata writers do. The flatbuffer is built here, table by table, so
-    the generator does not depend on tflite-support (0.4.4, its last release, was not tried beside
-    TF 2.21)."""
+    zip, as tflite-support's metadata writers do (tflite-support does not install beside TF 2.21,
+    so the flatbuffer is built here, table by table)."""
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
