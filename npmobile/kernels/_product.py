@@ -12,7 +12,6 @@ L2 cache; more blocks than that cost more than they save, as each sgemm call pac
 
 import glob
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -56,16 +55,22 @@ def bias_clamp_jit(y, b, has_clamp, lo, hi, r0, r1, c0, c1):
             row[o] = v
 
 
+# The blocks depend on the shape only, never on the thread count: OpenBLAS may round a block of
+# another shape differently (its small-matrix kernels), and an output must be the same bits whether
+# it ran on one thread, two, or in a worker pinned to one (pickled models, Dask and Ray rows).
+PARTS = 2
+
+
 @parallel_jit
-def _product_jit(sgemm, threads, a, a_transposed, w, b, has_clamp, lo, hi, y):
-    """y = epilogue(a @ w) (a.T @ w when a_transposed), block by block across `threads` threads."""
+def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+    """y = epilogue(a @ w) (a.T @ w when a_transposed), block by block across numba's threads."""
     m, n = y.shape
     k = w.shape[0]
     # Split the larger side of y: each row block reads all of w, each column block all of a.
-    if m >= n:  # at least one block per thread, at most BLOCK_FLOATS each, a multiple of the threads
-        row_blocks, col_blocks = -(-max(threads, -(-m * n // BLOCK_FLOATS)) // threads) * threads, 1
+    if m >= n:  # at least PARTS blocks, at most BLOCK_FLOATS each, a multiple of PARTS
+        row_blocks, col_blocks = -(-max(PARTS, -(-m * n // BLOCK_FLOATS)) // PARTS) * PARTS, 1
     else:
-        row_blocks, col_blocks = 1, threads
+        row_blocks, col_blocks = 1, PARTS
     r_step, c_step = -(-m // row_blocks), -(-n // col_blocks)
     for j in prange(row_blocks * col_blocks):
         r0, c0 = (j // col_blocks) * r_step, (j % col_blocks) * c_step
@@ -84,8 +89,7 @@ def _product_jit(sgemm, threads, a, a_transposed, w, b, has_clamp, lo, hi, y):
 def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
     if SGEMM is not None and y.shape[0] > 1:
-        # (numba.get_num_threads() is asked here: inside the loop it would keep it from the cache)
-        _product_jit(SGEMM, numba.get_num_threads(), a, a_transposed, w, b, has_clamp, lo, hi, y)
+        _product_jit(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, y)
         return
     # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
     # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.
