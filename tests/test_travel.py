@@ -45,7 +45,11 @@ def test_pickled_quantized_model_gives_bit_identical_outputs_in_a_fresh_process(
 def travels_bit_identically(model, tmp_path):
     h, w, c = model.graph.input_shape
     x = np.random.default_rng(2).standard_normal((5, h, w, c)).astype(np.float32)
-    expected = model(x, threads=1)  # the same call on both sides: a batch split differently rounds differently
+    # The same call on both sides, with BLAS on one thread in each (as in a Dask or Ray worker): a
+    # batch split differently, or BLAS run on another thread count, may round differently.
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        expected = model(x, threads=1)
     threads = [threading.Thread(target=model, args=(x,), kwargs={"threads": 2}) for _ in range(2)]
     for t in threads:  # the model now holds plans, a fused graph, thread-local state: none of it travels
         t.start()
@@ -54,7 +58,8 @@ def travels_bit_identically(model, tmp_path):
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
     np.save(tmp_path / "x.npy", x)
     python(f"import pickle, numpy as np; m = pickle.load(open({str(tmp_path / 'model.pkl')!r}, 'rb')); "
-           f"np.save({str(tmp_path / 'y.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r}), threads=1))")
+           f"np.save({str(tmp_path / 'y.npy')!r}, m(np.load({str(tmp_path / 'x.npy')!r}), threads=1))",
+           env={"OPENBLAS_NUM_THREADS": "1"})
     got = np.load(tmp_path / "y.npy")
     assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
 
