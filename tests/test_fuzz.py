@@ -1,8 +1,7 @@
 """Fuzzing every weight format: seeded byte flips and truncations, and structural edits of graph
 attributes, each mutant loaded in a child process under a 2 GiB address-space cap and a timeout
 (fuzzing.Worker). A crash (signal), a hang, a MemoryError or any exception other than
-WeightFileError fails the test with the mutants at fault; so does a load peaking at 1 GiB RSS,
-except for .h5, which only the 2 GiB cap bounds (see H5_RSS_LIMIT: a known libhdf5 allocation).
+WeightFileError fails the test with the mutants at fault; so does a load peaking at 1 GiB RSS.
 
 The quick variant draws a few dozen mutants per format; the slow one (CI runs it too) a few
 hundred. scripts/fuzz.py runs the full campaign the README quotes.
@@ -21,12 +20,6 @@ pytest.importorskip("tflite")
 pytest.importorskip("h5py")
 
 GiB = 1 << 30
-# Known, not fixed: libhdf5 allocates a variable-length string (the .h5 model_config) from the
-# length stored in the file before it checks it against the heap object, so about 1 .h5 mutant in
-# 1,000 peaks at 1.5-3.4 GB RSS before it is refused. The child's 2 GiB cap turns a larger one
-# into a failed allocation inside libhdf5 (refused). Only .h5 gets this allowance, which the cap
-# itself enforces (RSS cannot exceed the address space): the line below documents it, it cannot fire.
-H5_RSS_LIMIT = 2 * GiB
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def campaign(seeds, mutants, edits, seed):
     results = fuzzing.run(jobs, folder, workers=1, mem_limit=2 * GiB, timeout=float(os.environ.get("FUZZ_TIMEOUT", 120)))
     bad = [f"{m.fmt} {m.seed} {m.how}: {o.kind}: {o.detail[-400:]}" for m, o in results if o.failed]
     fat = [f"{m.fmt} {m.seed} {m.how}: peak RSS {o.peak_rss:,}" for m, o in results
-           if o.peak_rss >= (H5_RSS_LIMIT if m.fmt == ".h5" else GiB)]
+           if o.peak_rss >= GiB]
     assert not bad and not fat, "\n".join(bad + fat)
     kinds = {o.kind for _, o in results}
     assert "refused" in kinds, "no mutant was refused: the mutations do not reach the readers"

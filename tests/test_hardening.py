@@ -19,7 +19,6 @@ import npmobile
 from npmobile import WeightFileError, cli, classify
 from crafted import (node, npy_bytes, npz_bytes, png_header, set_zip_method, tiny_graph, tiny_meta, tiny_onnx,
                      tiny_params, write_native, zip_bytes)
-from fuzzing import Worker
 
 
 def refused(path, *fragments):
@@ -31,13 +30,6 @@ def refused(path, *fragments):
     for f in fragments:
         assert f in message, f"{f!r} not in: {message}"
     return message
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = Worker(mem_limit=3 << 30, timeout=120)
-    yield w
-    w.close()
 
 
 def test_the_tiny_native_file_loads_and_runs(tmp_path):
