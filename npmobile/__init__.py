@@ -6,13 +6,30 @@
 
 __version__ = "0.1.0"
 
-from .graph import Graph, Node  # noqa: E402
-from .model import Model, get_num_threads, set_num_threads  # noqa: E402
-from .architectures import mobilenet_v1, mobilenet_v2  # noqa: E402
-from .errors import WeightFileError  # noqa: E402
-from .io import load  # noqa: E402
-from .weights import save  # noqa: E402
-from .applications import MobileNet, MobileNetV2, decode_predictions, preprocess_input  # noqa: E402
+# Each name below is imported from its module on first use (PEP 562), not when the package is:
+# `npmobile ...` then starts without numpy or numba, so that a Ctrl-C while they load reaches
+# the command line's handler (one line, exit 130) instead of a traceback.
+_EXPORTS = {
+    "Graph": "graph", "Node": "graph",
+    "Model": "model", "get_num_threads": "model", "set_num_threads": "model",
+    "mobilenet_v1": "architectures", "mobilenet_v2": "architectures",
+    "WeightFileError": "errors",
+    "load": "io",
+    "save": "weights",
+    "MobileNet": "applications", "MobileNetV2": "applications", "decode_predictions": "applications",
+    "preprocess_input": "applications",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Graph", "MobileNet", "MobileNetV2", "Model", "Node", "WeightFileError", "decode_predictions", "load",
-           "mobilenet_v1", "mobilenet_v2", "preprocess_input", "save"]
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'npmobile' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

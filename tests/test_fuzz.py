@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fuzzing
-from crafted import npz_bytes, tiny_graph, tiny_meta, tiny_onnx, tiny_params
+from crafted import npz_bytes, pt2_bytes, tiny_graph, tiny_meta, tiny_onnx, tiny_params, tiny_torchvision_state_dict
 
 pytest.importorskip("onnx")
 pytest.importorskip("tflite")
@@ -24,8 +24,8 @@ GiB = 1 << 30
 
 @pytest.fixture(scope="module")
 def seeds(assets, tmp_path_factory):
-    """Byte seeds per format, native metas and ONNX models to edit: small generated files plus the
-    smallest real TFLite, ONNX and Keras files."""
+    """Byte seeds per format, native metas, ONNX models and a .pt2 state_dict to edit: small
+    generated files plus the smallest real TFLite, ONNX and Keras files."""
     import onnx
     d = tmp_path_factory.mktemp("seeds")
     keras = pytest.importorskip("keras")
@@ -35,15 +35,15 @@ def seeds(assets, tmp_path_factory):
     files = {".npz": {"tiny.npz": npz_bytes(tiny_meta(), tiny_params(tiny_graph()))},
              ".onnx": {"tiny.onnx": models["tiny.onnx"].SerializeToString()},
              ".tflite": {"real.tflite": (assets / "models" / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()},
-             ".h5": {"keras.h5": h5.read_bytes()}}
+             ".h5": {"keras.h5": h5.read_bytes()}, ".pt2": {"tiny.pt2": pt2_bytes(tiny_torchvision_state_dict())}}
     native = {"tiny.npz": (tiny_meta(), tiny_params(tiny_graph()))}
-    return files, native, models, d
+    return files, native, models, {"tiny.pt2": tiny_torchvision_state_dict()}, d
 
 
 def campaign(seeds, mutants, edits, seed):
-    files, native, models, folder = seeds
+    files, native, models, pt2, folder = seeds
     rng = np.random.default_rng(seed)
-    jobs = [*fuzzing.byte_mutants(files, mutants, rng), *fuzzing.edit_mutants(native, models, edits, rng)]
+    jobs = [*fuzzing.byte_mutants(files, mutants, rng), *fuzzing.edit_mutants(native, models, edits, rng, pt2)]
     results = fuzzing.run(jobs, folder, workers=1, mem_limit=2 * GiB, timeout=float(os.environ.get("FUZZ_TIMEOUT", 120)))
     bad = [f"{m.fmt} {m.seed} {m.how}: {o.kind}: {o.detail[-400:]}" for m, o in results if o.failed]
     fat = [f"{m.fmt} {m.seed} {m.how}: peak RSS {o.peak_rss:,}" for m, o in results
@@ -56,10 +56,10 @@ def campaign(seeds, mutants, edits, seed):
 
 def test_fuzz_quick(seeds):
     results = campaign(seeds, mutants=20, edits=40, seed=11)
-    assert len(results) == 4 * 20 + 40
+    assert len(results) == 5 * 20 + 40
 
 
 @pytest.mark.slow
 def test_fuzz_deep(seeds):
     results = campaign(seeds, mutants=250, edits=300, seed=12)
-    assert len(results) == 4 * 250 + 300
+    assert len(results) == 5 * 250 + 300
