@@ -14,7 +14,9 @@ process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THR
 OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime
 intra_op_num_threads=t, LiteRT num_threads=t. npmobile splits every layer across its t numba
 threads (a single image too) and a batch across t Python threads; BLAS runs on one thread per
-call. The ratio npmobile / ONNX Runtime of each row comes from that same process.
+call. The ratio npmobile / ONNX Runtime of each row comes from that same process. OpenBLAS
+picks its kernels for the CPU there ($OPENBLAS_CORETYPE cleared: measure.thread_env), as ONNX
+Runtime, PyTorch and LiteRT do; the table says which it ran.
 
     npmobile bench [--quick] [--tflite FILE] [--out results.json] [--plot results.png]
     python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
@@ -42,7 +44,10 @@ def worker(threads, quick, tflite=()):
     from npmobile.cost import count
 
     npmobile.set_num_threads(threads)
-    probe = dict(probe=threads, sgemm_peak_gflops=sgemm_peak_gflops(), parallel_launch_us=parallel_launch_us())
+    from npmobile.kernels._blas import core
+
+    probe = dict(probe=threads, sgemm_peak_gflops=sgemm_peak_gflops(), parallel_launch_us=parallel_launch_us(),
+                 openblas_core=core())
     print(json.dumps(probe), flush=True)
     rows = []
     for arch in ARCHS:
@@ -279,6 +284,7 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
     return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
                 load_average=[load_start, os.getloadavg()[0]],
+                environment_openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
                 threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; the kernels' parallel loops on t "
                          "numba threads (TBB), each block of a product one single-threaded OpenBLAS call; a batch is "
                          "also split across t Python threads; torch.set_num_threads(t); "
@@ -300,6 +306,9 @@ def format_table(result):
     lines = [f"# {result['machine']}", f"# threads: {result['threads']}",
              f"# first inference in a new process: {result['first_inference_s']:.2f} s after import",
              "# load average (1 min, all cores): {:.1f} at the start, {:.1f} at the end".format(*result["load_average"]),
+             "# OpenBLAS chooses its kernels for this CPU in every timed process"
+             + (f" ($OPENBLAS_CORETYPE={result['environment_openblas_coretype']} of this environment cleared there)"
+                if result.get("environment_openblas_coretype") else ""),
              f"{'model':14s} {'batch':>5s} {'thr':>3s} {'npmobile':>9s} {'onnxrt':>8s} {'pytorch':>8s} "
              f"{'oracle':>9s} {'onnx-ref':>9s} {'npm/ort':>8s} {'ref/npm':>8s} {'x1thr':>6s}"]
     for r in [r for r in result["rows"] if "litert_ms" not in r]:
@@ -320,7 +329,8 @@ def format_table(result):
 def _roofline_lines(result):
     lines = ["", "roofline: npmobile's GFLOP/s (2 x MACs / time) against the sgemm peak of its threads"]
     for p in result.get("probes", []):
-        lines.append(f"# {p['probe']} thread(s): sgemm peak {p['sgemm_peak_gflops']:.0f} GFLOP/s per core; "
+        lines.append(f"# {p['probe']} thread(s): sgemm peak {p['sgemm_peak_gflops']:.0f} GFLOP/s per core "
+                     f"(OpenBLAS's {p.get('openblas_core')} kernels); "
                      f"one parallel loop costs {p['parallel_launch_us']:.1f} us")
     for r in result["rows"]:
         if "npmobile_gflops" in r:
