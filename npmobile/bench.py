@@ -129,22 +129,25 @@ def parallel_launch_us():
 
 
 def litert_row(path, threads, quick):
-    """npmobile's float engine against LiteRT on one .tflite file, batch 1: LiteRT runs the file
-    as written (int8 for a quantized file, XNNPACK, num_threads=threads), npmobile its dequantized
-    float graph. Their probabilities differ by quantization, so the row records the top-1
-    agreement and the largest difference rather than asserting them."""
+    """npmobile against LiteRT on one .tflite file, batch 1. LiteRT runs the file as written
+    (int8 for a quantized file, XNNPACK, num_threads=threads); npmobile runs it twice: as
+    `npmobile.load` gives it (the integer engine for a quantized file) and dequantized to its float
+    graph (`dequantize=True`). The float engine's probabilities differ from LiteRT's by the
+    quantization, so the row records the top-1 agreement of each rather than asserting it."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     import npmobile
+    from npmobile.qmodel import QuantizedModel
 
-    model = npmobile.load(path)
+    engines = {"int": npmobile.load(path), "float": npmobile.load(path, dequantize=True)}
+    if not isinstance(engines["int"], QuantizedModel):
+        del engines["int"]  # a float file: one engine
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    side = model.config.resolution
+    side = engines["float"].config.resolution
     image = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
-    x = model.preprocess(image)
 
     def litert():
         interpreter.set_tensor(inp["index"], image.astype(inp["dtype"]))
@@ -152,14 +155,17 @@ def litert_row(path, threads, quick):
         return interpreter.get_tensor(out["index"])
     scale, zero = out["quantization"]
     theirs = (litert().astype(np.float32) - zero) * (scale or 1.0)
-    ours = model(x)
-    row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])),
-               top1_agrees=bool(ours.argmax() == theirs.argmax()), max_prob_diff=float(np.abs(ours - theirs).max()))
+    repeats, seconds = (3, 0.5) if quick else (10, 3.0)
+    row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])))
     with _blas_threads(1) as blas:
-        row["npmobile_ms"] = 1e3 * median_time(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)[0]
+        for name, model in engines.items():
+            x = model.preprocess(image)
+            row[f"{name}_top1_agrees"] = bool(model(x).argmax() == theirs.argmax())
+            row[f"npmobile_{name}_ms"] = 1e3 * median_time(lambda: model(x), repeats, seconds)[0]
     row["npmobile_blas_threads"] = blas
-    row["litert_ms"] = 1e3 * median_time(litert, 3 if quick else 10, 0.5 if quick else 3.0)[0]
-    row["npmobile_over_litert"] = row["npmobile_ms"] / row["litert_ms"]
+    row["litert_ms"] = 1e3 * median_time(litert, repeats, seconds)[0]
+    for name in engines:
+        row[f"npmobile_{name}_over_litert"] = row[f"npmobile_{name}_ms"] / row["litert_ms"]
     return row
 
 
@@ -343,12 +349,18 @@ def _litert_lines(result):
     rows = [r for r in result["rows"] if "litert_ms" in r]
     if not rows:
         return []
-    lines = ["", "LiteRT on the same .tflite file (LiteRT runs it as written: int8 for a quantized file; "
-                 "npmobile its float graph), batch 1:",
-             f"{'file':36s} {'thr':>3s} {'npmobile':>9s} {'litert':>8s} {'npm/lrt':>8s} {'top-1 same':>10s}"]
+    lines = ["", "LiteRT on the same .tflite file, batch 1 (LiteRT runs it as written: int8 for a quantized file; "
+                 "npmobile on its integer engine, and dequantized on its float engine):",
+             f"{'file':36s} {'thr':>3s} {'litert':>7s} {'npm int':>8s} {'int/lrt':>8s} {'npm float':>9s} "
+             f"{'float/lrt':>9s} {'top-1 same (int, float)':>24s}"]
+
+    def ms(r, name, width):
+        return f"{r[name]:{width}.{1 if name.endswith('ms') else 2}f}" if name in r else f"{'-':>{width}s}"
     for r in rows:
-        lines.append(f"{r['arch']:36s} {r['threads']:3d} {r['npmobile_ms']:9.1f} {r['litert_ms']:8.1f} "
-                     f"{r['npmobile_over_litert']:8.2f} {str(r['top1_agrees']):>10s}")
+        lines.append(f"{r['arch']:36s} {r['threads']:3d} {r['litert_ms']:7.1f} {ms(r, 'npmobile_int_ms', 8)} "
+                     f"{ms(r, 'npmobile_int_over_litert', 8)} {ms(r, 'npmobile_float_ms', 9)} "
+                     f"{ms(r, 'npmobile_float_over_litert', 9)} "
+                     f"{str((r.get('int_top1_agrees'), r.get('float_top1_agrees'))):>24s}")
     return lines
 
 
