@@ -6,30 +6,35 @@
 
 __version__ = "0.1.0"
 
-# Each name below is imported from its module on first use (PEP 562), not when the package is:
-# `npmobile ...` then starts without numpy or numba, so that a Ctrl-C while they load reaches
-# the command line's handler (one line, exit 130) instead of a traceback.
-_EXPORTS = {
-    "Graph": "graph", "Node": "graph",
-    "Model": "model", "get_num_threads": "model", "set_num_threads": "model",
-    "mobilenet_v1": "architectures", "mobilenet_v2": "architectures",
-    "WeightFileError": "errors",
-    "load": "io",
-    "save": "weights",
-    "MobileNet": "applications", "MobileNetV2": "applications", "decode_predictions": "applications",
-    "preprocess_input": "applications",
-}
-__all__ = sorted(_EXPORTS)
+# The public names are imported from their modules on first use (PEP 562), not with the
+# package: `npmobile ...` then starts without numpy or numba, so that a Ctrl-C while they load
+# reaches the command line's handler (one line, exit 130) instead of printing a traceback.
+__all__ = ["Graph", "MobileNet", "MobileNetV2", "Model", "Node", "WeightFileError", "decode_predictions",
+           "get_num_threads", "load", "mobilenet_v1", "mobilenet_v2", "preprocess_input", "save",
+           "set_num_threads"]
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'npmobile' has no attribute {name!r}")
-    from importlib import import_module
-    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
+    match name:
+        case "Graph" | "Node":
+            from . import graph as module
+        case "Model" | "get_num_threads" | "set_num_threads":
+            from . import model as module
+        case "mobilenet_v1" | "mobilenet_v2":
+            from . import architectures as module
+        case "WeightFileError":
+            from . import errors as module
+        case "load":
+            from . import io as module
+        case "save":
+            from . import weights as module
+        case "MobileNet" | "MobileNetV2" | "decode_predictions" | "preprocess_input":
+            from . import applications as module
+        case _:
+            raise AttributeError(f"module 'npmobile' has no attribute {name!r}")
+    value = globals()[name] = getattr(module, name)
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(__all__))
