@@ -166,6 +166,11 @@ class _Budget:
         if size > self.left or size > 1100 * stored + 4096:  # deflate inflates at most ~1032-fold
             raise WeightFileError(f"{name}: declares {size:,} bytes backed by {stored:,} stored; refused "
                                   f"(at most {self.left:,} more bytes of weights, $NPMOBILE_MAX_WEIGHT_BYTES)")
+        # libhdf5 inflates a whole chunk to read any of it: a 1-value dataset in one 1 GiB chunk
+        # of deflated zeros (1 MB in the file) would take 1 GiB.
+        chunk = math.prod(ds.chunks) * ds.dtype.itemsize if ds.chunks else 0
+        if chunk > max(size, 1 << 20):
+            raise WeightFileError(f"{name}: stored in chunks of {chunk:,} bytes for {size:,} bytes of data; refused")
         self.left -= size
         return np.asarray(ds)
 
