@@ -24,6 +24,7 @@ from ..config import Config
 from ..graph import Builder, Graph
 from ..kernels.quantized import QKERNELS, output_scales
 from ..qmodel import QuantizedImport
+from ..validate import MAX_STRIDE
 from . import _layout
 from . import onnx as onnx_io
 from ._common import guess_arch
@@ -94,6 +95,8 @@ def _weights(w, op, c_out):
     if np.size(scale) not in (1, c_out) or np.size(zero) not in (1, c_out):
         raise ValueError(f"weights: expected 1 or {c_out} scales and zero points, found {np.size(scale)} and "
                          f"{np.size(zero)}")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"w_scale: expected finite scales > 0, found [{scale.min()}, {scale.max()}]")
     return weight, np.broadcast_to(np.ravel(zero).astype(np.int32), (c_out,)), np.ravel(scale)
 
 
@@ -123,10 +126,14 @@ def _qlinear_conv(w, op, x):
     b = w.const(op, 8, False)
     if b is not None and (b.dtype != np.int32 or b.shape != (c_out,)):
         raise ValueError(f"bias: expected int32 of shape ({c_out},), found {b.dtype} {b.shape}")
-    strides, group = op.attrs.get("strides", [1, 1]), op.attrs.get("group", 1)
+    strides, group = list(op.attrs.get("strides", [1, 1])), op.attrs.get("group", 1)
     if len(strides) != 2 or strides[0] != strides[1] or len(k) != 2 or k[0] != k[1]:
         raise ValueError(f"strides {strides} and kernel {tuple(k)}: only equal sides are supported")
+    if not 1 <= strides[0] <= MAX_STRIDE:
+        raise ValueError(f"strides: expected 1..{MAX_STRIDE}, found {strides}")
     pad = onnx_io._conv_pads(w, x, op.attrs, k, strides[0])
+    if len(pad) != 4 or not all(0 <= p < k[0] for p in pad):
+        raise ValueError(f"pads: expected 4 sides each 0 .. kernel - 1 = {k[0] - 1}, found {pad}")
     h_out, w_out = ((h + pad[0] + pad[1] - k[0]) // strides[0] + 1, (width + pad[2] + pad[3] - k[1]) // strides[0] + 1)
     name, shape = _name(w, op, "_linear", 7), (h_out, w_out, c_out)
     if group == 1 and weight.shape[1] == c_in and tuple(k) == (1, 1) and strides[0] == 1 and not any(pad):

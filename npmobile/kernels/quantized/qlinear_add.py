@@ -62,14 +62,17 @@ def fma32(u, v, w):
 
 def _fma32_ref(u, v, w):
     """The oracle of fma32 on arrays: the sum in x87 extended precision (64-bit significand),
-    exact for every operand range QLinearAdd meets, then one rounding to float32; where it is not
-    exact, the rational sum rounded to the nearest float32 (ties to even) with Fractions."""
+    exact for the operand ranges QLinearAdd meets, then one rounding to float32; where it is not
+    exact (TwoSum finds a remainder), the rational sum rounded to the nearest float32 (ties to
+    even) with Fractions."""
     shape = np.broadcast_shapes(np.shape(u), np.shape(v), np.shape(w))
     u, v, w = (np.broadcast_to(np.asarray(a, dtype=np.float32), shape).reshape(-1) for a in (u, v, w))
-    p = u.astype(np.longdouble) * v.astype(np.longdouble)
-    s = p + w.astype(np.longdouble)
+    p, c = u.astype(np.longdouble) * v.astype(np.longdouble), w.astype(np.longdouble)
+    s = p + c
+    z = s - p
+    dropped = (p - (s - z)) + (c - z)  # what the extended sum rounded off (TwoSum: exact)
     r = s.astype(np.float32)
-    for i in np.nonzero((s - p) != w)[0]:
+    for i in np.nonzero(dropped != 0)[0]:
         r[i] = _round_fraction(Fraction(float(u[i])) * Fraction(float(v[i])) + Fraction(float(w[i])))
     return r.reshape(shape)
 
