@@ -2,7 +2,8 @@
 QLinearGlobalAveragePool, QLinearMatMul), against ONNX Runtime itself.
 
 - every node's integers, by name, equal the tensors ONNX Runtime computes, on one photo: a wrong
-  zero point, scale or rounding shows at the first layer it touches;
+  zero point, scale or rounding shows at the first layer it touches (and the oracles give the
+  fast kernels' output);
 - on all 115 asset photos: at least 99.9% of output values within one quantum of ONNX Runtime's
   and the same top-1 on every photo (measured: every byte equal; benchmarks/quantized_agreement.py);
 - the ends: a quantized file loads as a QuantizedModel, dequantize=True (and `classify
@@ -81,6 +82,8 @@ def test_every_node_equals_onnxruntime_on_a_photo(model, path, images):
     pixels = qa.pixels_for([im for im in images if im[0] == "chelsea.png"], 224)
     x = model.preprocess(pixels)
     ours = model.run(x, intermediates=True)
+    oracle = model.run(x, oracle=True)  # the int64 oracles, node by node: the same bytes
+    np.testing.assert_array_equal(oracle.values, ours[model.graph.output].values)
     proto = onnx.load(str(path))
     tensors = _onnx_tensor_of(proto)
     assert set(tensors) == {n.name for n in model.graph.nodes}
