@@ -22,7 +22,7 @@ import numpy as np
 from . import validate
 from .engine import _last_use, check_input
 from .kernels.quantized import QKERNELS, dequantize, quantize
-from .model import PLAN_BATCH, _executor, get_num_threads
+from .model import PLAN_BATCH, Model, _executor, as_nhwc, get_num_threads
 from .preprocess import preprocess_batch
 
 
@@ -34,6 +34,7 @@ class QuantizedImport(NamedTuple):
     input_dtype: object
     labels: list
     source: str
+    rounding: str = "away"  # how the float input is quantized: "away" (TFLite), "even" (ONNX)
 
 
 class QTensor(NamedTuple):
@@ -51,11 +52,12 @@ class QuantizedModel:
 
     graph: a `graph.Graph` of integer ops; params: {"{node}.{param}": array} (uint8/int8
     weights, int32 biases, zero points, multipliers, shifts); quant: {value: (scale, zero_point)};
-    input_dtype: the integer type of the graph's input.
+    input_dtype: the integer type of the graph's input; rounding: how the float input is quantized
+    (quantize.py: "away" for TFLite's QUANTIZE, "even" for ONNX's QuantizeLinear).
     """
 
-    def __init__(self, graph, params, quant, input_dtype, labels=None, source="<memory>"):
-        self.graph, self.params, self.quant = graph, params, quant
+    def __init__(self, graph, params, quant, input_dtype, labels=None, source="<memory>", rounding="away"):
+        self.graph, self.params, self.quant, self.rounding = graph, params, quant, rounding
         self.input_dtype = np.dtype(input_dtype)
         self.labels = list(labels) if labels is not None else None
         self.source = source
@@ -81,10 +83,10 @@ class QuantizedModel:
         return preprocess_batch(images, self.config.resolution, pre.mean, pre.std, pre.crop)
 
     def quantize_input(self, x):
-        """A float NHWC batch -> the graph's integer input (TFLite's QUANTIZE rounding)."""
+        """A float NHWC batch -> the graph's integer input (the file's runtime's rounding)."""
         x = check_input(self.graph, x)
         scale, zero = self.quant["input"]
-        return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
+        return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype, rounding=self.rounding)
 
     @property
     def outputs(self):
@@ -95,21 +97,19 @@ class QuantizedModel:
         """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
         thread-local plans."""
         return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
-                "labels": self.labels, "source": self.source}
+                "labels": self.labels, "source": self.source, "rounding": self.rounding}
 
     def __setstate__(self, state):
         self.__init__(**state)
 
-    def __call__(self, x, *, threads=None):
-        """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
-        threads as in Model.__call__."""
-        q = self.run_integers(self.quantize_input(x), threads=threads)
+    def __call__(self, x, *, layout="NHWC", threads=None):
+        """Float batch in (NHWC, or NCHW with layout="NCHW"), the output dequantized to float32 out
+        (probabilities for a softmax); threads as in Model.__call__."""
+        q = self.run_integers(self.quantize_input(as_nhwc(self.graph, x, layout)), threads=threads)
         scale, zero = self.quant[self.graph.output]
         return dequantize(q, scale=scale, zero_point=zero)
 
-    def predict(self, x, batch_size=32):
-        x = np.asarray(x)
-        return np.concatenate([self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    predict = Model.predict  # probabilities, always (a softmax on logits), as for a float Model
 
     def run_integers(self, q, *, threads=None):
         """The fast engine on the integer input q (n, h, w, c): a new array of output integers.
