@@ -13,11 +13,15 @@ shape, input, op or config field of a native file's metadata, one integer attrib
 initializer dim of an ONNX graph, or one tensor's dtype, sizes, strides, offset, member or pickle
 flag in a .pt2 archive.
 
-An outcome is "ok" (it loads), "refused" (a WeightFileError), or a failure: "exception" (any other
-exception), "memory" (MemoryError under the cap), "signal" (the child died), "hang" (no answer in
---timeout seconds). The script prints, per format: mutants, each outcome, the largest peak RSS of
-one load (VmHWM of the child, imports included) and the slowest load; it exits 1 on any failure,
-or on a peak RSS of 1 GiB or more for a mutant under 10 MB.
+With --run each model that loads is also run once on a zero batch, so that its kernels are
+bound and run (a crash or an error deferred to the first call would count as a failure).
+
+An outcome is "ok" (it loads, and runs with --run), "refused" (a WeightFileError), or a
+failure: "exception" (any other exception), "memory" (MemoryError under the cap), "signal" (the
+child died), "hang" (no answer in --timeout seconds). The script prints, per format: mutants,
+each outcome, the largest peak RSS of one load (VmHWM of the child, imports included) and the
+slowest load; it exits 1 on any failure, or on a peak RSS of 1 GiB or more for a mutant under
+10 MB.
 """
 
 import argparse
@@ -114,6 +118,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a load counts as a hang (default 30)")
     p.add_argument("--mem-limit", type=float, default=4.0, help="each child's address-space cap in GiB (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", action="store_true", help="also run each model that loads once, on a zero batch "
+                                                      "(binds and runs every kernel: the integer engine too)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
 
@@ -132,10 +138,10 @@ def main(argv=None):
                 print(f"[{done[0]}] {m.fmt} {m.seed} {m.how}: {o.kind} {o.detail[:200]!r}", flush=True)
 
         results = fuzzing.run((m for gen in mutants for m in gen), folder, args.workers,
-                              int(args.mem_limit * GiB), args.timeout, progress)
+                              int(args.mem_limit * GiB), args.timeout, progress, call=args.run)
     rows, failures, fat = report(results, sizes)
-    print(f"\n{len(results)} loads in {time.time() - start:.0f} s, {args.workers} worker(s), seed {args.seed}, "
-          f"timeout {args.timeout:.0f} s, cap {args.mem_limit} GiB")
+    print(f"\n{len(results)} loads{' and runs' if args.run else ''} in {time.time() - start:.0f} s, "
+          f"{args.workers} worker(s), seed {args.seed}, timeout {args.timeout:.0f} s, cap {args.mem_limit} GiB")
     print(f"{'format':8} {'mutants':>7} {'ok':>6} {'refused':>7} {'exception':>9} {'memory':>6} {'signal':>6} "
           f"{'hang':>4} {'max RSS MiB':>11} {'max s':>6}")
     for fmt, r in rows.items():
@@ -146,7 +152,8 @@ def main(argv=None):
     for m, o in fat[:20]:
         print(f"OVER 1 GiB {m.fmt} {m.seed} {m.how}: {o.peak_rss:,} bytes")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seed": args.seed, "workers": args.workers, "rows": rows,
+        Path(args.json).write_text(json.dumps({"seed": args.seed, "workers": args.workers, "run": args.run,
+                                               "rows": rows,
                                                "failures": len(failures), "over_1_gib": len(fat)}, indent=1))
     return 1 if failures or fat else 0
 

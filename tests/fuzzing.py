@@ -83,6 +83,7 @@ class Worker:
     def _start(self):
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env.setdefault("NUMBA_NUM_THREADS", "1")  # one core per worker: a campaign runs several
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(self.mem_limit)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=str(ROOT))
         if self._answer(300.0) is None:
@@ -285,9 +286,10 @@ def edit_mutants(native, onnx_models, count, rng, pt2=None):
             yield Mutant("edit", name, how[0], data)
 
 
-def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=None):
-    """Load every mutant in `workers` child processes; returns [(Mutant without its bytes,
-    Outcome)] in order. Mutants are drawn a few at a time (a campaign's bytes would not fit)."""
+def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=None, call=False):
+    """Load every mutant in `workers` child processes (and, with call=True, run each model that
+    loads once on a zero batch); returns [(Mutant without its bytes, Outcome)] in order. Mutants
+    are drawn a few at a time (a campaign's bytes would not fit)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -302,7 +304,7 @@ def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=No
         path = Path(folder) / f"mutant_{i}{suffix}"
         path.write_bytes(m.data)
         try:
-            outcome = local.worker.load(path)
+            outcome = local.worker.load(path, run=call)
         finally:
             path.unlink()
         if progress:
