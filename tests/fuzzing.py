@@ -108,7 +108,10 @@ class Worker:
         if answer is not None:
             return Outcome(answer["kind"], answer["detail"], answer["peak_rss"], answer["seconds"])
         elapsed = time.perf_counter() - start
-        code = self.proc.poll()
+        try:  # an end of output before the timeout is a child that is ending: wait for its status
+            code = self.proc.wait(timeout=10) if elapsed < self.timeout else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         if code is None:  # still running: a hang
             self.close()
             return Outcome("hang", f"no answer after {self.timeout:.0f} s", 0, elapsed)

@@ -131,3 +131,17 @@ def test_any_header_bytes_give_a_size_or_unmeasurable(tmp_path):
             _hdf5.vlen_bytes(_hdf5.RawFile(bytes(mutant)), addr, "layer_names")
         except _hdf5.Unmeasurable:
             pass
+
+
+def test_a_flipped_string_type_is_refused_not_a_crash(keras_h5, worker, tmp_path):
+    """scripts/fuzz.py --seed 7 --mutants 1500, .h5 mutant 368: byte 1 of a weight_names
+    attribute's datatype xor 0xE4 (the variable-length type field 1, string, becomes 5) made
+    libhdf5 crash reading it (SIGSEGV); refused from the datatype before any read."""
+    data = bytearray(keras_h5.read_bytes())
+    at = data.index(b"weight_names\0\0\0\0\x19\x01")  # a version 1 attribute message: name padded to 16
+    data[at + 17] ^= 0xE4
+    path = tmp_path / "m.h5"
+    path.write_bytes(bytes(data))
+    outcome = worker.load(path)
+    assert outcome.kind == "refused", outcome
+    assert "'weight_names'" in outcome.detail and "not a variable-length string" in outcome.detail, outcome

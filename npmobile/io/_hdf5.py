@@ -11,16 +11,15 @@ a variable-length type converts it), so this module finds the attribute message 
 header (the HDF5 file format specification, "Object Headers" and "Attribute Message") and sums
 the lengths. Cost: the header's bytes, read once per checked attribute (a few hundred bytes).
 
-Only what Keras writes is read: compact attributes in a version 1 or 2 object header, not shared,
-of a variable-length string or sequence of a fixed-size base type. Anything else that holds a
-variable-length value is refused by the caller, since it cannot be measured here.
+Only what Keras writes (through h5py) is read: compact attributes in a version 1 or 2 object
+header, not shared, of variable-length strings. Anything else that holds a variable-length value
+is refused by the caller, since it cannot be measured here.
 """
 
 import struct
 
 ATTRIBUTE, CONTINUATION = 0x000C, 0x0010  # header message types
 VLEN = 9  # datatype class
-_FIXED_BASES = {0, 1, 3, 4, 5}  # integer, float, fixed string, bit field, opaque: no variable part
 
 
 class Unmeasurable(Exception):
@@ -167,11 +166,24 @@ def _elements(space, length):
     return count
 
 
+def _is_vlen_string(dtype, step):
+    """Whether a datatype message is what h5py writes for a str: class 9 (variable-length),
+    type string (1) with a padding (0..2) and character set (ASCII or UTF-8) libhdf5 knows,
+    stored in `step` bytes, of 1-byte integers. Anything else is refused, not read: a flipped
+    bit in the type field made libhdf5 read a string as a sequence and crash (SIGSEGV)."""
+    if len(dtype) < 16 or dtype[0] & 0x0F != VLEN or not 1 <= dtype[0] >> 4 <= 4:
+        return False
+    string, padding, charset = dtype[1] & 0x0F, dtype[1] >> 4, dtype[2] & 0x0F
+    base_class, base_size = dtype[8] & 0x0F, _uint(dtype, 12, 4)
+    return (string == 1 and padding <= 2 and charset <= 1 and dtype[2] >> 4 == 0 and dtype[3] == 0
+            and _uint(dtype, 4, 4) == step and base_class == 0 and base_size == 1)
+
+
 def vlen_bytes(raw, addr, name):
     """The bytes libhdf5 would allocate to read attribute `name` of the object whose header is at
-    `addr` (one entry per attribute message of that name): the sum over its elements of the stored
-    length times the base type's size. raw: a RawFile.
-    Raises Unmeasurable when the attribute is not a compact variable-length attribute."""
+    `addr` (one entry per attribute message of that name): the sum of the lengths stored for its
+    strings. raw: a RawFile. Raises Unmeasurable when the attribute is not a compact
+    variable-length string attribute as h5py writes them."""
     raw.superblock()
     sizes, version = raw.sizes, raw.read(addr, 1)[0]
     messages = _messages_v1(raw, addr) if version == 1 else _messages_v2(raw, addr)
@@ -182,13 +194,12 @@ def vlen_bytes(raw, addr, name):
         attr_name, dtype, count, values = _attribute(data, sizes)
         if attr_name != name.encode():
             continue
-        if len(dtype) < 16 or dtype[0] & 0x0F != VLEN or dtype[8] & 0x0F not in _FIXED_BASES:
-            raise Unmeasurable(f"attribute {name!r} is not a variable-length string or sequence of numbers")
-        base = _uint(dtype, 12, 4)
         step = 4 + sizes[0] + 4  # length, heap collection address, object index
+        if not _is_vlen_string(dtype, step):
+            raise Unmeasurable(f"attribute {name!r} is not a variable-length string of ASCII or UTF-8 bytes")
         if count * step > len(values):
             raise Unmeasurable(f"attribute {name!r} declares {count:,} values in {len(values)} bytes")
-        found.append(sum(_uint(values, i * step, 4) for i in range(count)) * base)
+        found.append(sum(_uint(values, i * step, 4) for i in range(count)))
     if not found:
         raise Unmeasurable(f"attribute {name!r} is not stored in its object's header")
     return found
