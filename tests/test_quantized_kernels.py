@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from npmobile.kernels.quantized import QKERNELS, add_multipliers, softmax_params
 from npmobile.kernels.quantized import fixedpoint as fp
+from npmobile.kernels.quantized import exact
 from npmobile.kernels.quantized.exact import exact_chunks
 
 CHANNELS = st.integers(1, 40)
@@ -86,6 +87,18 @@ def test_qconv2d(case):
 def test_qdepthwise_conv2d(case):
     x, w, b, attrs = case
     _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
+
+
+@given(conv_case(), conv_case(depthwise=True))
+def test_windowed_integer_loops(case, depthwise_case):
+    # The integer loops that run where a layer's sums could leave float32's exact range: forced
+    # here (no layer passes a bound of -1), since drawn layers are mostly small enough not to.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact, "EXACT_FLOAT32", -1)
+        x, w, b, attrs = case
+        _assert_exact("qconv2d", x, w, b, **attrs)
+        x, w, b, attrs = depthwise_case
+        _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
 
 
 @given(conv_case())

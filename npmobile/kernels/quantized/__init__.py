@@ -8,34 +8,19 @@ convolution shares, and how an exact integer product runs on float32 BLAS), `qde
 
 Each file is shaped like the float kernels: the equation and its rounding in the docstring, an
 oracle in exact int64 NumPy, and the fast kernel as `check_<op>` (the arguments, checked, once per
-layer) and `run_<op>` (the loops), `<op> = run_<op>(*check_<op>(...))`. `QKERNELS` lists them
-once, as `KERNELS` lists the float kernels.
+layer) and `run_<op>` (the loops), `<op> = run_<op>(*check_<op>(...))`; the file ends with its
+entries for `QKERNELS`, which lists every integer op once, as `KERNELS` lists the float kernels.
 """
 
-from .. import Kernel
-from .qadd import add_multipliers, check_qadd, qadd, qadd_ref, run_qadd
-from .qconv2d import check_qconv2d, qconv2d, qconv2d_ref, run_qconv2d
-from .qdepthwise import check_qdepthwise_conv2d, qdepthwise_conv2d, qdepthwise_conv2d_ref, run_qdepthwise_conv2d
-from .qpointwise import (check_qdense, check_qpointwise_conv2d, qdense, qdense_ref, qpointwise_conv2d,
-                         qpointwise_conv2d_ref, run_qdense, run_qpointwise_conv2d)
-from .qpool import check_qglobal_avg_pool, qglobal_avg_pool, qglobal_avg_pool_ref, run_qglobal_avg_pool
-from .qsoftmax import check_qsoftmax, qsoftmax, qsoftmax_ref, run_qsoftmax, softmax_params
-from .quantize import (check_dequantize, check_quantize, dequantize, dequantize_ref, quantize, quantize_ref,
-                       run_dequantize, run_quantize)
+from .qadd import KERNELS as _ADD, add_multipliers
+from .qconv2d import KERNELS as _CONV2D
+from .qdepthwise import KERNELS as _DEPTHWISE
+from .qpointwise import KERNELS as _POINTWISE
+from .qpool import KERNELS as _POOL
+from .qsoftmax import KERNELS as _SOFTMAX, softmax_params
+from .quantize import KERNELS as _ENDS, dequantize, quantize
 
-QKERNELS = {k.name: k for k in (
-    Kernel("qconv2d", qconv2d, qconv2d_ref, check_qconv2d, run_qconv2d),
-    Kernel("qdepthwise_conv2d", qdepthwise_conv2d, qdepthwise_conv2d_ref, check_qdepthwise_conv2d,
-           run_qdepthwise_conv2d),
-    Kernel("qpointwise_conv2d", qpointwise_conv2d, qpointwise_conv2d_ref, check_qpointwise_conv2d,
-           run_qpointwise_conv2d),
-    Kernel("qdense", qdense, qdense_ref, check_qdense, run_qdense),
-    Kernel("qadd", qadd, qadd_ref, check_qadd, run_qadd),
-    Kernel("qglobal_avg_pool", qglobal_avg_pool, qglobal_avg_pool_ref, check_qglobal_avg_pool, run_qglobal_avg_pool),
-    Kernel("qsoftmax", qsoftmax, qsoftmax_ref, check_qsoftmax, run_qsoftmax),
-    Kernel("quantize", quantize, quantize_ref, check_quantize, run_quantize),
-    Kernel("dequantize", dequantize, dequantize_ref, check_dequantize, run_dequantize),
-)}
+# Each file lists its own entries (`KERNELS`: the float registry's `Kernel` type), at its end.
+QKERNELS = {k.name: k for k in (*_CONV2D, *_DEPTHWISE, *_POINTWISE, *_ADD, *_POOL, *_SOFTMAX, *_ENDS)}
 
-__all__ = ["QKERNELS", "add_multipliers", "softmax_params"] + [
-    n for k in QKERNELS.values() for n in (k.fast.__name__, k.ref.__name__)]
+__all__ = ["QKERNELS", "add_multipliers", "dequantize", "quantize", "softmax_params"]

@@ -282,6 +282,16 @@ def requantize_ref(acc, multiplier, shift, y_zero, lo, hi):
     return np.clip(multiply_by_quantized_multiplier_ref(acc, multiplier, shift) + y_zero, lo, hi)
 
 
+def output_ref(acc, b, multiplier, shift, y_zero, clamp, dtype):
+    """The oracles' epilogue: acc + b (None: no bias), requantized and clamped to the fused
+    activation (None: the whole range of dtype), as dtype."""
+    if b is not None:
+        acc = acc + np.asarray(b, dtype=np.int64)
+    info = np.iinfo(dtype)
+    lo, hi = clamp if clamp is not None else (info.min, info.max)
+    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(dtype)
+
+
 def conv_multipliers(x_scale, w_scales, y_scale):
     """Per output channel, the multiplier and shift of M = s_x * s_w[c] / s_y, as LiteRT derives
     them: the product s_x * s_w[c] taken in float32, then divided by s_y in double. (Measured: a

@@ -16,10 +16,11 @@ is exact and how the input channels are split into chunks where one float32 sum 
 
 import numpy as np
 
+from .. import Kernel
 from .._product import BLOCK_FLOATS
 from ._qchecks import as_q8, check_zero, q_output, requant_args
 from .exact import exact_chunks, minus_zero, requantize_rows, x_bound
-from .fixedpoint import requantize_params, requantize_ref
+from .fixedpoint import output_ref, requantize_params
 
 
 def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
@@ -28,11 +29,7 @@ def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
     xs = x.astype(np.int64) - x_zero
     ws = np.asarray(w).astype(np.int64) - np.asarray(w_zero, dtype=np.int64)
     acc = np.einsum("...c,co->...o", xs, ws)
-    if b is not None:
-        acc = acc + np.asarray(b, dtype=np.int64)
-    info = np.iinfo(x.dtype)
-    lo, hi = clamp if clamp is not None else (info.min, info.max)
-    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
+    return output_ref(acc, b, multiplier, shift, y_zero, clamp, x.dtype)
 
 
 def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
@@ -121,3 +118,9 @@ def qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=Non
     """FULLY_CONNECTED: (n, c_in) -> (n, c_out), the pointwise kernel's rows."""
     return run_rows(*check_qdense(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
                                   shift=shift, clamp=clamp, out=out))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qpointwise_conv2d", qpointwise_conv2d, qpointwise_conv2d_ref, check_qpointwise_conv2d,
+                  run_qpointwise_conv2d),
+           Kernel("qdense", qdense, qdense_ref, check_qdense, run_qdense))

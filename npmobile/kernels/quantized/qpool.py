@@ -13,6 +13,7 @@ Layout: x NHWC 8-bit -> y (n, c) of the same dtype. Cost: no MACs; one add per e
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_int_clamp, q_output
 
@@ -66,3 +67,8 @@ def _qavg_jit(x, lo, hi, acc, y):
             else:
                 v = -((-a + count // 2) // count)
             y[i, k] = min(max(v, lo), hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qglobal_avg_pool", qglobal_avg_pool, qglobal_avg_pool_ref, check_qglobal_avg_pool,
+                  run_qglobal_avg_pool),)

@@ -12,6 +12,7 @@ Cost: one divide (or multiply) per element.
 
 import numpy as np
 
+from .. import Kernel
 from .._checks import as_float32, output
 from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output
@@ -103,3 +104,8 @@ def dequantize(q, *, scale, zero_point, out=None):
 def _dequantize_jit(q, scale, zero_point, y):
     for i in range(q.shape[0]):
         y[i] = np.float32(scale * (np.int64(q[i]) - zero_point))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("quantize", quantize, quantize_ref, check_quantize, run_quantize),
+           Kernel("dequantize", dequantize, dequantize_ref, check_dequantize, run_dequantize))
