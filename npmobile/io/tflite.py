@@ -141,7 +141,7 @@ class _Walk(NamedTuple):
             return None
         cls = {"CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
                "AVERAGE_POOL_2D": "Pool2DOptions", "ADD": "AddOptions", "SOFTMAX": "SoftmaxOptions",
-               "FULLY_CONNECTED": "FullyConnectedOptions"}.get(op.kind)
+               "FULLY_CONNECTED": "FullyConnectedOptions", "MEAN": "ReducerOptions"}.get(op.kind)
         if cls is None:
             return None
         o = getattr(self.reader.tfl, cls)()
