@@ -46,11 +46,12 @@ class QTensor(NamedTuple):
 
 
 def value_dtypes(graph, input_dtype):
-    """{value name: integer dtype}: the input's, and per node its `dtype` attribute (a QUANTIZE
-    between types), else its first input's."""
+    """{value name: dtype}: the input's, then per node float32 for a dequantize, its `dtype`
+    attribute for a quantize or rescale (QUANTIZE to another type), else its first input's."""
     dtypes = {"input": np.dtype(input_dtype)}
     for node in graph.nodes:
-        dtypes[node.name] = np.dtype(node.attrs.get("dtype", dtypes[node.inputs[0]]))
+        dtype = np.float32 if node.op == "dequantize" else node.attrs.get("dtype", dtypes[node.inputs[0]])
+        dtypes[node.name] = np.dtype(dtype)
     return dtypes
 
 
@@ -60,8 +61,9 @@ class QuantizedModel(Model):
     with the integer kernels (QKERNELS) and integer buffers.
 
     graph: a `graph.Graph` of integer ops; params: {"{node}.{param}": array} (uint8/int8
-    weights, int32 biases, zero points, multipliers, shifts); quant: {value: (scale, zero_point)};
-    input_dtype: the integer type of the graph's input.
+    weights, int32 biases, zero points, multipliers, shifts); quant: {value: (scale, zero_point)},
+    None for a float value (the input and output of a file with float ends, which its graph
+    quantizes and dequantizes); input_dtype: the type of the graph's input.
     """
 
     def __init__(self, graph, params, quant, input_dtype, labels=None, source="<memory>"):
@@ -88,32 +90,40 @@ class QuantizedModel(Model):
                 "labels": self.labels, "source": self.source}
 
     def quantize_input(self, x, layout="NHWC"):
-        """A float batch (NHWC, or NCHW with layout="NCHW") -> the graph's integer input (TFLite's
-        QUANTIZE rounding)."""
+        """A float batch (NHWC, or NCHW with layout="NCHW") -> the graph's input: integers by
+        TFLite's QUANTIZE rounding, or float32 for a graph that quantizes its input itself."""
         x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
+        if self.quant["input"] is None:
+            return np.ascontiguousarray(x, dtype=np.float32)
         scale, zero = self.quant["input"]
         return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
 
     def __call__(self, x, *, layout="NHWC", threads=None):
         """Float batch in, the output dequantized to float32 out (probabilities for a softmax);
         threads as in Model.__call__."""
-        return self.run(x, layout=layout, threads=threads).dequantize()
+        y = self.run(x, layout=layout, threads=threads)
+        return y.dequantize() if isinstance(y, QTensor) else y
 
     def run_integers(self, q, *, threads=None):
-        """The fast engine on the integer input q (n, h, w, c): a new array of output integers."""
-        return self._run_parts(self._integer_input(q), False, False, threads)
+        """The fast engine on the graph's input q (n, h, w, c) of input_dtype: a new array of the
+        output's integers (floats for a graph that dequantizes its output)."""
+        return self._run_parts(self._graph_input(q), False, False, threads)
 
     def run(self, x, *, oracle=False, intermediates=False, layout="NHWC", threads=None):
-        """The graph on x (a float batch, or integers of the input's dtype) with the fast
-        kernels or the int64 oracles; returns a QTensor, or {name: QTensor} for "input" and
-        every node when intermediates=True."""
+        """The graph on x (a float batch, or the input's own type) with the fast kernels or the
+        int64 oracles; returns a QTensor (an array for a float value), or {name: QTensor} for
+        "input" and every node when intermediates=True."""
         q = x if np.asarray(x).dtype == self.input_dtype else self.quantize_input(x, layout)
-        out = self._run_parts(self._integer_input(q), oracle, intermediates, threads)
+        out = self._run_parts(self._graph_input(q), oracle, intermediates, threads)
         if intermediates:
-            return {name: QTensor(v, *self.quant[name]) for name, v in out.items()}
-        return QTensor(out, *self.quant[self.graph.output])
+            return {name: self._value(name, v) for name, v in out.items()}
+        return self._value(self.graph.output, out)
 
-    def _integer_input(self, q):
+    def _value(self, name, v):
+        """An integer value as a QTensor with its scale and zero point; a float value as it is."""
+        return v if self.quant[name] is None else QTensor(v, *self.quant[name])
+
+    def _graph_input(self, q):
         return np.ascontiguousarray(engine.check_input(self.graph, q, self.input_dtype))
 
     def _new_plan(self, batch, oracle):

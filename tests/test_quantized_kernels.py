@@ -156,6 +156,47 @@ def test_qglobal_avg_pool(case):
     _assert_exact("qglobal_avg_pool", x, clamp=attrs["clamp"])
 
 
+@given(conv_case(), SCALE, SCALE)
+def test_qmean(case, x_scale, y_scale):
+    # MEAN's own output scale: the rescaling and 1/(h*w) folded into one multiplier
+    x, _, _, attrs = case
+    multiplier, shift = fp.rescale_multiplier(x_scale, y_scale)
+    _assert_exact("qmean", x, x_zero=attrs["x_zero"], y_zero=attrs["y_zero"], multiplier=multiplier, shift=shift)
+
+
+@given(st.integers(1, 3000), st.integers(0, 2**32 - 1), st.sampled_from([np.uint8, np.int8]),
+       st.sampled_from([np.uint8, np.int8]), SCALE, st.one_of(SCALE, st.just(None)))
+def test_rescale(size, seed, x_dtype, y_dtype, x_scale, y_scale):
+    # QUANTIZE between 8-bit quantizations: a new scale, or (y_scale None) the same scale with the
+    # zero point moved by 128, as an int8 file with uint8 ends has
+    rng = np.random.default_rng(seed)
+    x_info, y_info = np.iinfo(x_dtype), np.iinfo(y_dtype)
+    x_zero = int(rng.integers(x_info.min, int(x_info.max) + 1))
+    if y_scale is None:
+        y_scale, y_zero = x_scale, int(np.clip(x_zero + int(y_info.min) - int(x_info.min), y_info.min, y_info.max))
+    else:
+        y_zero = int(rng.integers(y_info.min, int(y_info.max) + 1))
+    multiplier, shift = fp.rescale_multiplier(x_scale, y_scale)
+    _assert_exact("rescale", _ints(rng, (size,), x_dtype), x_zero=x_zero, y_zero=y_zero, multiplier=multiplier,
+                  shift=shift, dtype=y_dtype)
+
+
+def test_mean_multiplier_folds_the_count_into_the_multiplier():
+    # s_x == s_y: M = 2^30 * 2^(1-31); over a 7x7 map e = 5 bits move into the multiplier:
+    # m' = floor(2^35 / 49), shift' = -4
+    assert fp.rescale_multiplier(0.1, 0.1) == (1 << 30, 1)
+    from npmobile.kernels.quantized.qmean import mean_multiplier
+    assert mean_multiplier(1 << 30, 1, 49) == ((1 << 35) // 49, -4)
+    # and the mean is rounded twice: a sum of 169 (mean 3.449) gives 3; 170 (mean 3.469, which
+    # rounds to 3) gives 4, as SRDHM first makes 170 * m' / 2^31 = 55.51 the integer 56, and the
+    # shift then rounds 56 / 16 = 3.5 up
+    x = np.full((1, 7, 7, 1), 3, np.int8)
+    x[0, 0, 0, 0] = 3 + 22
+    assert QKERNELS["qmean"].fast(x, x_zero=0, y_zero=0, multiplier=1 << 30, shift=1)[0, 0] == 3
+    x[0, 0, 0, 0] += 1
+    assert QKERNELS["qmean"].fast(x, x_zero=0, y_zero=0, multiplier=1 << 30, shift=1)[0, 0] == 4
+
+
 @st.composite
 def softmax_case(draw):
     dtype = draw(st.sampled_from([np.uint8, np.int8]))

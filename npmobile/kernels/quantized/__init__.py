@@ -3,7 +3,7 @@
 Start reading at `fixedpoint.py` (how a real scale becomes an integer multiplier and a shift, and
 the two roundings every output goes through), then `qpointwise.py` (the equation every quantized
 convolution shares, and how an exact integer product runs on float32 BLAS), `qdepthwise.py`,
-`qconv2d.py`, `qadd.py` (V2's residual, with its own rescaling), `qpool.py`, `qsoftmax.py`
+`qconv2d.py`, `qadd.py` (V2's residual, with its own rescaling), `qpool.py`, `qmean.py`, `qsoftmax.py`
 (gemmlowp's fixed-point exp and reciprocal) and `quantize.py` (the two ends).
 
 Each file is shaped like the float kernels: the equation and its rounding in the docstring, an
@@ -15,12 +15,13 @@ entries for `QKERNELS`, which lists every integer op once, as `KERNELS` lists th
 from .qadd import KERNELS as _ADD, add_multipliers
 from .qconv2d import KERNELS as _CONV2D
 from .qdepthwise import KERNELS as _DEPTHWISE
+from .qmean import KERNELS as _MEAN
 from .qpointwise import KERNELS as _POINTWISE
 from .qpool import KERNELS as _POOL
 from .qsoftmax import KERNELS as _SOFTMAX, softmax_params
 from .quantize import KERNELS as _ENDS, dequantize, quantize
 
 # Each file lists its own entries (`KERNELS`: the float registry's `Kernel` type), at its end.
-QKERNELS = {k.name: k for k in (*_CONV2D, *_DEPTHWISE, *_POINTWISE, *_ADD, *_POOL, *_SOFTMAX, *_ENDS)}
+QKERNELS = {k.name: k for k in (*_CONV2D, *_DEPTHWISE, *_POINTWISE, *_ADD, *_POOL, *_MEAN, *_SOFTMAX, *_ENDS)}
 
 __all__ = ["QKERNELS", "add_multipliers", "dequantize", "quantize", "softmax_params"]
