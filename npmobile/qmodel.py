@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import engine, validate
+from . import engine, qvalidate, validate
 from .kernels.quantized import QKERNELS, dequantize, quantize
 from .model import Model, as_nhwc
 
@@ -72,11 +72,12 @@ class QuantizedModel(Model):
         self.labels = list(labels) if labels is not None else None
         self.source = source
         self._local = threading.local()  # per thread: {(oracle, batch size): engine.Plan}
-        for node in graph.nodes:
-            if node.op not in QKERNELS:
-                raise ValueError(f"{source}: node {node.name!r}: {node.op!r} is not an integer kernel")
-        validate.check_structure(graph, source)  # the checks at load that do not depend on the op
+        # Every reader of a quantized file ends here: the one validation step (qvalidate.py).
+        validate.check_graph(graph, source, ops=qvalidate.QOPS)
+        validate.check_config(graph, self.labels, source)
         self.dtypes = value_dtypes(graph, self.input_dtype)
+        qvalidate.check_types(graph, self.dtypes, source)
+        qvalidate.check_integer_params(graph, params, self.dtypes, source)
 
     def __repr__(self):
         c = self.config

@@ -7,12 +7,10 @@ QUANTIZE to a new scale.
 As for the four asset files (test_quantized_tflite.py): every file loads as a QuantizedModel;
 every node's values equal LiteRT's reference kernels' (OpResolverType.BUILTIN_REF), by name, on
 one photo; the output tensor's bytes equal theirs on the photos (all 115 for the V1 0.25-128
-files, 15 for the V2 1.0-224 ones, all 115 under the slow marker); top-1 equals LiteRT's default
+files, 15 for the V2 1.0-224 ones and all 115 under the slow marker); top-1 equals LiteRT's default
 interpreter wherever that interpreter agrees with its own reference kernels.
 """
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +19,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
-_spec = importlib.util.spec_from_file_location(
-    "quantized_agreement", Path(__file__).resolve().parents[1] / "benchmarks" / "quantized_agreement.py")
-qa = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(qa)
+from agreement import qa  # noqa: E402
 
 import npmobile  # noqa: E402
 from npmobile.qmodel import QTensor, QuantizedModel  # noqa: E402
@@ -74,20 +69,13 @@ def test_small_files_match_litert_on_all_115_photos(corpus, name):
     _check_agreement(r, 115)
 
 
-@pytest.mark.parametrize("name", LARGE)
-def test_large_files_match_litert_on_15_photos(corpus, name):
+@pytest.mark.parametrize("name, photos", [(name, 15) for name in LARGE] + [
+    pytest.param(name, 115, marks=pytest.mark.slow) for name in LARGE])
+def test_large_files_match_litert_on_the_photos(corpus, name, photos):
     path = corpus[0] / name
-    r = qa.compare(path, qa.corpus_inputs(npmobile.load(path), 15))
-    _check_agreement(r, 15)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", LARGE)
-def test_large_files_match_litert_on_all_115_photos(corpus, name):
-    path = corpus[0] / name
-    r = qa.compare(path, qa.corpus_inputs(npmobile.load(path)))
+    r = qa.compare(path, qa.corpus_inputs(npmobile.load(path), photos))
     print("\n" + qa.summary_line(r))
-    _check_agreement(r, 115)
+    _check_agreement(r, photos)
 
 
 def test_float_ends_run_in_the_graph(corpus):

@@ -24,6 +24,7 @@ from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_multiplier, check_zero, q_output, type_range
 from .fixedpoint import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_ref
+from .qpool import pixel_sums
 
 
 def mean_multiplier(multiplier, shift, count):
@@ -70,14 +71,9 @@ def qmean(x, *, x_zero, y_zero, multiplier, shift, out=None):
 
 @jit
 def _qmean_jit(x, zero_sum, y_zero, multiplier, shift, lo, hi, acc, y):
-    n, h, w, c = x.shape
-    for i in range(n):
-        acc[:] = 0
-        for r in range(h):
-            for col in range(w):
-                for k in range(c):
-                    acc[k] += x[i, r, col, k]
-        for k in range(c):
+    for i in range(x.shape[0]):
+        pixel_sums(x[i], acc)
+        for k in range(x.shape[3]):
             v = multiply_by_quantized_multiplier(acc[k] - zero_sum, multiplier, shift) + y_zero
             y[i, k] = min(max(v, lo), hi)
 

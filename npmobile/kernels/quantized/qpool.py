@@ -50,15 +50,21 @@ def qglobal_avg_pool(x, *, clamp=None, out=None):
 
 
 @jit
+def pixel_sums(image, acc):
+    """acc[k] = the int32 sum of channel k over the pixels of one (h, w, c) image."""
+    acc[:] = 0
+    for r in range(image.shape[0]):
+        for col in range(image.shape[1]):
+            for k in range(image.shape[2]):
+                acc[k] += image[r, col, k]
+
+
+@jit
 def _qavg_jit(x, lo, hi, acc, y):
     n, h, w, c = x.shape
     count = h * w
     for i in range(n):
-        acc[:] = 0
-        for r in range(h):
-            for col in range(w):
-                for k in range(c):
-                    acc[k] += x[i, r, col, k]
+        pixel_sums(x[i], acc)
         for k in range(c):
             a = acc[k]
             # C's '/' truncates toward zero: nudge by half the count away from zero first.
