@@ -14,7 +14,9 @@ process whose thread settings are pinned before numpy is imported: NUMBA_NUM_THR
 OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads(t), ONNX Runtime
 intra_op_num_threads=t, LiteRT num_threads=t. npmobile splits every layer across its t numba
 threads (a single image too) and a batch across t Python threads; BLAS runs on one thread per
-call. The ratio npmobile / ONNX Runtime of each row comes from that same process.
+call. The ratio npmobile / ONNX Runtime of each row comes from that same process. OpenBLAS
+picks its kernels for the CPU there ($OPENBLAS_CORETYPE cleared: measure.thread_env), as ONNX
+Runtime, PyTorch and LiteRT do; the table says which it ran.
 
     npmobile bench [--quick] [--tflite FILE] [--out results.json] [--plot results.png]
     python benchmarks/e2e.py   (the same, writing benchmarks/results/e2e.json and .png)
@@ -42,7 +44,10 @@ def worker(threads, quick, tflite=()):
     from npmobile.cost import count
 
     npmobile.set_num_threads(threads)
-    probe = dict(probe=threads, sgemm_peak_gflops=sgemm_peak_gflops(), parallel_launch_us=parallel_launch_us())
+    from npmobile.kernels._blas import core
+
+    probe = dict(probe=threads, sgemm_peak_gflops=sgemm_peak_gflops(), parallel_launch_us=parallel_launch_us(),
+                 openblas_core=core())
     print(json.dumps(probe), flush=True)
     rows = []
     for arch in ARCHS:
@@ -124,22 +129,25 @@ def parallel_launch_us():
 
 
 def litert_row(path, threads, quick):
-    """npmobile's float engine against LiteRT on one .tflite file, batch 1: LiteRT runs the file
-    as written (int8 for a quantized file, XNNPACK, num_threads=threads), npmobile its dequantized
-    float graph. Their probabilities differ by quantization, so the row records the top-1
-    agreement and the largest difference rather than asserting them."""
+    """npmobile against LiteRT on one .tflite file, batch 1. LiteRT runs the file as written
+    (int8 for a quantized file, XNNPACK, num_threads=threads); npmobile runs it twice: as
+    `npmobile.load` gives it (the integer engine for a quantized file) and dequantized to its float
+    graph (`dequantize=True`). The float engine's probabilities differ from LiteRT's by the
+    quantization, so the row records the top-1 agreement of each rather than asserting it."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     import npmobile
+    from npmobile.qmodel import QuantizedModel
 
-    model = npmobile.load(path)
+    engines = {"int": npmobile.load(path), "float": npmobile.load(path, dequantize=True)}
+    if not isinstance(engines["int"], QuantizedModel):
+        del engines["int"]  # a float file: one engine
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    side = model.config.resolution
+    side = engines["float"].config.resolution
     image = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
-    x = model.preprocess(image)
 
     def litert():
         interpreter.set_tensor(inp["index"], image.astype(inp["dtype"]))
@@ -147,14 +155,17 @@ def litert_row(path, threads, quick):
         return interpreter.get_tensor(out["index"])
     scale, zero = out["quantization"]
     theirs = (litert().astype(np.float32) - zero) * (scale or 1.0)
-    ours = model(x)
-    row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])),
-               top1_agrees=bool(ours.argmax() == theirs.argmax()), max_prob_diff=float(np.abs(ours - theirs).max()))
+    repeats, seconds = (3, 0.5) if quick else (10, 3.0)
+    row = dict(arch=os.path.basename(path), batch=1, threads=threads, litert_input=str(np.dtype(inp["dtype"])))
     with _blas_threads(1) as blas:
-        row["npmobile_ms"] = 1e3 * median_time(lambda: model(x), 3 if quick else 10, 0.5 if quick else 3.0)[0]
+        for name, model in engines.items():
+            x = model.preprocess(image)
+            row[f"{name}_top1_agrees"] = bool(model(x).argmax() == theirs.argmax())
+            row[f"npmobile_{name}_ms"] = 1e3 * median_time(lambda: model(x), repeats, seconds)[0]
     row["npmobile_blas_threads"] = blas
-    row["litert_ms"] = 1e3 * median_time(litert, 3 if quick else 10, 0.5 if quick else 3.0)[0]
-    row["npmobile_over_litert"] = row["npmobile_ms"] / row["litert_ms"]
+    row["litert_ms"] = 1e3 * median_time(litert, repeats, seconds)[0]
+    for name in engines:
+        row[f"npmobile_{name}_over_litert"] = row[f"npmobile_{name}_ms"] / row["litert_ms"]
     return row
 
 
@@ -279,6 +290,7 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
             r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
     return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
                 load_average=[load_start, os.getloadavg()[0]],
+                environment_openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
                 threads=("npmobile: NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t; the kernels' parallel loops on t "
                          "numba threads (TBB), each block of a product one single-threaded OpenBLAS call; a batch is "
                          "also split across t Python threads; torch.set_num_threads(t); "
@@ -300,6 +312,9 @@ def format_table(result):
     lines = [f"# {result['machine']}", f"# threads: {result['threads']}",
              f"# first inference in a new process: {result['first_inference_s']:.2f} s after import",
              "# load average (1 min, all cores): {:.1f} at the start, {:.1f} at the end".format(*result["load_average"]),
+             "# OpenBLAS chooses its kernels for this CPU in every timed process"
+             + (f" ($OPENBLAS_CORETYPE={result['environment_openblas_coretype']} of this environment cleared there)"
+                if result.get("environment_openblas_coretype") else ""),
              f"{'model':14s} {'batch':>5s} {'thr':>3s} {'npmobile':>9s} {'onnxrt':>8s} {'pytorch':>8s} "
              f"{'oracle':>9s} {'onnx-ref':>9s} {'npm/ort':>8s} {'ref/npm':>8s} {'x1thr':>6s}"]
     for r in [r for r in result["rows"] if "litert_ms" not in r]:
@@ -320,7 +335,8 @@ def format_table(result):
 def _roofline_lines(result):
     lines = ["", "roofline: npmobile's GFLOP/s (2 x MACs / time) against the sgemm peak of its threads"]
     for p in result.get("probes", []):
-        lines.append(f"# {p['probe']} thread(s): sgemm peak {p['sgemm_peak_gflops']:.0f} GFLOP/s per core; "
+        lines.append(f"# {p['probe']} thread(s): sgemm peak {p['sgemm_peak_gflops']:.0f} GFLOP/s per core "
+                     f"(OpenBLAS's {p.get('openblas_core')} kernels); "
                      f"one parallel loop costs {p['parallel_launch_us']:.1f} us")
     for r in result["rows"]:
         if "npmobile_gflops" in r:
@@ -333,12 +349,18 @@ def _litert_lines(result):
     rows = [r for r in result["rows"] if "litert_ms" in r]
     if not rows:
         return []
-    lines = ["", "LiteRT on the same .tflite file (LiteRT runs it as written: int8 for a quantized file; "
-                 "npmobile its float graph), batch 1:",
-             f"{'file':36s} {'thr':>3s} {'npmobile':>9s} {'litert':>8s} {'npm/lrt':>8s} {'top-1 same':>10s}"]
+    lines = ["", "LiteRT on the same .tflite file, batch 1 (LiteRT runs it as written: int8 for a quantized file; "
+                 "npmobile on its integer engine, and dequantized on its float engine):",
+             f"{'file':36s} {'thr':>3s} {'litert':>7s} {'npm int':>8s} {'int/lrt':>8s} {'npm float':>9s} "
+             f"{'float/lrt':>9s} {'top-1 same (int, float)':>24s}"]
+
+    def ms(r, name, width):
+        return f"{r[name]:{width}.{1 if name.endswith('ms') else 2}f}" if name in r else f"{'-':>{width}s}"
     for r in rows:
-        lines.append(f"{r['arch']:36s} {r['threads']:3d} {r['npmobile_ms']:9.1f} {r['litert_ms']:8.1f} "
-                     f"{r['npmobile_over_litert']:8.2f} {str(r['top1_agrees']):>10s}")
+        lines.append(f"{r['arch']:36s} {r['threads']:3d} {r['litert_ms']:7.1f} {ms(r, 'npmobile_int_ms', 8)} "
+                     f"{ms(r, 'npmobile_int_over_litert', 8)} {ms(r, 'npmobile_float_ms', 9)} "
+                     f"{ms(r, 'npmobile_float_over_litert', 9)} "
+                     f"{str((r.get('int_top1_agrees'), r.get('float_top1_agrees'))):>24s}")
     return lines
 
 

@@ -13,12 +13,14 @@ A fused node carries the name of the last node it absorbed, so its value is comp
 the oracle's value of that name.
 """
 
+import contextlib
 import functools
 
 import numpy as np
 
 from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
+from .kernels._blas import one_thread
 _PADDED = ("conv2d", "depthwise_conv2d")
 
 
@@ -74,10 +76,13 @@ class Plan:
         else:
             np.copyto(self.values["input"], x)
         seen = {"input": np.array(x)} if intermediates else None
-        for node, step in zip(self.graph.nodes, self.steps):
-            step()
-            if intermediates:  # a copy: a later node may reuse this buffer
-                seen[node.name] = self.values[node.name].copy()
+        # The fast kernels split each layer across numba's threads and call OpenBLAS once per
+        # block: OpenBLAS must not start threads of its own inside them (kernels/_blas.py).
+        with contextlib.nullcontext() if self.oracle else one_thread():
+            for node, step in zip(self.graph.nodes, self.steps):
+                step()
+                if intermediates:  # a copy: a later node may reuse this buffer
+                    seen[node.name] = self.values[node.name].copy()
         return seen if intermediates else self.values[self.graph.output].copy()
 
 

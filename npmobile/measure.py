@@ -21,8 +21,13 @@ THREAD_VARS = ("NPMOBILE_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREAD
 
 
 def thread_env(n, blas=None):
-    """The environment of a child process whose pools all run n threads (BLAS `blas`, if given)."""
+    """The environment of a child process whose pools all run n threads (BLAS `blas`, if given),
+    and whose OpenBLAS picks its kernels for this CPU: $OPENBLAS_CORETYPE, when set, forces other
+    kernels (on an AVX-512 machine told "Haswell", the AVX2 ones, at half the speed), while ONNX
+    Runtime, PyTorch and LiteRT choose theirs from the CPU. The setting found is reported
+    (npmobile.bench)."""
     env = dict(os.environ, **{v: str(n) for v in THREAD_VARS})
+    env.pop("OPENBLAS_CORETYPE", None)
     if blas is not None:
         env["OPENBLAS_NUM_THREADS"] = str(blas)
     return env

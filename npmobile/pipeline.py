@@ -7,7 +7,8 @@ while one batch is being decoded another is being inferred: the same work two se
 processes on half the files each would do, without the second process.
 
 Each thread runs its batch on one core: the model on the calling thread only (no batch
-splitting), BLAS on one thread. OpenBLAS would otherwise start a thread per core for every
+splitting), its parallel loops on one numba thread (numba.set_num_threads is per calling thread,
+set once when the pool starts the thread), BLAS on one thread. OpenBLAS would otherwise start a thread per core for every
 caller, and `threads` callers each asking for every core oversubscribe the machine (on a busy
 2-core machine a 20 s job took 355 s). BLAS is limited with threadpoolctl (the `cli` extra):
 after numpy has loaded, that is the only portable way to change its thread count.
@@ -20,6 +21,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
+
+import numba
 
 from .errors import needs
 
@@ -71,7 +74,8 @@ def run(items, read, infer, *, batch_size=16, threads=None):
     """
     threads = threads or default_threads()
     window = []  # futures in input order; at most 2 * threads, so memory stays bounded
-    with one_blas_thread(), ThreadPoolExecutor(threads, thread_name_prefix="npmobile-batch") as pool:
+    with one_blas_thread(), ThreadPoolExecutor(threads, thread_name_prefix="npmobile-batch",
+                                               initializer=numba.set_num_threads, initargs=(1,)) as pool:
         try:
             for batch in batches(items, batch_size):
                 window.append(pool.submit(run_batch, batch, read, infer))

@@ -27,7 +27,9 @@ def test_end_to_end_benchmark_quick(tmp_path, assets):
                          check=True, capture_output=True, text=True, timeout=1800)
     result = json.loads(out.read_text())
     litert = [r for r in result["rows"] if "litert_ms" in r]
-    assert len(litert) == 1 and litert[0]["npmobile_ms"] > 0 and litert[0]["top1_agrees"] in (True, False), litert
+    # the quantized file on both npmobile engines: integers (as LiteRT runs it) and dequantized float
+    assert len(litert) == 1 and litert[0]["npmobile_int_ms"] > 0 and litert[0]["npmobile_float_ms"] > 0, litert
+    assert litert[0]["int_top1_agrees"] in (True, False) and litert[0]["float_top1_agrees"] in (True, False), litert
     assert 0 < result["probes"][0]["sgemm_peak_gflops"] and 0 < result["probes"][0]["parallel_launch_us"]
     rows = {(r["arch"], r["batch"]): r for r in result["rows"] if "litert_ms" not in r}
     assert set(rows) == {(a, b) for a in ("mobilenet_v1", "mobilenet_v2") for b in (1, 8)}

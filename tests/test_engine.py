@@ -26,7 +26,7 @@ def test_buffers_reused_across_calls_give_fresh_correct_outputs(small_model):
     x1, x2 = (rng.standard_normal((3, 64, 64, 3)).astype(np.float32) for _ in range(2))
     y1 = small_model(x1)
     y1_copy = y1.copy()
-    y2 = small_model(x2)
+    y2 = small_model(x2, threads=1)  # one part, so the chunks below are the model's (any NPMOBILE_NUM_THREADS)
     np.testing.assert_array_equal(y1, y1_copy)  # the second call did not write into the first result
     np.testing.assert_array_equal(small_model(x1), y1)  # same input, same buffers, same bits
     # The model runs a batch PLAN_BATCH images at a time; a new plan of the fused graph on the
@@ -47,6 +47,26 @@ def test_plan_never_writes_a_node_over_its_own_input(small_model):
             assert not np.shares_memory(values[name], values[node.name]), f"{node.name} writes over its input {name}"
     buffers = {id(v.base) for name, v in values.items() if name != "input"}
     assert len(buffers) <= 4  # a handful of buffers, not one per layer
+
+
+def test_a_fast_plan_keeps_openblas_on_one_thread_while_it_runs(small_model):
+    # The kernels call OpenBLAS from numba's threads, block by block: OpenBLAS starting its own
+    # threads inside each block ran V2 at batch 4 2.3x slower. The plan sets OpenBLAS to one
+    # thread for the run and puts back the process's setting after it.
+    from npmobile.kernels import _blas
+    assert _blas._LIB is not None, "NumPy's wheel ships OpenBLAS: the kernels' sgemm comes from it"
+    get, set_ = _blas._LIB.scipy_openblas_get_num_threads64_, _blas._LIB.scipy_openblas_set_num_threads64_
+    before = get()
+    set_(2)
+    try:
+        plan = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 1)
+        seen = []
+        plan.steps = [lambda step=step: (seen.append(get()), step()) for step in plan.steps]
+        plan.run(np.ones((1, 64, 64, 3), np.float32))
+        assert set(seen) == {1}
+        assert get() == 2
+    finally:
+        set_(before)
 
 
 def test_many_python_threads_get_the_single_thread_answer(small_model):

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 
+import numba
 import pytest
 from PIL import Image
 
@@ -51,20 +52,21 @@ def test_rows_are_the_same_in_input_order_whatever_the_threads(model, folder):
     assert all(r["ids"] == [] for r in one if r["error"])
 
 
-def test_each_pipeline_thread_runs_blas_on_one_thread(model, folder):
+def test_each_pipeline_thread_runs_blas_and_numba_on_one_thread(model, folder):
     from threadpoolctl import threadpool_info
 
     seen, infer = [], predictor(model, 1)
 
     def spy(images):
         seen.append((threading.current_thread().name, [p["num_threads"] for p in threadpool_info()
-                                                       if p["user_api"] == "blas"]))
+                                                       if p["user_api"] == "blas"] + [numba.get_num_threads()]))
         return infer(images)
 
     before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     done = list(pipeline.run(iter_paths([str(folder)]), reader(model), spy, batch_size=2, threads=2))
     assert sum(len(d) for d, _ in done) == 39
-    assert {n for _, counts in seen for n in counts} == {1}, seen  # every BLAS loaded (numpy's, torch's)
+    # every BLAS loaded (numpy's, torch's) and numba's parallel loops: one thread per batch
+    assert {n for _, counts in seen for n in counts} == {1}, seen
     assert {name for name, _ in seen} == {"npmobile-batch_0", "npmobile-batch_1"}
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before  # restored
 

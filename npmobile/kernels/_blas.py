@@ -19,26 +19,82 @@ numba loops as an argument, so their cached machine code holds no address of thi
 import ctypes
 import glob
 import os
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
 ROW_MAJOR, NO_TRANS = 101, 111
 
 
-def _find_sgemm():
+def _openblas():
+    """NumPy's own OpenBLAS library (ctypes), or None when NumPy was built on another BLAS."""
     libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas64_*.so"))):
         try:
-            sgemm = ctypes.CDLL(path).scipy_cblas_sgemm64_
-        except (OSError, AttributeError):
+            lib = ctypes.CDLL(path)
+        except OSError:
             continue
-        # Pointers travel as 64-bit integers (array.ctypes.data in numba): the same registers.
-        i64 = ctypes.c_int64
-        sgemm.restype = None
-        sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_float,
-                          i64, i64, i64, i64, ctypes.c_float, i64, i64]
-        return sgemm
+        if all(hasattr(lib, f) for f in ("scipy_cblas_sgemm64_", "scipy_openblas_set_num_threads64_",
+                                          "scipy_openblas_get_num_threads64_", "scipy_openblas_get_corename64_")):
+            return lib
     return None
 
 
-SGEMM = _find_sgemm()
+def _find_sgemm(lib):
+    if lib is None:
+        return None
+    sgemm = lib.scipy_cblas_sgemm64_
+    # Pointers travel as 64-bit integers (array.ctypes.data in numba): the same registers.
+    i64 = ctypes.c_int64
+    sgemm.restype = None
+    sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_float,
+                      i64, i64, i64, i64, ctypes.c_float, i64, i64]
+    return sgemm
+
+
+_LIB = _openblas()
+SGEMM = _find_sgemm(_LIB)
+
+
+def core():
+    """The kernels OpenBLAS chose for this CPU ("SkylakeX", "Haswell", ...), or None. It picks
+    them when NumPy is imported, from the CPU, unless $OPENBLAS_CORETYPE names others: an
+    AVX-512 CPU told "Haswell" runs the AVX2 kernels, at half the speed."""
+    if _LIB is None:
+        return None
+    _LIB.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
+    return _LIB.scipy_openblas_get_corename64_().decode()
+
+
+# OpenBLAS's thread count is one number for the whole process (openblas_set_num_threads_local
+# sets it too, in the pthreads build NumPy ships). A model call sets it to 1 while it runs, so
+# that the sgemm of each block stays on the numba thread that calls it: two sgemm calls from two
+# numba threads with OpenBLAS's own threads started inside each ran V2 at batch 4 2.3x slower.
+# Calls that overlap (several Python threads) share one setting: the first sets it, the last
+# puts back what was there.
+_lock = threading.Lock()
+_active, _saved = 0, None
+
+
+@contextmanager
+def one_thread():
+    """OpenBLAS on one thread inside the block (NumPy's np.matmul elsewhere in the process too),
+    restored after it. A no-op when NumPy uses another BLAS."""
+    global _active, _saved
+    if _LIB is None:
+        yield
+        return
+    with _lock:
+        if _active == 0:
+            _saved = _LIB.scipy_openblas_get_num_threads64_()
+            if _saved != 1:
+                _LIB.scipy_openblas_set_num_threads64_(1)
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0 and _saved != 1:
+                _LIB.scipy_openblas_set_num_threads64_(_saved)
