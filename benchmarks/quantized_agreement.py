@@ -13,6 +13,11 @@ interpreter itself is from the reference kernels (images whose bytes differ, the
 difference in output quanta, images whose top-1 differs). tests/test_quantized_tflite.py
 checks the same figures.
 
+For the ONNX QOperator file (mobilenetv2-12-int8.onnx), the same images, preprocessed as
+`npmobile classify` does, go to npmobile's QuantizedModel and to ONNX Runtime (CPU, one thread);
+reported: the fraction of output values equal and within one quantum, the largest difference in
+quanta, and on how many images the top-1 is the same (tests/test_quantized_onnx.py checks them).
+
     python benchmarks/quantized_agreement.py [--assets DIR] [--corpus ~/.cache/npmobile/corpus] [--out FILE]
 """
 
@@ -32,6 +37,7 @@ CORPUS = ["v1_025_128_avgpool_linear12_int8-float-io.tflite", "v1_025_128_conv10
           "v1_025_128_conv10_legacy_uint8.tflite", "v1_025_128_headless_avg_int8.tflite",
           "v2_10_224_conv_squeeze20_legacy_uint8.tflite", "v2_10_224_fc965_int8-float-io.tflite",
           "v2_10_224_fc965_int8.tflite", "v2_10_224_fc965_legacy_uint8.tflite", "v2_10_224_fc965_uint8-io.tflite"]
+ONNX_MODELS = ["mobilenetv2-12-int8.onnx"]
 
 
 def _real_models():
@@ -100,6 +106,39 @@ def compare(path, inputs):
         default_top1_differs=int((default.argmax(1) != ref.argmax(1)).sum()))
 
 
+def onnxruntime_outputs(path, x):
+    """ONNX Runtime's (dequantized) output for a float NHWC batch, one image at a time, one thread."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: np.ascontiguousarray(img[None].transpose(0, 3, 1, 2))})[0]
+                           for img in x])
+
+
+def compare_onnx(path, pixels):
+    """The ONNX figures of the module docstring for one file on the given pixels. Both sides
+    dequantize the same way, (q - zero_point) * scale in float32, so the difference in quanta is
+    the difference of the floats divided by the output scale, rounded."""
+    from npmobile.io import load
+    model = load(path)
+    x = model.preprocess(pixels)
+    ours = np.concatenate([model(x[i:i + 8]) for i in range(0, len(x), 8)])
+    ref = onnxruntime_outputs(path, x)
+    quanta = np.abs(np.rint((ours.astype(np.float64) - ref) / model.quant[model.graph.output][0])).astype(np.int64)
+    return dict(name=Path(path).name, n=len(x), ours=ours, ref=ref, equal=float((quanta == 0).mean()),
+                within_one=float((quanta <= 1).mean()), max_quanta=int(quanta.max()),
+                identical_images=int((quanta == 0).all(axis=1).sum()),
+                top1_same=int((ours.argmax(1) == ref.argmax(1)).sum()))
+
+
+def onnx_summary_line(r):
+    return (f"{r['name']}: output values equal to ONNX Runtime's {r['equal']:.4%}, within one quantum "
+            f"{r['within_one']:.4%}, at most {r['max_quanta']} quanta apart; images identical "
+            f"{r['identical_images']}/{r['n']}; top-1 the same on {r['top1_same']}/{r['n']}")
+
+
 def summary_line(r):
     return (f"{r['name']}: output bytes identical to LiteRT's reference kernels on {r['identical_to_ref']}/{r['n']} "
             f"images; top-1 as LiteRT's default interpreter on {r['top1_as_default']}/{r['n']}; the default "
@@ -136,6 +175,8 @@ def main(argv=None):
     for name in CORPUS if args.corpus else []:
         results.append(compare(args.corpus / name, corpus_inputs(load(args.corpus / name))))
         print(summary_line(results[-1]), flush=True)
+    for name in ONNX_MODELS:
+        print(onnx_summary_line(compare_onnx(args.assets / "models" / name, pixels_for(images, 224))), flush=True)
     table = markdown(results)
     if args.out:
         args.out.write_text(table + "\n")

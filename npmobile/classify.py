@@ -399,8 +399,8 @@ def add_parsers(sub):
     p.add_argument("--alpha", type=positive_float, help="without --weights: width multiplier (default 1.0)")
     p.add_argument("--resolution", type=positive_int, help="without --weights: input side (default 224)")
     p.add_argument("--dequantize", action="store_true",
-                   help="run a quantized --weights file (TFLite uint8/int8) as float instead of as the runtime's "
-                        "integers")
+                   help="run a quantized --weights file (TFLite uint8/int8, ONNX QLinear ops) as float instead of "
+                        "as the runtime's integers")
     _add_output_flags(p, top=5)
     _add_engine_flags(p)
     p.set_defaults(func=cmd_classify)

@@ -33,6 +33,7 @@ class QuantizedImport(NamedTuple):
     input_dtype: object
     labels: list
     source: str
+    rounding: str = "away"  # how the float input is quantized: "away" (TFLite), "even" (ONNX)
 
 
 class QTensor(NamedTuple):
@@ -63,11 +64,12 @@ class QuantizedModel(Model):
     graph: a `graph.Graph` of integer ops; params: {"{node}.{param}": array} (uint8/int8
     weights, int32 biases, zero points, multipliers, shifts); quant: {value: (scale, zero_point)},
     None for a float value (the input and output of a file with float ends, which its graph
-    quantizes and dequantizes); input_dtype: the type of the graph's input.
+    quantizes and dequantizes); input_dtype: the type of the graph's input; rounding: how a float
+    input is quantized (quantize.py: "away" for TFLite's QUANTIZE, "even" for ONNX's QuantizeLinear).
     """
 
-    def __init__(self, graph, params, quant, input_dtype, labels=None, source="<memory>"):
-        self.graph, self.params, self.quant = graph, params, quant
+    def __init__(self, graph, params, quant, input_dtype, labels=None, source="<memory>", rounding="away"):
+        self.graph, self.params, self.quant, self.rounding = graph, params, quant, rounding
         self.input_dtype = np.dtype(input_dtype)
         self.labels = list(labels) if labels is not None else None
         self.source = source
@@ -88,16 +90,16 @@ class QuantizedModel(Model):
         """What a pickle carries (as Model's): the graph, tensors, quantization, labels; no
         thread-local plans."""
         return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
-                "labels": self.labels, "source": self.source}
+                "labels": self.labels, "source": self.source, "rounding": self.rounding}
 
     def quantize_input(self, x, layout="NHWC"):
-        """A float batch (NHWC, or NCHW with layout="NCHW") -> the graph's input: integers by
-        TFLite's QUANTIZE rounding, or float32 for a graph that quantizes its input itself."""
+        """A float batch (NHWC, or NCHW with layout="NCHW") -> the graph's input: integers by the
+        file's runtime's rounding, or float32 for a graph that quantizes its input itself."""
         x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
         if self.quant["input"] is None:
             return np.ascontiguousarray(x, dtype=np.float32)
         scale, zero = self.quant["input"]
-        return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype)
+        return quantize(x, scale=scale, zero_point=zero, dtype=self.input_dtype, rounding=self.rounding)
 
     def __call__(self, x, *, layout="NHWC", threads=None):
         """Float batch in, the output dequantized to float32 out (probabilities for a softmax);

@@ -71,9 +71,36 @@ def _same_shape(ins, attrs, params):
     return {}, ins[0]
 
 
+def _float_requantized(infer):
+    """The float op's shape inference, plus ONNX's per-channel weight zero point and float32
+    output scale s_x s_w / s_y (qlinear.py)."""
+    def infer_q(ins, attrs, params):
+        expected, out = infer(ins, attrs, params)
+        return {**expected, "w_zero": (out[-1],), "scale": (out[-1],)}, out
+    return infer_q
+
+
+def _qlinear_add(ins, attrs, params):
+    """Two values of one shape, or a value plus a constant per channel ("b")."""
+    if len(ins) == 2:
+        return _same_shapes(ins, attrs, params)
+    return {"b": (ins[0][-1],)}, ins[0]
+
+
 _REQUANT = {"x_zero": (_zero("x_zero"), True), "y_zero": (_zero("y_zero"), True), "clamp": (_int_clamp, False)}
 _WINDOW = {**_REQUANT, "stride": (_stride, False), "pad": (_pad, False)}
 _TYPE = ("uint8", "int8")
+_ONNX = {"x_zero": (_zero("x_zero"), True), "y_zero": (_zero("y_zero"), True)}
+_ONNX_WINDOW = {**_ONNX, "stride": (_stride, False), "pad": (_pad, False)}
+
+
+def _scaled(*names):
+    """ONNX's attributes: a (float) scale and a zero point per name."""
+    return {f"{n}_{kind}": ((_scale if kind == "scale" else _zero(f"{n}_zero")), True) for n in names
+            for kind in ("scale", "zero")}
+
+
+
 QOPS = {
     "qconv2d": Op(1, _WINDOW, _requantized(_conv2d)),
     "qdepthwise_conv2d": Op(1, _WINDOW, _requantized(_depthwise)),
@@ -93,18 +120,40 @@ QOPS = {
     "dequantize": Op(1, {"scale": (_scale, True), "zero_point": (_zero("zero_point"), True)}, _same_shape),
     "rescale": Op(1, {"x_zero": (_zero("x_zero"), True), "y_zero": (_zero("y_zero"), True), **_rescaling(),
                       "dtype": (_one_of("dtype", _TYPE), True)}, _same_shape),
+    # ONNX's QLinear ops, requantized in float32 (qlinear*.py)
+    "qlinear_conv2d": Op(1, _ONNX_WINDOW, _float_requantized(_conv2d)),
+    "qlinear_depthwise_conv2d": Op(1, _ONNX_WINDOW, _float_requantized(_depthwise)),
+    "qlinear_pointwise_conv2d": Op(1, _ONNX, _float_requantized(_pointwise)),
+    "qlinear_matmul": Op(1, _ONNX, _float_requantized(_dense)),
+    "qlinear_add": Op((1, 2), _scaled("a", "b", "y"), _qlinear_add),
+    "qlinear_global_avg_pool": Op(1, _scaled("x", "y"), _pool),
 }
 
 
-def _tensor_problem(key, a, shape, dtype):
-    """What is wrong with one integer tensor (None: nothing): `dtype` is the weights' expected
-    type (their input's), the rest are int32 arrays."""
-    name = key.rsplit(".", 1)[1]
-    expected = dtype if name == "w" else np.dtype(np.int32)
-    if not isinstance(a, np.ndarray) or a.dtype != expected:
-        return f"{key}: expected {expected}, found {getattr(a, 'dtype', type(a).__name__)}"
+def _tensor_types(graph, dtypes):
+    """{tensor key: the dtypes it may have}: TFLite's weights of their input's 8-bit type, ONNX's
+    weights and a QLinearAdd's constant either 8-bit type (an ONNX file pairs uint8 activations
+    with int8 weights), ONNX's output scales float32, the rest int32."""
+    types = {}
+    for node in graph.nodes:
+        onnx = node.op.startswith("qlinear")
+        for p in node.params:
+            if p == "w" or (p == "b" and node.op == "qlinear_add"):
+                types[f"{node.name}.{p}"] = EIGHT_BIT if onnx else (dtypes[node.inputs[0]],)
+            else:
+                types[f"{node.name}.{p}"] = (np.dtype(np.float32 if p == "scale" else np.int32),)
+    return types
+
+
+def _tensor_problem(key, a, shape, dtypes):
+    """What is wrong with one integer tensor (None: nothing)."""
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
+        return f"{key}: expected {' or '.join(map(str, dtypes))}, found {getattr(a, 'dtype', type(a).__name__)}"
     if tuple(a.shape) != shape:
         return f"{key}: expected shape {shape}, found {tuple(a.shape)}"
+    if a.dtype == np.float32:
+        return None if np.isfinite(a).all() and (a > 0).all() else f"{key}: expected finite scales > 0"
+    name = key.rsplit(".", 1)[1]
     lo, hi = {"w_zero": (-128, 255), "multiplier": (0, (1 << 31) - 1), "shift": (-31, 30)}.get(name, (None, None))
     if lo is not None and a.size and (a.min() < lo or a.max() > hi):
         return f"{key}: expected values {lo}..{hi}, found {a.min()}..{a.max()}"
@@ -117,11 +166,9 @@ def check_integer_params(graph, params, dtypes, source="<memory>"):
     if not hasattr(params, "items"):
         raise tensor_error(graph, source, wrong=[f"expected a mapping of names to arrays, found "
                                                  f"{type(params).__name__}"])
-    expected = graph.param_shapes()
-    weight_type = {f"{n.name}.w": dtypes[n.inputs[0]] for n in graph.nodes}
+    expected, types = graph.param_shapes(), _tensor_types(graph, dtypes)
     missing = [k for k in expected if k not in params]
-    wrong = [p for p in (_tensor_problem(k, params[k], expected[k], weight_type.get(k)) for k in expected
-                         if k in params) if p]
+    wrong = [p for p in (_tensor_problem(k, params[k], expected[k], types[k]) for k in expected if k in params) if p]
     error = tensor_error(graph, source, missing, set(params) - set(expected), wrong)
     if error:
         raise error

@@ -210,7 +210,7 @@ def _softmax(ins, attrs, params):
 
 
 class Op(NamedTuple):
-    inputs: int
+    inputs: int  # or a tuple of the counts allowed
     attrs: dict  # attribute -> (check, required)
     infer: Callable
 
@@ -246,8 +246,9 @@ def _check_node(node, shapes, ops):
     spec = ops.get(node.op)
     if spec is None:
         raise _Bad("op", f"unknown op {node.op!r}; known: {', '.join(ops)}")
-    if len(node.inputs) != spec.inputs:
-        raise _Bad("inputs", f"expected {spec.inputs} input(s), found {len(node.inputs)}")
+    counts = spec.inputs if isinstance(spec.inputs, tuple) else (spec.inputs,)
+    if len(node.inputs) not in counts:
+        raise _Bad("inputs", f"expected {' or '.join(map(str, counts))} input(s), found {len(node.inputs)}")
     for name in node.inputs:
         if name not in shapes:
             raise _Bad("inputs", f"reads {name!r}, which no earlier node computes")

@@ -46,12 +46,12 @@ def sniff(head):
 
 # Readers whose quantized files run as integers (a QuantizedModel) unless loaded with
 # dequantize=True; every other format is float already and takes no such option.
-QUANTIZED_READERS = (load_tflite,)
+QUANTIZED_READERS = (load_tflite, load_onnx)
 
 
 def load(path, *, dequantize=False, **options):
     """Load any weight file npmobile reads, as a ready-to-run Model. A quantized file (TFLite
-    uint8/int8) loads as a QuantizedModel that computes the runtime's integers;
+    uint8/int8, ONNX QLinear ops) loads as a QuantizedModel that computes the runtime's integers;
     dequantize=True loads its weights dequantized into a float Model instead. The suffix
     chooses the reader, and the first bytes must agree with it: a renamed file is named for what
     it is."""

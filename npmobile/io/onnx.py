@@ -62,14 +62,20 @@ def _onnx():
     return onnx
 
 
-def load_onnx(path, convention=None):
-    """Read an .onnx file as a float graph (NHWC input; see the module docstring)."""
+def load_onnx(path, convention=None, dequantize=False):
+    """Read an .onnx file as a float graph (NHWC input; see the module docstring); a quantized
+    QOperator file (QLinearConv, ...) as the integer graph ONNX Runtime runs (onnx_int.py), unless
+    dequantize=True."""
     onnx = _onnx()
     path = Path(path)
     with reading(path, "ONNX model"):  # protobuf's DecodeError and friends on a truncated or foreign file
         model = onnx.load(str(path))
     if not model.graph.node:
         raise WeightFileError(f"{path}: not an ONNX model: the file parses but holds no graph nodes")
+    from . import onnx_int
+    if not dequantize and onnx_int.is_integer_graph(model):
+        with reading(str(path), "ONNX graph", (ValueError, KeyError, IndexError, TypeError)):
+            return onnx_int.build_integer(onnx, model, str(path), convention)
     return from_onnx_model(model, source=str(path), convention=convention)
 
 
@@ -229,8 +235,9 @@ def _input(w, inp):
     return layout, res
 
 
-def _step(w, op):
-    """One ONNX node: folded when its inputs are constants, else translated."""
+def _step(w, op, translate=None):
+    """One ONNX node: folded when its inputs are constants, else translated (by `translate`,
+    default TRANSLATE: the float translators)."""
     node = op.node
     known = [t for t in node.input if t]
     for t in known:
@@ -243,7 +250,7 @@ def _step(w, op):
             raise ValueError("combines activations in a way npmobile cannot run "
                              "(a branch or a concatenation; MobileNets are chains with residual adds)")
         else:
-            result = TRANSLATE[node.op_type](w, op, w.acts.get(node.input[0]))
+            result = (translate or TRANSLATE)[node.op_type](w, op, w.acts.get(node.input[0]))
             if result is not None:  # (None: a run-time scale, recorded in w.runtime)
                 w.set(node.output[0], result)
     except WeightFileError:

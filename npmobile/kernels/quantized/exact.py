@@ -20,6 +20,7 @@ import numpy as np
 
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
+from .._product import BLOCK_FLOATS
 from ._qchecks import check_zero, q_output, requant_args, type_range
 from .fixedpoint import requantize, requantize_params
 
@@ -49,6 +50,32 @@ def exact_chunks(ws, bound):
             running[:] = 0
         running += row
     return bounds + [ws.shape[0]]
+
+
+def row_blocks(x_rows, ws, bound, y_rows):
+    """The blocks an exact product x_rows (r, c_in) @ ws (c_in, c_out) runs in, ws being the
+    weights minus their zero points (float32) and bound = x_bound(...): a list of
+    (x_flat, xf_flat, products, partial, y_block), where xf_flat takes x - x_zero, each product
+    (xf_chunk, w_chunk, out) is one sgemm over a chunk of input channels (exact_chunks) and
+    partial[j] holds chunk j's exact sums for the epilogue to add. Rows go through in blocks
+    whose float32 result fits half of L2 (as the float kernel), so the epilogue reads the sgemm
+    output while it is still in cache. Every view a block needs is made here, once: on a small
+    layer making them per call costs more than the arithmetic."""
+    c_in, c_out = ws.shape
+    chunks = exact_chunks(ws, bound)
+    pairs = list(zip(chunks[:-1], chunks[1:]))
+    w_chunks = [np.ascontiguousarray(ws[k0:k1]) for k0, k1 in pairs]
+    block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
+    xf = np.empty((block, c_in), dtype=np.float32)
+    partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
+    blocks = []
+    for r in range(0, x_rows.shape[0], block):
+        rows = min(block, x_rows.shape[0] - r)
+        products = [(xf[:rows, k0:k1], w_chunk, partial[j, :rows])
+                    for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
+        blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
+                       y_rows[r:r + rows]))
+    return blocks
 
 
 @jit

@@ -17,9 +17,8 @@ is exact and how the input channels are split into chunks where one float32 sum 
 import numpy as np
 
 from .. import Kernel
-from .._product import BLOCK_FLOATS
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import exact_chunks, minus_zero, requantize_rows, x_bound
+from .exact import minus_zero, requantize_rows, row_blocks, x_bound
 from .fixedpoint import output_ref, requantize_params
 
 
@@ -35,29 +34,14 @@ def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
 def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
     """The checks shared by qpointwise_conv2d and qdense, x_rows (r, c_in) -> y_rows (r, c_out):
     the arguments of run_rows."""
-    c_in, c_out = w.shape
+    c_out = w.shape[1]
     x_zero = check_zero("x_zero", x_zero, x_rows.dtype)
     b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
         c_out, x_rows.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
     ws = (w.astype(np.float32) - w_zero.astype(np.float32))  # exact: |w - w_zero| <= 255
-    chunks = exact_chunks(ws, x_bound(x_zero, x_rows.dtype))
-    pairs = list(zip(chunks[:-1], chunks[1:]))
-    w_chunks = [np.ascontiguousarray(ws[k0:k1]) for k0, k1 in pairs]
-    # Rows go through in blocks whose float32 result fits half of L2 (as the float kernel), so
-    # the epilogue reads the sgemm output while it is still in cache. Every view a block needs is
-    # made here, once: on a small layer making them per call costs more than the arithmetic.
-    block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
-    xf = np.empty((block, c_in), dtype=np.float32)
-    partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
+    blocks = row_blocks(x_rows, ws, x_bound(x_zero, x_rows.dtype), y_rows)
     b64, rq = b.astype(np.int64), requantize_params(multiplier, shift)
     acc = np.empty(c_out, dtype=np.int64)
-    blocks = []
-    for r in range(0, x_rows.shape[0], block):
-        rows = min(block, x_rows.shape[0] - r)
-        products = [(xf[:rows, k0:k1], w_chunk, partial[j, :rows])
-                    for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
-        blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
-                       y_rows[r:r + rows]))
     return blocks, x_zero, b64, rq, y_zero, lo, hi, acc, y
 
 
