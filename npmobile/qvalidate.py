@@ -67,6 +67,15 @@ def _requantized(infer):
     return infer_q
 
 
+def _double_requantized(infer):
+    """The float op's shape inference, plus the weight zero points and the double multipliers of
+    an int8 FULLY_CONNECTED (qfully_connected.py)."""
+    def infer_q(ins, attrs, params):
+        expected, out = infer(ins, attrs, params)
+        return {**expected, "w_zero": (out[-1],), "real_multiplier": (out[-1],)}, out
+    return infer_q
+
+
 def _same_shape(ins, attrs, params):
     return {}, ins[0]
 
@@ -106,6 +115,7 @@ QOPS = {
     "qdepthwise_conv2d": Op(1, _WINDOW, _requantized(_depthwise)),
     "qpointwise_conv2d": Op(1, _REQUANT, _requantized(_pointwise)),
     "qdense": Op(1, _REQUANT, _requantized(_dense)),
+    "qfully_connected": Op(1, _REQUANT, _double_requantized(_dense)),
     "qadd": Op(2, {**{z: (_zero(z), True) for z in ("a_zero", "b_zero", "y_zero")}, **_rescaling("a_"),
                    **_rescaling("b_"), **_rescaling("y_"), "left_shift": (_int_in("left_shift", 0, 30), False),
                    "clamp": (_int_clamp, False)}, _same_shapes),
@@ -133,7 +143,8 @@ QOPS = {
 def _tensor_types(graph, dtypes):
     """{tensor key: the dtypes it may have}: TFLite's weights of their input's 8-bit type, ONNX's
     weights and a QLinearAdd's constant either 8-bit type (an ONNX file pairs uint8 activations
-    with int8 weights), ONNX's output scales float32, the rest int32."""
+    with int8 weights), ONNX's output scales float32, an int8 FULLY_CONNECTED's multipliers
+    float64, the rest int32."""
     types = {}
     for node in graph.nodes:
         onnx = node.op.startswith("qlinear")
@@ -141,7 +152,8 @@ def _tensor_types(graph, dtypes):
             if p == "w" or (p == "b" and node.op == "qlinear_add"):
                 types[f"{node.name}.{p}"] = EIGHT_BIT if onnx else (dtypes[node.inputs[0]],)
             else:
-                types[f"{node.name}.{p}"] = (np.dtype(np.float32 if p == "scale" else np.int32),)
+                float_type = {"scale": np.float32, "real_multiplier": np.float64}.get(p, np.int32)
+                types[f"{node.name}.{p}"] = (np.dtype(float_type),)
     return types
 
 
@@ -151,8 +163,8 @@ def _tensor_problem(key, a, shape, dtypes):
         return f"{key}: expected {' or '.join(map(str, dtypes))}, found {getattr(a, 'dtype', type(a).__name__)}"
     if tuple(a.shape) != shape:
         return f"{key}: expected shape {shape}, found {tuple(a.shape)}"
-    if a.dtype == np.float32:
-        return None if np.isfinite(a).all() and (a > 0).all() else f"{key}: expected finite scales > 0"
+    if a.dtype.kind == "f":
+        return None if np.isfinite(a).all() and (a >= 0).all() else f"{key}: expected finite values >= 0"
     name = key.rsplit(".", 1)[1]
     lo, hi = {"w_zero": (-128, 255), "multiplier": (0, (1 << 31) - 1), "shift": (-31, 30)}.get(name, (None, None))
     if lo is not None and a.size and (a.min() < lo or a.max() > hi):

@@ -319,3 +319,27 @@ def test_requantize_without_branches_equals_the_runtime_rounding(acc, multiplier
     fast = [fp.requantize(a, rq, 0, y_zero, -(1 << 40), 1 << 40) for a in acc]
     ref = fp.requantize_ref(np.array(acc), multiplier, shift, y_zero, -(1 << 40), 1 << 40)
     np.testing.assert_array_equal(fast, ref)
+
+
+@given(conv_case())
+def test_qfully_connected(case):
+    # an int8 FULLY_CONNECTED: the exact product, then one double rounding (halves away from 0)
+    x, w, b, attrs = case
+    rng = np.random.default_rng(int(w.sum()) % 2**32)
+    real = rng.uniform(0, 2.0 ** -8, w.shape[-1])
+    _assert_exact("qfully_connected", x[:, 0, 0, :], w[0, 0], b, x_zero=attrs["x_zero"], w_zero=attrs["w_zero"],
+                  y_zero=attrs["y_zero"], real_multiplier=real, clamp=attrs["clamp"])
+
+
+def test_qfully_connected_rounds_once_where_the_fixed_point_route_rounds_twice():
+    # the corpus' case: acc = 343906, M = s_x s_w / s_y ~ 0.000292224, acc * M = 100.49999:
+    # one rounding gives 100, MultiplyByQuantizedMultiplier's two give 101
+    from npmobile.kernels.quantized.qfully_connected import real_multipliers
+    m = real_multipliers(0.023336083, [0.0008910043], 0.10314182)
+    multiplier, shift = fp.quantize_multiplier(float(m[0]))
+    acc = int(round(100.49999 / m[0]))
+    assert int(fp.multiply_by_quantized_multiplier_ref(np.array([acc]), multiplier, shift)[0]) == 101
+    x = np.zeros((1, 1), np.int8)
+    y = QKERNELS["qfully_connected"].fast(x, np.zeros((1, 1), np.int8), np.array([acc], np.int32), x_zero=0,
+                                          w_zero=np.zeros(1, np.int32), y_zero=0, real_multiplier=m)
+    assert y[0, 0] == 100

@@ -9,7 +9,7 @@ the float importer (tflite.py), so the two engines' intermediates line up by nam
 
 Ops: CONV_2D (-> qconv2d; 1x1 stride 1 unpadded -> qpointwise_conv2d; on a pooled vector ->
 qdense), DEPTHWISE_CONV_2D, AVERAGE_POOL_2D over the whole map, MEAN over H and W (-> qmean),
-ADD, FULLY_CONNECTED (-> qdense), RESHAPE/SQUEEZE of a pooled vector, SOFTMAX, QUANTIZE (float
+ADD, FULLY_CONNECTED (-> qfully_connected; uint8: qdense), RESHAPE/SQUEEZE of a pooled vector, SOFTMAX, QUANTIZE (float
 -> 8-bit at the input: quantize; 8-bit -> 8-bit: rescale) and DEQUANTIZE at the output, each one
 function in `TRANSLATE` as in tflite.py. tflite.load_tflite calls this for a file whose operators
 all compute on 8-bit tensors (is_integer_graph).
@@ -19,11 +19,12 @@ import numpy as np
 
 from ..config import Config
 from ..errors import WeightFileError
-from ..graph import REPRESENTATION_OPS, Builder, Graph, conv_out
+from ..graph import REPRESENTATION_OPS, Graph, conv_out
 from ..kernels.quantized import add_multipliers, softmax_params
 from ..kernels.quantized.fixedpoint import activation_range, conv_multipliers, rescale_multiplier
+from ..kernels.quantized.qfully_connected import real_multipliers
 from ..qmodel import QuantizedImport
-from ._common import guess_arch
+from ._common import IntegerEmitter, guess_arch
 from .tflite import translate_ops
 
 _DTYPES = {"UINT8": np.dtype(np.uint8), "INT8": np.dtype(np.int8), "FLOAT32": np.dtype(np.float32)}
@@ -46,17 +47,13 @@ def is_integer_graph(reader, ops, skip):
                and (_eight_bit(reader, op.output) or op.kind == "DEQUANTIZE") for op in ops if op.kind not in skip)
 
 
-class _IntegerEmitter:
-    """A Builder plus the integer tensors, every value's (scale, zero_point) (None for a float
-    value) and every value's dtype."""
+class _IntegerEmitter(IntegerEmitter):
+    """The quantized importers' emitter, with every value's dtype, reading each value's
+    quantization and type from the tensor it computes."""
 
     def __init__(self, reader, input_shape):
-        self.reader = reader
-        self.builder = Builder(input_shape)
-        self.params, self.quant, self.dtypes = {}, {}, {}
-
-    def shape(self, value):
-        return self.builder.shapes[value]
+        super().__init__(input_shape)
+        self.reader, self.dtypes = reader, {}
 
     def tensor_quant(self, t):
         """(scale, zero_point) of a per-tensor quantized activation; None for a float one."""
@@ -77,14 +74,8 @@ class _IntegerEmitter:
 
     def add(self, op, name, inputs, attrs, params, shape, out_tensor):
         """Append a node computing tensor out_tensor; returns its (unique) name."""
-        base, i = name, 1
-        while name in self.builder.shapes:
-            i += 1
-            name = f"{base}_{i}"
-        for p, a in params.items():
-            self.params[f"{name}.{p}"] = np.ascontiguousarray(a)
-        self.builder.add(op, name, attrs, {p: a.shape for p, a in params.items()}, shape, inputs=inputs)
-        self.quant[name], self.dtypes[name] = self.tensor_quant(out_tensor), self.tensor_dtype(out_tensor)
+        name = super().add(op, name, inputs, attrs, params, shape, self.tensor_quant(out_tensor))
+        self.dtypes[name] = self.tensor_dtype(out_tensor)
         return name
 
     def clamp(self, options, out_tensor):
@@ -122,10 +113,8 @@ def _requantized(w, op, x, c_out):
         raise ValueError(f"expected a constant int32 bias of shape ({c_out},), found "
                          f"{None if b is None else (b.dtype, b.shape)}")
     (s_x, z_x), (s_y, z_y) = em.quant[x], em.tensor_quant(op.output)
-    # LiteRT takes s_x * s_w in double for int8 convolutions and per-channel layers, in float32
-    # for the legacy uint8 path (a per-tensor layer on uint8, or a per-tensor FULLY_CONNECTED)
-    per_channel = weight.dtype == np.int8 and (op.kind != "FULLY_CONNECTED" or len(set(w_scales)) > 1)
-    multiplier, shift = conv_multipliers(s_x, w_scales, s_y, double_product=per_channel)
+    # LiteRT takes s_x * s_w in double for int8 layers, in float32 on the legacy uint8 path
+    multiplier, shift = conv_multipliers(s_x, w_scales, s_y, double_product=weight.dtype == np.int8)
     params = dict(b=b, w_zero=w_zero, multiplier=multiplier, shift=shift)
     return weight, params, dict(x_zero=z_x, y_zero=z_y, clamp=em.clamp(w.options(op), op.output))
 
@@ -215,7 +204,8 @@ def _softmax(w, op, x):
 
 
 def _fully_connected(w, op, x):
-    """FULLY_CONNECTED (weights (out, in), one scale or one per output) on a vector -> qdense."""
+    """FULLY_CONNECTED (weights (out, in), one scale or one per output) on a vector ->
+    qfully_connected (int8) or qdense (uint8)."""
     o, shape = w.options(op), w.em.shape(x)
     if o is not None and o.WeightsFormat() != 0:
         raise ValueError(f"weights format {o.WeightsFormat()} (only DEFAULT)")
@@ -224,7 +214,13 @@ def _fully_connected(w, op, x):
         raise ValueError(f"only a fully-connected layer on a vector is supported: weights {w_shape} on a value "
                          f"of shape {shape}")
     weight, params, attrs = _requantized(w, op, x, w_shape[0])
-    return w.em.add("qdense", op.name, (x,), attrs, dict(w=weight.T, **params), (w_shape[0],), op.output)
+    if weight.dtype == np.uint8:  # the legacy path: fixed-point multipliers, as CONV_2D
+        return w.em.add("qdense", op.name, (x,), attrs, dict(w=weight.T, **params), (w_shape[0],), op.output)
+    # int8: LiteRT's reference kernel rescales in double (qfully_connected.py)
+    _, _, w_scales = _weights(w.reader, op.inputs[1], w_shape[0])
+    real = real_multipliers(w.em.quant[x][0], w_scales, w.em.tensor_quant(op.output)[0])
+    params = dict(b=params["b"], w_zero=params["w_zero"], real_multiplier=real)
+    return w.em.add("qfully_connected", op.name, (x,), attrs, dict(w=weight.T, **params), (w_shape[0],), op.output)
 
 
 def _mean(w, op, x):
@@ -291,7 +287,8 @@ def build_integer(walk, ops, shape, preprocess, labels_for):
     classes = em.shape(output)[-1]
     # guess_arch and the output kind read the float op names ("qdepthwise_conv2d" ->
     # "depthwise_conv2d") of the layers (the ends aside).
-    float_ops = [n._replace(op=n.op[1:]) for n in nodes if n.op not in REPRESENTATION_OPS]
+    float_ops = [n._replace(op={"qfully_connected": "dense"}.get(n.op, n.op[1:])) for n in nodes
+                 if n.op not in REPRESENTATION_OPS]
     config = Config(arch=guess_arch(float_ops), resolution=shape[1], classes=classes,
                     output={"softmax": "probabilities", "dense": "logits"}.get(float_ops[-1].op, "features"),
                     convention="tfslim", preprocess=preprocess, input_layout="NHWC", source_format="tflite")

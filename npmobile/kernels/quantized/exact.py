@@ -78,6 +78,18 @@ def row_blocks(x_rows, ws, bound, y_rows):
     return blocks
 
 
+def run_blocks(epilogue, blocks, x_zero, constants, y):
+    """The exact product of row_blocks: per block of rows, x - x_zero into float32, one sgemm per
+    chunk of input channels, then epilogue(partial, *constants, y_block) turns the exact sums
+    into output integers."""
+    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
+        minus_zero(x_flat, x_zero, xf_flat)
+        for xf_chunk, w_chunk, out in products:
+            np.matmul(xf_chunk, w_chunk, out=out)
+        epilogue(partial_rows, *constants, y_block)
+    return y
+
+
 @jit
 def minus_zero(x, x_zero, xf):
     """xf = x - x_zero as float32 (exact small integers): the float kernel's input. Flat arrays."""
@@ -86,16 +98,22 @@ def minus_zero(x, x_zero, xf):
 
 
 @jit
+def row_sums(partial, r, b, acc):
+    """acc[o] = b[o] + sum_j partial[j, r, o]: row r's exact sums (one per chunk of input
+    channels, each an integer held in float32) and the bias, in int64. Every loop runs over the
+    channels, so each compiles to SIMD instructions."""
+    for o in range(acc.shape[0]):
+        acc[o] = np.int64(partial[0, r, o]) + b[o]
+    for j in range(1, partial.shape[0]):
+        for o in range(acc.shape[0]):
+            acc[o] += np.int64(partial[j, r, o])
+
+
+@jit
 def requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y):
-    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]), each partial an exact integer held in
-    float32 (one per chunk of input channels). Every inner loop runs over the channels, so each
-    compiles to SIMD instructions."""
+    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]) (row_sums)."""
     for r in range(y.shape[0]):
-        for o in range(y.shape[1]):
-            acc[o] = np.int64(partial[0, r, o]) + b[o]
-        for j in range(1, partial.shape[0]):
-            for o in range(y.shape[1]):
-                acc[o] += np.int64(partial[j, r, o])
+        row_sums(partial, r, b, acc)
         for o in range(y.shape[1]):
             y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
 
