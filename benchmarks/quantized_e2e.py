@@ -6,9 +6,11 @@ For each uint8 TFLite MobileNet in ../shared/assets/models, batch 1, it times on
 and the same pixels (a photo, centre-cropped and resized):
 - npmobile's integer engine, model.run_integers (median of repeated calls after a warm-up),
 - LiteRT's default interpreter (its optimized kernels and the XNNPACK delegate), num_threads=t,
-and for the ONNX zoo's int8 MobileNetV2 (a different file of the same network): ONNX Runtime,
-intra_op_num_threads=t. npmobile's output is first checked byte for byte against LiteRT's
-reference kernels (one call each), so the times are of the same integers.
+and for the ONNX zoo's int8 MobileNetV2 (a different file of the same network): npmobile's integer
+engine (model(x): the float input quantized, the QLinear graph, the output dequantized) against
+ONNX Runtime, intra_op_num_threads=t, on the same float input. npmobile's output is first checked
+byte for byte against LiteRT's reference kernels (one call each), and against ONNX Runtime's
+(within one quantum, the same top-1), so the times are of the same integers.
 
 Each thread count runs in its own process whose settings are pinned before numpy loads:
 NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1. npmobile spreads a batch over
@@ -90,15 +92,25 @@ def _tflite_row(path, threads, quick):
 def _onnx_row(path, threads, quick):
     import numpy as np
     import onnxruntime as ort
+
+    from npmobile.io import load
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
-    x = ((_pixels(path.parent.parent, 224) - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy()
+    model = load(path)  # the integer engine
+    x = model.preprocess(_pixels(path.parent.parent, 224))
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     name = session.get_inputs()[0].name
+    ours, theirs = model(x), session.run(None, {name: x_nchw})[0]
+    quanta = np.abs(ours.astype(np.float64) - theirs) / model.quant[model.graph.output][0]
+    if quanta.max() > 1.5 or ours.argmax() != theirs.argmax():
+        raise AssertionError(f"{path.name}: npmobile's output is {quanta.max():.0f} quanta from ONNX Runtime's")
     row = dict(model=path.name, batch=1, threads=threads)
+    row["npmobile_ms"], row["npmobile_cpu_ms"], row["npmobile_runs"] = _median_ms(lambda: model(x), quick)
     row["onnxruntime_ms"], row["onnxruntime_cpu_ms"], row["onnxruntime_runs"] = _median_ms(
-        lambda: session.run(None, {name: x}), quick)
+        lambda: session.run(None, {name: x_nchw}), quick)
+    row["npmobile_over_onnxruntime"] = row["npmobile_ms"] / row["onnxruntime_ms"]
+    row["npmobile_over_onnxruntime_cpu"] = row["npmobile_cpu_ms"] / row["onnxruntime_cpu_ms"]
     return row
 
 
@@ -125,19 +137,20 @@ def run_all(thread_counts, quick, assets):
 def format_table(result):
     lines = [f"# threads: {result['threads']}",
              f"# load average during the run (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in result['load'])}",
-             f"{'model':36s} {'thr':>3s} {'npmobile':>15s} {'litert':>13s} {'onnxrt':>13s} {'npm/litert':>11s}"]
+             f"{'model':36s} {'thr':>3s} {'npmobile':>15s} {'litert':>13s} {'onnxrt':>13s} {'npm/peer':>11s}"]
     for r in result["rows"]:
         def ms(k):
             return f"{r[k + '_ms']:.2f} ({r[k + '_cpu_ms']:.2f})" if k + "_ms" in r else "-"
 
         def ratio(k):
             return f"{r[k]:.2f}" if k in r else "-"
+        peer = "litert" if "npmobile_over_litert" in r else "onnxruntime"
         lines.append(f"{r['model']:36s} {r['threads']:3d} {ms('npmobile'):>15s} {ms('litert'):>13s} "
-                     f"{ms('onnxruntime'):>13s} {ratio('npmobile_over_litert'):>5s} "
-                     f"({ratio('npmobile_over_litert_cpu')})")
-    lines.append("(ms per image, batch 1, wall (CPU of the process); npm/litert = npmobile's integer engine / "
-                 "LiteRT's default interpreter on the same file, wall (CPU); onnxrt: ONNX Runtime on the ONNX "
-                 "zoo's int8 MobileNetV2, another file)")
+                     f"{ms('onnxruntime'):>13s} {ratio('npmobile_over_' + peer):>5s} "
+                     f"({ratio(f'npmobile_over_{peer}_cpu')})")
+    lines.append("(ms per image, batch 1, wall (CPU of the process); npm/peer = npmobile's integer engine / the "
+                 "file's runtime on the same file, wall (CPU): LiteRT's default interpreter for .tflite, ONNX "
+                 "Runtime for the ONNX zoo's int8 MobileNetV2)")
     return "\n".join(lines)
 
 

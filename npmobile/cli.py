@@ -172,30 +172,36 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "command", None) == "bench":  # bench parses its own flags (and --help)
-        args.rest = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return _run(args)
+    """The command line; its exit status. Ctrl-C at any point after the interpreter has started
+    (importing numpy and numba, parsing, loading weights, classifying) is one line on stderr
+    and exit status 130, as shells expect."""
+    command = "npmobile"
+    try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        command = f"npmobile {args.command}" if getattr(args, "command", None) else command
+        if getattr(args, "command", None) == "bench":  # bench parses its own flags (and --help)
+            args.rest = rest
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args):
     """Run a subcommand; whatever goes wrong is one line on stderr, never a traceback. The
     documented errors (ValueError and its WeightFileError, FileNotFoundError, ImportError naming
-    the extra to install) are the message; Ctrl-C exits 130 as shells expect; anything else is a
-    bug, reported as one (NPMOBILE_DEBUG=1 shows its traceback)."""
+    the extra to install) are the message; anything else is a bug, reported as one
+    (NPMOBILE_DEBUG=1 shows its traceback). Ctrl-C is main's to report."""
     try:
         return args.func(args)
     except BrokenPipeError:
         return _output_closed()
-    except KeyboardInterrupt:
-        print(f"npmobile {args.command}: interrupted", file=sys.stderr)
-        return 130
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"npmobile {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -4,18 +4,24 @@ each loaded by npmobile.load in a child process under a memory cap and a timeout
     python scripts/fuzz.py                      # 2,000 byte mutants per format + 500 structural edits
     python scripts/fuzz.py --mutants 200 --edits 50 --workers 2 --json out.json
 
-Seeds: the real files in ../shared/assets/models (TFLite, ONNX, Keras .h5) when present, plus
-small files made here: a tiny native .npz and the native conversion of a Keras file, a tiny ONNX
-graph, and a MobileNet(alpha=0.25, 32x32) written by Keras itself (.h5). Byte mutants flip 1-8
-bytes or truncate; structural edits change one attribute, shape, weight shape, input, op or
-config field of a native file's metadata, or one integer attribute / initializer dim of an ONNX
-graph.
+Seeds: the real files in ../shared/assets/models (TFLite, ONNX, Keras .h5) when present, the
+generated corpus's torch.export archive (.pt2) when it is built, plus small files made here: a
+tiny native .npz and the native conversion of a Keras file, a tiny ONNX graph, a MobileNet(alpha=
+0.25, 32x32) written by Keras itself (.h5), and a torchvision MobileNetV2 0.35 archive (.pt2).
+Byte mutants flip 1-8 bytes or truncate; structural edits change one attribute, shape, weight
+shape, input, op or config field of a native file's metadata, one integer attribute /
+initializer dim of an ONNX graph, or one tensor's dtype, sizes, strides, offset, member or pickle
+flag in a .pt2 archive.
 
-An outcome is "ok" (it loads), "refused" (a WeightFileError), or a failure: "exception" (any other
-exception), "memory" (MemoryError under the cap), "signal" (the child died), "hang" (no answer in
---timeout seconds). The script prints, per format: mutants, each outcome, the largest peak RSS of
-one load (VmHWM of the child, imports included) and the slowest load; it exits 1 on any failure,
-or on a peak RSS of 1 GiB or more for a mutant under 10 MB.
+With --run each model that loads is also run once on a zero batch, so that its kernels are
+bound and run (a crash or an error deferred to the first call would count as a failure).
+
+An outcome is "ok" (it loads, and runs with --run), "refused" (a WeightFileError), or a
+failure: "exception" (any other exception), "memory" (MemoryError under the cap), "signal" (the
+child died), "hang" (no answer in --timeout seconds). The script prints, per format: mutants,
+each outcome, the largest peak RSS of one load (VmHWM of the child, imports included) and the
+slowest load; it exits 1 on any failure, or on a peak RSS of 1 GiB or more for a mutant under
+10 MB.
 """
 
 import argparse
@@ -33,7 +39,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import fuzzing  # noqa: E402
-from crafted import tiny_meta, tiny_onnx, tiny_params, tiny_graph, npz_bytes  # noqa: E402
+from crafted import (tiny_meta, tiny_onnx, tiny_params, tiny_graph, tiny_torchvision_state_dict,  # noqa: E402
+                     npz_bytes, pt2_bytes)
 
 ASSETS = ROOT.parent / "shared" / "assets" / "models"
 GiB = 1 << 30
@@ -47,11 +54,20 @@ def keras_h5(folder):
     return path
 
 
+def corpus_pt2():
+    """The generated corpus's torch.export archive (torch.export.save's own layout), when it has
+    been built (tests/conftest.py's corpus fixture, scripts/make_corpus.py)."""
+    from make_corpus import CACHE
+    folder = Path(os.environ.get("NPMOBILE_CORPUS_DIR") or CACHE / "corpus")
+    return sorted(folder.glob("*.pt2"))
+
+
 def seeds(folder):
-    """({suffix: {name: bytes}}, {name: (meta, params)} for edits, {name: ModelProto} for edits)."""
+    """({suffix: {name: bytes}}, {name: (meta, params)}, {name: ModelProto} and {name:
+    state_dict} for structural edits)."""
     import npmobile
     from npmobile.weights import META_KEY
-    files = {".npz": {}, ".onnx": {}, ".tflite": {}, ".h5": {}}
+    files = {".npz": {}, ".onnx": {}, ".tflite": {}, ".h5": {}, ".pt2": {}}
     if ASSETS.is_dir():
         for p in sorted(ASSETS.iterdir()):
             if p.suffix in files:
@@ -70,7 +86,11 @@ def seeds(folder):
     for p in sorted(ASSETS.glob("*.onnx")) if ASSETS.is_dir() else []:
         models[p.name] = onnx.load(str(p))
     files[".onnx"]["tiny.onnx"] = models["tiny.onnx"].SerializeToString()
-    return files, native, models
+    pt2 = {"tiny.pt2": tiny_torchvision_state_dict()}
+    files[".pt2"]["tiny.pt2"] = pt2_bytes(pt2["tiny.pt2"])
+    for p in corpus_pt2():
+        files[".pt2"][p.name] = p.read_bytes()
+    return files, native, models, pt2
 
 
 def report(results, sizes):
@@ -98,16 +118,18 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a load counts as a hang (default 30)")
     p.add_argument("--mem-limit", type=float, default=4.0, help="each child's address-space cap in GiB (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", action="store_true", help="also run each model that loads once, on a zero batch "
+                                                      "(binds and runs every kernel: the integer engine too)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
     start = time.time()
     with tempfile.TemporaryDirectory() as folder:
-        files, native, models = seeds(folder)
+        files, native, models, pt2 = seeds(folder)
         sizes = {name: len(data) for group in files.values() for name, data in group.items()}
         mutants = [fuzzing.byte_mutants(files, args.mutants, rng),
-                   fuzzing.edit_mutants(native, models, args.edits, rng)]
+                   fuzzing.edit_mutants(native, models, args.edits, rng, pt2)]
         done = [0]
 
         def progress(i, m, o):
@@ -116,10 +138,10 @@ def main(argv=None):
                 print(f"[{done[0]}] {m.fmt} {m.seed} {m.how}: {o.kind} {o.detail[:200]!r}", flush=True)
 
         results = fuzzing.run((m for gen in mutants for m in gen), folder, args.workers,
-                              int(args.mem_limit * GiB), args.timeout, progress)
+                              int(args.mem_limit * GiB), args.timeout, progress, call=args.run)
     rows, failures, fat = report(results, sizes)
-    print(f"\n{len(results)} loads in {time.time() - start:.0f} s, {args.workers} worker(s), seed {args.seed}, "
-          f"timeout {args.timeout:.0f} s, cap {args.mem_limit} GiB")
+    print(f"\n{len(results)} loads{' and runs' if args.run else ''} in {time.time() - start:.0f} s, "
+          f"{args.workers} worker(s), seed {args.seed}, timeout {args.timeout:.0f} s, cap {args.mem_limit} GiB")
     print(f"{'format':8} {'mutants':>7} {'ok':>6} {'refused':>7} {'exception':>9} {'memory':>6} {'signal':>6} "
           f"{'hang':>4} {'max RSS MiB':>11} {'max s':>6}")
     for fmt, r in rows.items():
@@ -130,7 +152,8 @@ def main(argv=None):
     for m, o in fat[:20]:
         print(f"OVER 1 GiB {m.fmt} {m.seed} {m.how}: {o.peak_rss:,} bytes")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seed": args.seed, "workers": args.workers, "rows": rows,
+        Path(args.json).write_text(json.dumps({"seed": args.seed, "workers": args.workers, "run": args.run,
+                                               "rows": rows,
                                                "failures": len(failures), "over_1_gib": len(fat)}, indent=1))
     return 1 if failures or fat else 0
 

@@ -19,6 +19,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 
 
+@pytest.fixture(scope="module")
+def worker():
+    """A child process that loads weight files under a 3 GiB address-space cap and a timeout
+    (fuzzing.Worker): a file that would crash or exhaust the machine fails the test instead."""
+    from fuzzing import Worker
+    w = Worker(mem_limit=3 << 30, timeout=120)
+    yield w
+    w.close()
+
+
 @pytest.fixture(scope="session")
 def assets():
     """../shared/assets beside the checkout: always there in CI, absent on a user's machine."""

@@ -120,3 +120,43 @@ def tiny_onnx(conv_attrs=None, extra_nodes=(), pad=True):
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits + extra_inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def pt2_bytes(state_dict, edit=None, archive="tiny", method=zipfile.ZIP_STORED):
+    """A torch.export archive (.pt2) as torch.export.save lays out its weights: each tensor's raw
+    bytes in <archive>/data/weights/weight_N, described in model_weights_config.json;
+    edit(config, members) may change either before they are written."""
+    config, members = {}, {f"{archive}/byteorder": b"little", f"{archive}/archive_version": b"0"}
+    codes = {np.dtype(np.float32): 7, np.dtype(np.int64): 5}
+    for i, (key, a) in enumerate(state_dict.items()):
+        a = np.ascontiguousarray(a)
+        strides = [s // a.itemsize for s in a.strides]
+        config[key] = {"path_name": f"weight_{i}", "is_param": True, "use_pickle": False,
+                       "tensor_meta": {"dtype": codes[a.dtype], "sizes": [{"as_int": n} for n in a.shape],
+                                       "strides": [{"as_int": s} for s in strides],
+                                       "storage_offset": {"as_int": 0}, "layout": 7}}
+        members[f"{archive}/data/weights/weight_{i}"] = a.tobytes()
+    doc = {"config": config}
+    if edit is not None:
+        edit(doc, members)
+    name = f"{archive}/data/weights/model_weights_config.json"
+    members[name] = members.get(name) or json.dumps(doc).encode()
+    return zip_bytes(members, method)
+
+
+def tiny_torchvision_state_dict(alpha=0.35, classes=10, seed=0):
+    """A torchvision mobilenet_v2 state_dict (numpy arrays, torch's names and layouts) with random
+    weights, made from npmobile's own graph of it."""
+    from npmobile.architectures import mobilenet_v2
+    from npmobile.io._common import to_torch
+    from npmobile.io.torchvision import _BN, _LINEAR, _MODULES
+    graph = mobilenet_v2(alpha, 224, classes, convention="torch")
+    params, nodes = tiny_params(graph, seed), {n.name: n for n in graph.nodes}
+    sd = {}
+    for module, name in _MODULES.items():
+        node = nodes[name]
+        names = _BN if node.op == "batchnorm" else _LINEAR
+        for torch_name, p in names.items():
+            if f"{name}.{p}" in params:
+                sd[f"{module}.{torch_name}"] = to_torch(node.op, params[f"{name}.{p}"])
+    return sd

@@ -83,6 +83,7 @@ class Worker:
     def _start(self):
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env.setdefault("NUMBA_NUM_THREADS", "1")  # one core per worker: a campaign runs several
         self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(self.mem_limit)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=str(ROOT))
         if self._answer(300.0) is None:
@@ -213,6 +214,24 @@ def edit_onnx(model, rng):
     return f"initializer {t.name}.dims"
 
 
+def edit_pt2(doc, rng):
+    """One structural edit of a torch.export archive's model_weights_config.json (a dict, edited
+    in place): a tensor's dtype, sizes, strides, offset, member name or pickle flag. Returns a
+    description."""
+    config = doc["config"]
+    key = sorted(config)[int(rng.integers(len(config)))]
+    entry, meta = config[key], config[key]["tensor_meta"]
+    field = ["dtype", "sizes", "strides", "storage_offset", "path_name", "use_pickle"][int(rng.integers(6))]
+    value = interesting(rng)
+    if field in ("sizes", "strides") and meta[field] and rng.random() < 0.7:
+        meta[field][int(rng.integers(len(meta[field])))] = {"as_int": value}
+    elif field == "storage_offset" and rng.random() < 0.7:
+        meta[field] = {"as_int": value}
+    else:
+        (meta if field in meta else entry)[field] = value
+    return f"{key}.{field}"
+
+
 def summarize(outcomes):
     """Counts by kind, the largest peak RSS, the slowest load."""
     kinds = {}
@@ -225,7 +244,7 @@ def summarize(outcomes):
 # --- a campaign: many mutants of many seeds, loaded by a few workers ---------------------------------
 
 class Mutant(NamedTuple):
-    fmt: str  # ".npz", ".onnx", ".tflite", ".h5", or "edit" for structural edits
+    fmt: str  # ".npz", ".onnx", ".tflite", ".h5", ".pt2", or "edit" for structural edits
     seed: str  # the seed file's name
     how: str  # "bytes" or the edit's description
     data: bytes
@@ -240,30 +259,37 @@ def byte_mutants(seeds, count, rng):
             yield Mutant(fmt, name, "bytes", mutate_bytes(files[name], rng))
 
 
-def edit_mutants(native, onnx_models, count, rng):
-    """`count` structural edits: native metadata ({name: (meta, params)}) and ONNX attributes
-    ({name: ModelProto}), alternately."""
+def edit_mutants(native, onnx_models, count, rng, pt2=None):
+    """`count` structural edits: native metadata ({name: (meta, params)}), ONNX attributes
+    ({name: ModelProto}) and, when given, a torch.export archive's tensor metadata ({name:
+    state_dict}), in turn: two native edits for each of the others."""
     import copy
 
-    from crafted import npz_bytes
-    natives, onnxes = sorted(native), sorted(onnx_models)
+    from crafted import npz_bytes, pt2_bytes
+    kinds = ["native", "native", "onnx"] + (["pt2"] if pt2 else [])
     for i in range(count):
-        if i % 3 < 2 or not onnxes:
-            name = natives[i % len(natives)]
-            meta, params = native[name]
+        kind = kinds[i % len(kinds)] if onnx_models or kinds[i % len(kinds)] != "onnx" else "native"
+        group = {"native": native, "onnx": onnx_models, "pt2": pt2}[kind]
+        name = sorted(group)[i % len(group)]
+        if kind == "native":
+            meta, params = group[name]
             meta = copy.deepcopy(meta)
             how = edit_meta(meta, rng)
             yield Mutant("edit", name, how, npz_bytes(meta, params))
-        else:
-            name = onnxes[i % len(onnxes)]
-            model = copy.deepcopy(onnx_models[name])
+        elif kind == "onnx":
+            model = copy.deepcopy(group[name])
             how = edit_onnx(model, rng)
             yield Mutant("edit", name, how, model.SerializeToString())
+        else:
+            how = []
+            data = pt2_bytes(group[name], lambda doc, members: how.append(edit_pt2(doc, rng)))
+            yield Mutant("edit", name, how[0], data)
 
 
-def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=None):
-    """Load every mutant in `workers` child processes; returns [(Mutant without its bytes,
-    Outcome)] in order. Mutants are drawn a few at a time (a campaign's bytes would not fit)."""
+def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=None, call=False):
+    """Load every mutant in `workers` child processes (and, with call=True, run each model that
+    loads once on a zero batch); returns [(Mutant without its bytes, Outcome)] in order. Mutants
+    are drawn a few at a time (a campaign's bytes would not fit)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -278,7 +304,7 @@ def run(mutants, folder, workers=1, mem_limit=2 << 30, timeout=30.0, progress=No
         path = Path(folder) / f"mutant_{i}{suffix}"
         path.write_bytes(m.data)
         try:
-            outcome = local.worker.load(path)
+            outcome = local.worker.load(path, run=call)
         finally:
             path.unlink()
         if progress:

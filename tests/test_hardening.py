@@ -19,7 +19,6 @@ import npmobile
 from npmobile import WeightFileError, cli, classify
 from crafted import (node, npy_bytes, npz_bytes, png_header, set_zip_method, tiny_graph, tiny_meta, tiny_onnx,
                      tiny_params, write_native, zip_bytes)
-from fuzzing import Worker
 
 
 def refused(path, *fragments):
@@ -31,13 +30,6 @@ def refused(path, *fragments):
     for f in fragments:
         assert f in message, f"{f!r} not in: {message}"
     return message
-
-
-@pytest.fixture(scope="module")
-def worker():
-    w = Worker(mem_limit=3 << 30, timeout=120)
-    yield w
-    w.close()
 
 
 def test_the_tiny_native_file_loads_and_runs(tmp_path):
@@ -307,6 +299,20 @@ def test_h5_dataset_declaring_gigabytes(assets, tmp_path, worker):
     path = _h5(assets, tmp_path, edit)
     out = worker.load(path)
     assert out.kind == "refused" and "declares" in out.detail and out.peak_rss < (1 << 30), out
+
+
+def test_h5_dataset_in_one_huge_chunk(assets, tmp_path, worker):
+    """conv1's kernel (216 values) stored in one deflated chunk of 453 MB (450 KB in the file):
+    libhdf5 inflates the whole chunk to read it, so it is refused from its chunk shape."""
+    def edit(f):
+        group = f["model_weights/conv1/conv1"]
+        kernel = group["kernel:0"][()]
+        del group["kernel:0"]
+        group.create_dataset("kernel:0", data=kernel, maxshape=(3, 3, 3, None), chunks=(3, 3, 3, 1 << 22),
+                             compression="gzip")
+    out = worker.load(_h5(assets, tmp_path, edit))
+    assert out.kind == "refused" and "stored in chunks of 452,984,832 bytes" in out.detail, out
+    assert out.peak_rss < (256 << 20), out
 
 
 # --- images, arguments ---------------------------------------------------------------------------------

@@ -165,3 +165,22 @@ def test_a_crafted_bad_file_is_refused_naming_node_and_attribute(path, tmp_path,
         load(bad)
     message = str(e.value)
     assert str(bad) in message and node in message and what in message, message
+
+
+def test_classify_runs_the_integer_engine_and_dequantize_flag_the_float_one(model, path, images, capsys):
+    import json
+    import pickle
+
+    from npmobile.cli import main
+    photo = next(p for name, p, _ in images if name == "chelsea.png")
+    x = model.preprocess(qa.pixels_for([(None, photo, None)], 224))
+    expected = {"integer": model.predict(x)[0].max(), "float": load(path, dequantize=True).predict(x)[0].max()}
+    assert expected["integer"] != expected["float"]
+    for kind, flags in (("integer", []), ("float", ["--dequantize"])):
+        assert main(["classify", "--weights", str(path), str(photo), "--top", "1", "--json", *flags]) == 0
+        got = json.loads(capsys.readouterr().out)[0]["predictions"][0]["probability"]
+        assert got == pytest.approx(expected[kind], abs=1e-6), kind
+    # a model travels to a worker process without its threads' buffers, rounding and all
+    travelled = pickle.loads(pickle.dumps(model))
+    assert travelled.rounding == "even"
+    np.testing.assert_array_equal(travelled(x), model(x))

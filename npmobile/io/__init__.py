@@ -15,7 +15,8 @@ from ..weights import read as read_native
 from .keras import load_h5, load_keras_zip
 from .onnx import load_onnx
 from .tflite import load_tflite
-from .torchvision import load_pt2, load_pth
+from .torch_export import load_pt2
+from .torchvision import load_pth
 
 # (suffixes, what the file's content is, the reader)
 FORMATS = [

@@ -73,6 +73,22 @@ def read_member(z, name, limit, source):
     return data
 
 
+MAX_ZIP_MEMBERS = 100_000
+
+
+def check_zip_sizes(z, limit):
+    """Refuse, from the zip's headers alone, an archive whose members would inflate beyond
+    `limit` bytes in all (a CRC-32 pass, zipfile.testzip, reads every member to its end, and a
+    member never yields more than its header declares)."""
+    infos = z.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise WeightFileError(f"{len(infos):,} zip members, expected at most {MAX_ZIP_MEMBERS:,}")
+    total = sum(i.file_size for i in infos)
+    if total > limit:
+        raise WeightFileError(f"its zip members declare {total:,} bytes in all, above {limit:,} "
+                              "($NPMOBILE_MAX_WEIGHT_BYTES)")
+
+
 def refuse_unsupported(path, what, problems):
     """One WeightFileError naming every node the engine cannot run: [(node, op, reason), ...]."""
     lines = [f"{path}: {len(problems)} {what} node(s) npmobile cannot run (nothing was skipped):"]

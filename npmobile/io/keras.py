@@ -29,6 +29,7 @@ from ..architectures import mobilenet_v1, mobilenet_v2
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, Node
 from ..validate import expect, load_json, max_weight_bytes
+from . import _hdf5
 from ._common import read_member
 from ._widths import fit_alpha
 
@@ -115,16 +116,38 @@ def _input_hw(layers):
 MAX_ATTR_BYTES = 16 << 20  # an HDF5 attribute: the model's JSON, the names of its layers
 
 
-def _attr(obj, name, default=None):
+def _attr(raw, obj, name, default=None):
     """An HDF5 attribute, refused when its dataspace declares more than MAX_ATTR_BYTES (a flipped
-    byte in a dimension would otherwise make h5py allocate gigabytes to read it)."""
+    byte in a dimension would otherwise make h5py allocate gigabytes to read it), and, for
+    variable-length strings, when the lengths stored in the file (raw, a _hdf5.RawFile) add up to
+    more: libhdf5 allocates each string from its stored length before it checks it."""
     if name not in obj.attrs:
         return default
     aid = obj.attrs.get_id(name)
     size = math.prod(aid.shape or ()) * aid.dtype.itemsize
     if size > MAX_ATTR_BYTES:
         raise WeightFileError(f"attribute {name!r} of {obj.name}: declares {size:,} bytes, above {MAX_ATTR_BYTES:,}")
+    if aid.dtype.hasobject:
+        _check_vlen(raw, obj, name, aid.dtype)
     return obj.attrs[name]
+
+
+def _check_vlen(raw, obj, name, dtype):
+    """Refuse a variable-length attribute whose stored lengths add up to over MAX_ATTR_BYTES, or
+    whose lengths cannot be read from the file before libhdf5 reads them."""
+    from h5py import check_string_dtype, check_vlen_dtype, h5o
+    where = f"attribute {name!r} of {obj.name}"
+    string = check_string_dtype(dtype)
+    if dtype.kind != "O" or not ((string and string.length is None) or check_vlen_dtype(dtype) is not None):
+        raise WeightFileError(f"{where}: expected numbers or strings, found the HDF5 type {dtype}")
+    try:
+        declared = max(_hdf5.vlen_bytes(raw, h5o.get_info(obj.id).addr, name))
+    except _hdf5.Unmeasurable as e:
+        raise WeightFileError(f"{where}: variable-length values whose sizes cannot be checked before they are "
+                              f"read ({e})") from None
+    if declared > MAX_ATTR_BYTES:
+        raise WeightFileError(f"{where}: its variable-length values declare {declared:,} bytes, above "
+                              f"{MAX_ATTR_BYTES:,}")
 
 
 class _Budget:
@@ -143,18 +166,23 @@ class _Budget:
         if size > self.left or size > 1100 * stored + 4096:  # deflate inflates at most ~1032-fold
             raise WeightFileError(f"{name}: declares {size:,} bytes backed by {stored:,} stored; refused "
                                   f"(at most {self.left:,} more bytes of weights, $NPMOBILE_MAX_WEIGHT_BYTES)")
+        # libhdf5 inflates a whole chunk to read any of it: a 1-value dataset in one 1 GiB chunk
+        # of deflated zeros (1 MB in the file) would take 1 GiB.
+        chunk = math.prod(ds.chunks) * ds.dtype.itemsize if ds.chunks else 0
+        if chunk > max(size, 1 << 20):
+            raise WeightFileError(f"{name}: stored in chunks of {chunk:,} bytes for {size:,} bytes of data; refused")
         self.left -= size
         return np.asarray(ds)
 
 
 # --- readers ----------------------------------------------------------------------------------
 
-def _read_legacy(root):
+def _read_legacy(root, raw):
     """model_weights/<layer>/<layer>/<weight> (or the same at the root, Keras 2 save_weights)."""
-    weights, names, budget = {}, _strings(_attr(root, "layer_names")), _Budget()
+    weights, names, budget = {}, _strings(_attr(raw, root, "layer_names")), _Budget()
     for name in names:
         group = root[name]
-        for w in _strings(_attr(group, "weight_names", [])):
+        for w in _strings(_attr(raw, group, "weight_names", [])):
             # "<layer>/<weight>": a nested model's group holds the weights of all its layers
             parts = w.split(":")[0].split("/")
             layer = parts[-2] if len(parts) > 1 and parts[-2] in group else name
@@ -162,7 +190,7 @@ def _read_legacy(root):
     return weights, names
 
 
-def _read_vars(f, layers, budget=None):
+def _read_vars(f, layers, raw, budget=None):
     """layers/<auto name>/vars/<i>: the real layer name from the vars group's "name" attribute,
     else from the model config by Keras' own rule (snake-cased class name, unique in order)."""
     auto, used = {}, {}
@@ -173,12 +201,12 @@ def _read_vars(f, layers, budget=None):
     weights, names, budget = {}, [], budget or _Budget()
     for key, group in f["layers"].items():
         if "layers" in group:  # a nested model (a fine-tuned classifier's base), within the same budget
-            inner_weights, inner_names = _read_vars(group, {}, budget)
+            inner_weights, inner_names = _read_vars(group, {}, raw, budget)
             weights.update(inner_weights)
             names += inner_names
             continue
         variables = group.get("vars")
-        name = _attr(variables, "name") if variables is not None else None
+        name = _attr(raw, variables, "name") if variables is not None else None
         name = name.decode() if isinstance(name, bytes) else name
         name = name or auto.get(key)
         if name is None:
@@ -191,14 +219,14 @@ def _read_vars(f, layers, budget=None):
     return weights, names
 
 
-def _read_h5(f, layers):
+def _read_h5(f, layers, raw):
     if "layers" in f and "model_weights" not in f and "layer_names" not in f.attrs:
-        return _read_vars(f, layers)
+        return _read_vars(f, layers, raw)
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
         raise WeightFileError(f"not a Keras weights file: no 'layer_names' attribute and no 'layers' group "
                               f"(found top-level entries {list(f)[:10]})")
-    return _read_legacy(root)
+    return _read_legacy(root, raw)
 
 
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile)
@@ -208,10 +236,10 @@ def load_h5(path, **options):
     """A Keras .h5 file (legacy model or weights, or Keras 3 .weights.h5) as a Model.
     options: alpha=, resolution= override what the file says or what is inferred."""
     h5py = _h5py()
-    with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f:
-        config = _parse_config(_attr(f, "model_config"))
+    with reading(path, "Keras HDF5 file", _READ_ERRORS), h5py.File(path, "r") as f, _hdf5.RawFile(path) as raw:
+        config = _parse_config(_attr(raw, f, "model_config"))
         layers = _config_layers(config)
-        weights, names = _read_h5(f, layers)
+        weights, names = _read_h5(f, layers, raw)
         name = _model_name(config)
     return _checked_import(str(path), weights, layers, names, name, _input_hw(layers), **options)
 
@@ -228,7 +256,7 @@ def load_keras_zip(path, **options):
             blob = read_member(z, "model.weights.h5", max_weight_bytes() + (64 << 20), "the .keras zip")
         layers = _config_layers(config)
         with h5py.File(io.BytesIO(blob), "r") as f:
-            weights, names = _read_h5(f, layers)
+            weights, names = _read_h5(f, layers, _hdf5.RawFile(blob))
     return _checked_import(str(path), weights, layers, names, _model_name(config), _input_hw(layers), **options)
 
 

@@ -12,12 +12,12 @@ torchvision's module tree, and the graph node (Keras' layer name) each of its la
     features.18.0 / .18.1               Conv_1 / Conv_1_bn                   last 1x1 conv
     classifier.1                        predictions                          Linear (classifier.0 is dropout)
 
-The same tensors under the same names are read from a torch.export archive (.pt2, load_pt2),
-without torch. A state_dict holds neither alpha nor the input size: alpha is the one whose graph needs exactly
-these shapes (_widths.fit_alpha), the resolution defaults to 224 (resolution= to change it).
+The same tensors under the same names are read from a torch.export archive (.pt2,
+torch_export.load_pt2), without torch. A state_dict holds neither alpha nor the input size: alpha
+is the one whose graph needs exactly these shapes (_widths.fit_alpha), the resolution defaults to
+224 (resolution= to change it).
 """
 
-import json
 import pickle
 import zipfile
 
@@ -26,7 +26,8 @@ import numpy as np
 from ..errors import WeightFileError, needs, reading
 from ..graph import Imported, check_params
 from ..architectures import mobilenet_v2
-from ._common import from_torch
+from ..validate import max_weight_bytes
+from ._common import check_zip_sizes, from_torch
 from ._widths import fit_alpha
 
 _BLOCKS = 17
@@ -116,6 +117,7 @@ def load_pth(path, **options):
         import torch
     # torch's reader skips the zip's CRC-32s, so flipped bytes would load as other weights
     with reading(path, "torch zip file", (zipfile.BadZipFile, OSError, EOFError)), zipfile.ZipFile(path) as z:
+        check_zip_sizes(z, max_weight_bytes() + (64 << 20))
         bad = z.testzip()
     if bad is not None:
         raise WeightFileError(f"{path}: corrupted: member {bad!r} fails its CRC-32 check")
@@ -131,57 +133,3 @@ def load_pth(path, **options):
     if isinstance(sd, dict) and "state_dict" in sd and hasattr(sd["state_dict"], "items"):
         sd = sd["state_dict"]  # a training checkpoint that wraps the state_dict
     return from_state_dict(sd, source=str(path), **options)
-
-
-
-# torch._export.serde.schema.ScalarType codes of the dtypes a state_dict holds.
-_PT2_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float16, 7: np.float32,
-               8: np.float64, 12: np.bool_}
-
-
-def load_pt2(path, **options):
-    """A whole-model torch.export archive (torch.export.save, .pt2) of torchvision's mobilenet_v2,
-    read without torch and without unpickling anything: the archive stores each parameter and
-    buffer as raw bytes (data/weights/weight_N) described in data/weights/model_weights_config.json
-    (state_dict name, dtype, sizes, strides, storage offset). A tensor stored as a pickle
-    ("use_pickle": true, older torch) is refused. The graph (models/model.json) is not read: the
-    tensors' names are torchvision's, so they build the graph as a state_dict does.
-    options: resolution=, alpha=."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            config_name = next((n for n in z.namelist() if n.endswith("data/weights/model_weights_config.json")), None)
-            if bad is not None or config_name is None:
-                raise WeightFileError(f"{path}: " + (f"corrupted: member {bad!r} fails its CRC-32 check" if bad else
-                                      "not a torch.export archive with raw weights (no data/weights/"
-                                      "model_weights_config.json; archives from torch < 2.6 pickle them)"))
-            folder = config_name[:-len("model_weights_config.json")]
-            order = next((z.read(n).decode() for n in z.namelist() if n.endswith("/byteorder")), "little")
-            config = json.loads(z.read(config_name))["config"]
-            sd = {key: _pt2_tensor(z, folder, key, entry, order) for key, entry in config.items()}
-    except WeightFileError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, TypeError, ValueError) as e:
-        raise WeightFileError(f"{path}: not a readable torch.export archive (truncated or corrupted?): "
-                              f"{type(e).__name__}: {e}") from None
-    return from_state_dict(sd, source=str(path), **options)
-
-
-def _pt2_tensor(z, folder, key, entry, order):
-    """One tensor of a .pt2 archive, its strides checked against its bytes before any view."""
-    if entry.get("use_pickle"):
-        raise WeightFileError(f"tensor {key!r} is stored as a pickle, which npmobile never loads")
-    meta = entry["tensor_meta"]
-    if meta["dtype"] not in _PT2_DTYPES:
-        raise WeightFileError(f"tensor {key!r}: unsupported dtype code {meta['dtype']}")
-    dtype = np.dtype(_PT2_DTYPES[meta["dtype"]]).newbyteorder("<" if order == "little" else ">")
-    sizes = [int(d["as_int"]) for d in meta["sizes"]]
-    strides = [int(d["as_int"]) for d in meta["strides"]]
-    offset = int(meta["storage_offset"]["as_int"])
-    flat = np.frombuffer(z.read(folder + entry["path_name"]), dtype=dtype)
-    last = offset + sum((n - 1) * st for n, st in zip(sizes, strides)) if all(sizes) else offset - 1
-    if len(sizes) != len(strides) or min(strides + [0]) < 0 or offset < 0 or last >= flat.size:
-        raise WeightFileError(f"tensor {key!r}: sizes {sizes}, strides {strides} and offset {offset} do not fit its "
-                              f"{flat.size} stored values")
-    view = np.lib.stride_tricks.as_strided(flat[offset:], sizes, [st * dtype.itemsize for st in strides])
-    return np.array(view, dtype=dtype.newbyteorder("="))
