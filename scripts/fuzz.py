@@ -3,6 +3,7 @@ each loaded by npmobile.load in a child process under a memory cap and a timeout
 
     python scripts/fuzz.py                      # 2,000 byte mutants per format + 500 structural edits
     python scripts/fuzz.py --mutants 200 --edits 50 --workers 2 --json out.json
+    python scripts/fuzz.py --workers 2 --run --formats .tflite   # one row of a full run, rerun
 
 Seeds: the real files in ../shared/assets/models (TFLite, ONNX, Keras .h5) when present, the
 generated corpus's torch.export archive (.pt2) when it is built, plus small files made here: a
@@ -118,6 +119,9 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a load counts as a hang (default 30)")
     p.add_argument("--mem-limit", type=float, default=4.0, help="each child's address-space cap in GiB (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--formats", nargs="+", metavar="FMT", help="load only these rows (.npz .onnx .tflite .h5 .pt2 "
+                                                                "edit); the mutants are drawn as in a full run, so a "
+                                                                "row's mutants are the same as there")
     p.add_argument("--run", action="store_true", help="also run each model that loads once, on a zero batch "
                                                       "(binds and runs every kernel: the integer engine too)")
     p.add_argument("--json", help="also write the figures to this file")
@@ -137,7 +141,8 @@ def main(argv=None):
             if o.failed or done[0] % 500 == 0:
                 print(f"[{done[0]}] {m.fmt} {m.seed} {m.how}: {o.kind} {o.detail[:200]!r}", flush=True)
 
-        results = fuzzing.run((m for gen in mutants for m in gen), folder, args.workers,
+        chosen = (m for gen in mutants for m in gen if not args.formats or m.fmt in args.formats)
+        results = fuzzing.run(chosen, folder, args.workers,
                               int(args.mem_limit * GiB), args.timeout, progress, call=args.run)
     rows, failures, fat = report(results, sizes)
     print(f"\n{len(results)} loads{' and runs' if args.run else ''} in {time.time() - start:.0f} s, "
