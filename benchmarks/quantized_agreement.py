@@ -2,7 +2,8 @@
 
 For every .tflite file in ../shared/assets/models and every photo of assets/photos and
 assets/imagenet-dev-100 (centre-cropped 0.875 and resized once, as benchmarks/real_models.py
-does), the same uint8 pixels go to
+does), the same uint8 pixels (with --corpus, also the corpus' 8-bit files, each fed the photos
+as its input type: corpus_inputs) go to
 - npmobile's QuantizedModel (model.run_integers),
 - LiteRT with its reference kernels (OpResolverType.BUILTIN_REF), one image at a time,
 - LiteRT's default interpreter (its optimized kernels and the XNNPACK delegate), one at a time.
@@ -17,7 +18,7 @@ For the ONNX QOperator file (mobilenetv2-12-int8.onnx), the same images, preproc
 reported: the fraction of output values equal and within one quantum, the largest difference in
 quanta, and on how many images the top-1 is the same (tests/test_quantized_onnx.py checks them).
 
-    python benchmarks/quantized_agreement.py [--assets DIR] [--out docs/quantized-agreement.md]
+    python benchmarks/quantized_agreement.py [--assets DIR] [--corpus ~/.cache/npmobile/corpus] [--out FILE]
 """
 
 import argparse
@@ -30,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 MODELS = ["mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.5_160_quant.tflite",
           "mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v2_1.0_224_quant.tflite"]
+# The 8-bit TFLite files of the real-world corpus (scripts/make_corpus.py): int8 with int8,
+# uint8 or float ends, and the legacy uint8 converter's; MEAN, FULLY_CONNECTED and QUANTIZE heads.
+CORPUS = ["v1_025_128_avgpool_linear12_int8-float-io.tflite", "v1_025_128_conv10_int8.tflite",
+          "v1_025_128_conv10_legacy_uint8.tflite", "v1_025_128_headless_avg_int8.tflite",
+          "v2_10_224_conv_squeeze20_legacy_uint8.tflite", "v2_10_224_fc965_int8-float-io.tflite",
+          "v2_10_224_fc965_int8.tflite", "v2_10_224_fc965_legacy_uint8.tflite", "v2_10_224_fc965_uint8-io.tflite"]
 ONNX_MODELS = ["mobilenetv2-12-int8.onnx"]
 
 
@@ -66,19 +73,35 @@ def litert_outputs(path, pixels, reference):
     return np.array(rows)
 
 
-def compare(path, pixels):
-    """The figures of the module docstring for one model file on the given pixels."""
+def corpus_inputs(model, n=None):
+    """The asset photos as the real-world corpus' generator crops them (scripts/make_corpus.py),
+    as the file's input: float32 for a file with a float input, else integers by TFLite's
+    QUANTIZE (what a LiteRT user feeds such a file)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_corpus
+    pre = model.config.preprocess
+    x = ((make_corpus.photos(model.config.resolution, n) + 1) * 127.5 - np.float32(pre.mean)) / np.float32(pre.std)
+    return model.quantize_input(x.astype(np.float32))
+
+
+def compare(path, inputs):
+    """The figures of the module docstring for one model file on the given inputs (the file's
+    input type: uint8 pixels for the TF-slim files, corpus_inputs for the corpus)."""
     from npmobile.io import load
     model = load(path)
-    ours = np.concatenate([model.run_integers(pixels[i:i + 8]) for i in range(0, len(pixels), 8)])
-    ref = litert_outputs(path, pixels, reference=True)
-    default = litert_outputs(path, pixels, reference=False)
-    gap = np.abs(default.astype(np.int64) - ref.astype(np.int64))
+    ours = np.concatenate([model.run_integers(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+    ref = litert_outputs(path, inputs, reference=True).reshape(ours.shape)
+    default = litert_outputs(path, inputs, reference=False).reshape(ours.shape)
+    last = model.graph.nodes[-1]  # a float output is measured in its quanta too
+    quantum = last.attrs["scale"] if last.op == "dequantize" else 1
+    gap = np.abs(default.astype(np.float64) - ref.astype(np.float64)) / quantum
     return dict(
-        name=Path(path).name, n=len(pixels), ours=ours, ref=ref, default=default,
-        identical_to_ref=int((ours == ref).all(axis=1).sum()),
+        name=Path(path).name, n=len(inputs), ours=ours, ref=ref, default=default,
+        identical_to_ref=int((ours.view(np.uint8).reshape(len(ours), -1)
+                              == ref.view(np.uint8).reshape(len(ref), -1)).all(axis=1).sum()),
         top1_as_default=int((ours.argmax(1) == default.argmax(1)).sum()),
-        default_differs=int((gap > 0).any(axis=1).sum()), default_max_gap=int(gap.max()),
+        default_differs=int((gap > 0).any(axis=1).sum()), default_max_gap=int(round(gap.max())),
         default_values_differ=float((gap > 0).mean()),
         default_top1_differs=int((default.argmax(1) != ref.argmax(1)).sum()))
 
@@ -139,13 +162,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--assets", type=Path, default=ASSETS)
     p.add_argument("--out", type=Path, help="write the markdown table here (default: print it)")
+    p.add_argument("--corpus", type=Path, help="also the 8-bit TFLite files of this corpus folder "
+                                                   "(scripts/make_corpus.py; its photos are cropped by the generator)")
     args = p.parse_args(argv)
+    from npmobile.io import load
     images = load_images(args.assets)
     results = []
     for name in MODELS:
-        from npmobile.io import load
         path = args.assets / "models" / name
         results.append(compare(path, pixels_for(images, load(path).config.resolution)))
+        print(summary_line(results[-1]), flush=True)
+    for name in CORPUS if args.corpus else []:
+        results.append(compare(args.corpus / name, corpus_inputs(load(args.corpus / name))))
         print(summary_line(results[-1]), flush=True)
     for name in ONNX_MODELS:
         print(onnx_summary_line(compare_onnx(args.assets / "models" / name, pixels_for(images, 224))), flush=True)

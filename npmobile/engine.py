@@ -24,13 +24,17 @@ from .kernels._blas import one_thread
 _PADDED = ("conv2d", "depthwise_conv2d")
 
 
-def check_input(graph, x):
-    """x must be a float batch of the graph's input shape (NHWC)."""
+def check_input(graph, x, dtype=None):
+    """x must be a batch of the graph's input shape (NHWC): float (dtype None, the float graphs),
+    else exactly of `dtype` (an integer graph's input type: the same bits mean different numbers
+    in uint8 and int8, so nothing is converted)."""
     x = np.asarray(x)
     expected = tuple(graph.input_shape)
-    if not np.issubdtype(x.dtype, np.floating):
+    if dtype is None and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"input: expected a float32 NHWC batch, found dtype {x.dtype} "
                          "(uint8 images go through model.preprocess first)")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"input: expected a {np.dtype(dtype)} NHWC batch, found dtype {x.dtype}")
     if x.ndim != 4 or x.shape[1:] != expected:
         raise ValueError(f"input: expected shape (n, {', '.join(map(str, expected))}), found {x.shape}")
     if x.shape[0] < 1:
@@ -40,26 +44,31 @@ def check_input(graph, x):
 
 class Plan:
     """`graph` bound to its fast kernels (oracle=False) or oracles, for batches of `batch` images;
-    `run` is the one loop. The fast engine is a fast Plan of `fuse(graph, params)`.
+    `run` is the one loop. The fast engine is a fast Plan of `fuse(graph, params)`; the integer
+    engine (npmobile.qmodel) a Plan of an integer graph with kernels=QKERNELS and `dtypes`, the
+    integer type of each value ({value name: dtype}; None: every value float32).
 
     A Plan holds the values of its last run (the fast plan in buffers reused call after call),
     so it is not thread-safe: Model keeps one per thread.
     """
 
-    def __init__(self, graph, params, batch, *, oracle=False):
+    def __init__(self, graph, params, batch, *, oracle=False, kernels=KERNELS, dtypes=None):
         self.graph, self.oracle, self.batch = graph, oracle, batch
+        self.input_dtype = None if dtypes is None else dtypes["input"]
         if oracle:
             self.values, last_use = {}, _last_use(self.graph.nodes)
-            self.steps = [_bind_oracle(node, params, self.values, {n for n in node.inputs if last_use[n] == i})
+            self.steps = [_bind_oracle(kernels[node.op].ref, node, params, self.values,
+                                       {n for n in node.inputs if last_use[n] == i})
                           for i, node in enumerate(self.graph.nodes)]
         else:
-            self.values = _lay_out(self.graph, batch)
-            self.steps = [_bind_fast(node, params, self.values) for node in self.graph.nodes]
+            self.values = _lay_out(self.graph, batch, dtypes)
+            self.steps = [_bind_fast(kernels[node.op], node, params, self.values) for node in self.graph.nodes]
 
     def run(self, x, *, intermediates=False):
-        """Run on x, a (batch, h, w, c) float batch. Returns a new array holding the output,
-        or, with intermediates, {name: value} for "input" and every node."""
-        x = check_input(self.graph, x)
+        """Run on x, a (batch, h, w, c) batch (float, or the integer graph's input type). Returns a
+        new array holding the output, or, with intermediates, {name: value} for "input" and every
+        node."""
+        x = check_input(self.graph, x, self.input_dtype)
         if len(x) != self.batch:
             raise ValueError(f"input: this plan runs batches of {self.batch}, found {len(x)}")
         if self.oracle:
@@ -77,23 +86,27 @@ class Plan:
         return seen if intermediates else self.values[self.graph.output].copy()
 
 
-def _bind_fast(node, params, views):
+def _tensors(node, params):
+    """A node's weight tensors by parameter name (w, b, gamma, ...; an integer node's w_zero,
+    multiplier, shift), passed by keyword: every kernel names its tensors as the graph does."""
+    return {p: params[f"{node.name}.{p}"] for p in node.params}
+
+
+def _bind_fast(kernel, node, params, views):
     """The node's fast kernel checked once against the buffers it reads and writes
     (`kernel.check`); returns the step that runs its loops on them (`kernel.run`)."""
-    kernel = KERNELS[node.op]
-    args = kernel.check(*[views[name] for name in node.inputs], *[params[f"{node.name}.{p}"] for p in node.params],
-                        **node.attrs, out=views[node.name])
+    args = kernel.check(*[views[name] for name in node.inputs], **_tensors(node, params), **node.attrs,
+                        out=views[node.name])
     return functools.partial(kernel.run, *args)
 
 
-def _bind_oracle(node, params, values, done):
-    """A step that runs the node's oracle on `values` and stores its result there, then drops the
-    values in `done` (read for the last time) so memory stays at a few layers."""
-    ref = KERNELS[node.op].ref
-    weights = [params[f"{node.name}.{p}"] for p in node.params]
+def _bind_oracle(ref, node, params, values, done):
+    """A step that runs the node's oracle `ref` on `values` and stores its result there, then
+    drops the values in `done` (read for the last time) so memory stays at a few layers."""
+    weights = _tensors(node, params)
 
     def step():
-        values[node.name] = ref(*[values[name] for name in node.inputs], *weights, **node.attrs)
+        values[node.name] = np.asarray(ref(*[values[name] for name in node.inputs], **weights, **node.attrs))
         for name in done:
             del values[name]
     return step
@@ -104,32 +117,34 @@ def _last_use(nodes):
     return {name: i for i, node in enumerate(nodes) for name in node.inputs}
 
 
-def _lay_out(graph, batch):
-    """{value name: float32 view} for "input" and every node, the node views sharing a few flat
-    buffers. A buffer is handed to a new node as soon as no later node reads the value it holds
-    (liveness, as a register allocator does), and never to a node that reads it, so a kernel's
-    output never overlaps its input. For MobileNetV2 at batch 1 that is three buffers instead of
-    one allocation per layer per call."""
+def _lay_out(graph, batch, dtypes=None):
+    """{value name: view} for "input" and every node (float32, or dtypes[name]), the node views
+    sharing a few flat byte buffers. A buffer is handed to a new node as soon as no later node
+    reads the value it holds (liveness, as a register allocator does), and never to a node that
+    reads it, so a kernel's output never overlaps its input. For MobileNetV2 at batch 1 that is
+    three buffers instead of one allocation per layer per call."""
+    def dtype(name):
+        return np.dtype(np.float32 if dtypes is None else dtypes[name])
     last_use = _last_use(graph.nodes)
     sizes, free, slots = [], [], {}
     for i, node in enumerate(graph.nodes):
-        size = batch * int(np.prod(node.shape))
+        size = batch * int(np.prod(node.shape)) * dtype(node.name).itemsize
         slots[node.name] = (_take_buffer(sizes, free, size), size, (batch, *node.shape))
         # Values read for the last time by this node free their buffer for later nodes
         # (not for this one: it is still reading them).
         free += [slots[name][0] for name in set(node.inputs) if last_use.get(name) == i and name in slots]
         if node.name not in last_use and node.name != graph.output:
             free.append(slots[node.name][0])
-    buffers = [np.empty(s, dtype=np.float32) for s in sizes]
-    views = {name: buffers[buf][:size].reshape(shape) for name, (buf, size, shape) in slots.items()}
+    buffers = [np.empty(s, dtype=np.uint8) for s in sizes]
+    views = {name: buffers[buf][:size].view(dtype(name)).reshape(shape) for name, (buf, size, shape) in slots.items()}
     # The caller's batch is copied into a buffer of its own, so that every step can be bound
     # once to the buffers it reads and writes.
-    views["input"] = np.empty((batch, *graph.input_shape), dtype=np.float32)
+    views["input"] = np.empty((batch, *graph.input_shape), dtype=dtype("input"))
     return views
 
 
 def _take_buffer(sizes, free, size):
-    """The index of a buffer for `size` floats: the smallest free one that fits, else the largest
+    """The index of a buffer for `size` bytes: the smallest free one that fits, else the largest
     free one grown to fit, else a new one."""
     fits = [b for b in free if sizes[b] >= size]
     if fits:

@@ -37,6 +37,10 @@ class Node(NamedTuple):
     shape: tuple
 
 
+# Integer graphs' ops that change how a value is stored, not what it means (npmobile.qmodel).
+REPRESENTATION_OPS = ("quantize", "dequantize", "rescale")
+
+
 @dataclass
 class Graph:
     nodes: list
@@ -44,8 +48,10 @@ class Graph:
     config: Config = None  # architecture and conventions; None for a bare graph (tests, cost tables)
 
     def __post_init__(self):
-        # ("qsoftmax": the integer softmax that ends a quantized graph, npmobile.qmodel)
-        ends_in_softmax = bool(self.nodes) and self.nodes[-1].op in ("softmax", "qsoftmax")
+        # ("qsoftmax": the integer softmax that ends a quantized graph, npmobile.qmodel, which
+        # may hand its output on in another type or as floats: REPRESENTATION_OPS)
+        layers = [n for n in self.nodes if n.op not in REPRESENTATION_OPS]
+        ends_in_softmax = bool(layers) and layers[-1].op in ("softmax", "qsoftmax")
         if self.config is not None and ends_in_softmax != (self.config.output == "probabilities"):
             raise ValueError(f"config.output is {self.config.output!r} but the graph's last node is "
                              f"{self.nodes[-1].op if self.nodes else None!r}: probabilities come from a softmax, "

@@ -147,6 +147,11 @@ class Model:
         x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))
         if not oracle:
             x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._run_parts(x, oracle, intermediates, threads)
+
+    def _run_parts(self, x, oracle, intermediates, threads):
+        """x (checked) split into `threads` parts run at once, each part PLAN_BATCH images at a
+        time through this thread's plan; the outputs (or intermediates) joined."""
         parts = min(threads or _num_threads, len(x))
         bounds = np.linspace(0, len(x), parts + 1).astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -163,9 +168,12 @@ class Model:
         if batch not in plans:
             if len(plans) >= 2:
                 plans.pop(next(iter(plans)))
-            graph, params = (self.graph, self.params) if oracle else self._fused_graph()
-            plans[batch] = engine.Plan(graph, params, batch, oracle=oracle)
+            plans[batch] = self._new_plan(batch, oracle)
         return plans[batch]
+
+    def _new_plan(self, batch, oracle):
+        graph, params = (self.graph, self.params) if oracle else self._fused_graph()
+        return engine.Plan(graph, params, batch, oracle=oracle)
 
     def _fused_graph(self):
         """engine.fuse of this model, computed once and shared by every thread's plans."""

@@ -210,7 +210,7 @@ def _softmax(ins, attrs, params):
 
 
 class Op(NamedTuple):
-    inputs: int
+    inputs: int  # or a tuple of the counts allowed
     attrs: dict  # attribute -> (check, required)
     infer: Callable
 
@@ -240,13 +240,15 @@ def _check_shape(shape, what):
     return tuple(int(d) for d in shape)
 
 
-def _check_node(node, shapes):
-    """The node's output shape, after checking its op, inputs, attributes, shape and params."""
-    spec = OPS.get(node.op)
+def _check_node(node, shapes, ops):
+    """The node's output shape, after checking its op (one of `ops`), inputs, attributes, shape
+    and params."""
+    spec = ops.get(node.op)
     if spec is None:
-        raise _Bad("op", f"unknown op {node.op!r}; known: {', '.join(OPS)}")
-    if len(node.inputs) != spec.inputs:
-        raise _Bad("inputs", f"expected {spec.inputs} input(s), found {len(node.inputs)}")
+        raise _Bad("op", f"unknown op {node.op!r}; known: {', '.join(ops)}")
+    counts = spec.inputs if isinstance(spec.inputs, tuple) else (spec.inputs,)
+    if len(node.inputs) not in counts:
+        raise _Bad("inputs", f"expected {' or '.join(map(str, counts))} input(s), found {len(node.inputs)}")
     for name in node.inputs:
         if name not in shapes:
             raise _Bad("inputs", f"reads {name!r}, which no earlier node computes")
@@ -272,9 +274,10 @@ def _fail(source, node, bad):
     raise WeightFileError(f"{source}: node {node.name!r} ({node.op}): {bad.attr}: {bad.message}")
 
 
-def check_graph(graph, source="<memory>"):
+def check_graph(graph, source="<memory>", ops=None):
     """Raise one WeightFileError (naming the source, the node and the attribute) unless the graph
-    is one the engine can run within the memory limits; returns None."""
+    is one the engine can run within the memory limits; returns None. `ops`: the op table (OPS,
+    or the integer ops' qvalidate.QOPS)."""
     try:
         shapes = {"input": _check_shape(graph.input_shape, "the input shape")}
     except _Bad as bad:
@@ -286,33 +289,7 @@ def check_graph(graph, source="<memory>"):
         if not isinstance(node.name, str) or not node.name or node.name in shapes:
             raise WeightFileError(f"{source}: node name {node.name!r}: empty, not a string, or used twice")
         try:
-            shapes[node.name] = _check_node(node, shapes)
-        except _Bad as bad:
-            _fail(source, node, bad)
-    _check_dead(graph, source)
-    _check_memory(graph, source)
-
-
-def check_structure(graph, source="<memory>"):
-    """What check_graph checks that does not depend on an op's own rules, for graphs whose ops
-    are not in OPS (the integer graphs: npmobile.kernels.quantized): node names, inputs computed
-    earlier, no dead nodes, shapes in range, stride and pad (where a node has them) in range, and
-    the activation memory. Their kernels check the rest when a plan binds them."""
-    try:
-        shapes = {"input": _check_shape(graph.input_shape, "the input shape")}
-    except _Bad as bad:
-        raise WeightFileError(f"{source}: the graph's input_shape: {bad.message}") from None
-    for node in graph.nodes:
-        if not isinstance(node.name, str) or not node.name or node.name in shapes:
-            raise WeightFileError(f"{source}: node name {node.name!r}: empty, not a string, or used twice")
-        try:
-            for name in node.inputs:
-                if name not in shapes:
-                    raise _Bad("inputs", f"reads {name!r}, which no earlier node computes")
-            for attr, check in (("stride", _stride), ("pad", _pad)):
-                if attr in node.attrs:
-                    check(node.attrs[attr])
-            shapes[node.name] = _check_shape(node.shape, "the node's shape")
+            shapes[node.name] = _check_node(node, shapes, OPS if ops is None else ops)
         except _Bad as bad:
             _fail(source, node, bad)
     _check_dead(graph, source)

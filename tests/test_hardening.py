@@ -422,14 +422,3 @@ def test_tflite_overflowing_stride_refused_on_the_integer_and_float_paths(assets
     refused(tmp_path / "m.tflite", "node ")
     with pytest.raises(WeightFileError, match="node "):
         npmobile.load(tmp_path / "m.tflite", dequantize=True)
-
-
-def test_integer_graphs_get_the_checks_that_do_not_depend_on_the_op():
-    from npmobile.graph import Graph, Node
-    from npmobile.validate import check_structure
-    conv = Node("qconv2d", "c", ("input",), {"stride": 2**62 - 1, "pad": (0, 0, 0, 0)}, {}, (1, 1, 4))
-    with pytest.raises(WeightFileError, match=r"'c' \(qconv2d\): stride"):
-        check_structure(Graph([conv], (8, 8, 3)), "q.tflite")
-    dead = [conv._replace(attrs={"stride": 2}), Node("qadd", "a", ("input", "input"), {}, {}, (8, 8, 3))]
-    with pytest.raises(WeightFileError, match="'c' compute values that no later node reads"):
-        check_structure(Graph(dead, (8, 8, 3)), "q.tflite")

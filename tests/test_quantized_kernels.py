@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from npmobile.kernels.quantized import QKERNELS, add_multipliers, softmax_params
 from npmobile.kernels.quantized import fixedpoint as fp
+from npmobile.kernels.quantized import exact
 from npmobile.kernels.quantized.exact import exact_chunks
 
 CHANNELS = st.integers(1, 40)
@@ -88,6 +89,18 @@ def test_qdepthwise_conv2d(case):
     _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
 
 
+@given(conv_case(), conv_case(depthwise=True))
+def test_windowed_integer_loops(case, depthwise_case):
+    # The integer loops that run where a layer's sums could leave float32's exact range: forced
+    # here (no layer passes a bound of -1), since drawn layers are mostly small enough not to.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact, "EXACT_FLOAT32", -1)
+        x, w, b, attrs = case
+        _assert_exact("qconv2d", x, w, b, **attrs)
+        x, w, b, attrs = depthwise_case
+        _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
+
+
 @given(conv_case())
 def test_qpointwise_conv2d(case):
     x, w, b, attrs = case
@@ -141,6 +154,47 @@ def test_qadd(case):
 def test_qglobal_avg_pool(case):
     x, _, _, attrs = case
     _assert_exact("qglobal_avg_pool", x, clamp=attrs["clamp"])
+
+
+@given(conv_case(), SCALE, SCALE)
+def test_qmean(case, x_scale, y_scale):
+    # MEAN's own output scale: the rescaling and 1/(h*w) folded into one multiplier
+    x, _, _, attrs = case
+    multiplier, shift = fp.rescale_multiplier(x_scale, y_scale)
+    _assert_exact("qmean", x, x_zero=attrs["x_zero"], y_zero=attrs["y_zero"], multiplier=multiplier, shift=shift)
+
+
+@given(st.integers(1, 3000), st.integers(0, 2**32 - 1), st.sampled_from([np.uint8, np.int8]),
+       st.sampled_from([np.uint8, np.int8]), SCALE, st.one_of(SCALE, st.just(None)))
+def test_rescale(size, seed, x_dtype, y_dtype, x_scale, y_scale):
+    # QUANTIZE between 8-bit quantizations: a new scale, or (y_scale None) the same scale with the
+    # zero point moved by 128, as an int8 file with uint8 ends has
+    rng = np.random.default_rng(seed)
+    x_info, y_info = np.iinfo(x_dtype), np.iinfo(y_dtype)
+    x_zero = int(rng.integers(x_info.min, int(x_info.max) + 1))
+    if y_scale is None:
+        y_scale, y_zero = x_scale, int(np.clip(x_zero + int(y_info.min) - int(x_info.min), y_info.min, y_info.max))
+    else:
+        y_zero = int(rng.integers(y_info.min, int(y_info.max) + 1))
+    multiplier, shift = fp.rescale_multiplier(x_scale, y_scale)
+    _assert_exact("rescale", _ints(rng, (size,), x_dtype), x_zero=x_zero, y_zero=y_zero, multiplier=multiplier,
+                  shift=shift, dtype=y_dtype)
+
+
+def test_mean_multiplier_folds_the_count_into_the_multiplier():
+    # s_x == s_y: M = 2^30 * 2^(1-31); over a 7x7 map e = 5 bits move into the multiplier:
+    # m' = floor(2^35 / 49), shift' = -4
+    assert fp.rescale_multiplier(0.1, 0.1) == (1 << 30, 1)
+    from npmobile.kernels.quantized.qmean import mean_multiplier
+    assert mean_multiplier(1 << 30, 1, 49) == ((1 << 35) // 49, -4)
+    # and the mean is rounded twice: a sum of 169 (mean 3.449) gives 3; 170 (mean 3.469, which
+    # rounds to 3) gives 4, as SRDHM first makes 170 * m' / 2^31 = 55.51 the integer 56, and the
+    # shift then rounds 56 / 16 = 3.5 up
+    x = np.full((1, 7, 7, 1), 3, np.int8)
+    x[0, 0, 0, 0] = 3 + 22
+    assert QKERNELS["qmean"].fast(x, x_zero=0, y_zero=0, multiplier=1 << 30, shift=1)[0, 0] == 3
+    x[0, 0, 0, 0] += 1
+    assert QKERNELS["qmean"].fast(x, x_zero=0, y_zero=0, multiplier=1 << 30, shift=1)[0, 0] == 4
 
 
 @st.composite
@@ -265,3 +319,27 @@ def test_requantize_without_branches_equals_the_runtime_rounding(acc, multiplier
     fast = [fp.requantize(a, rq, 0, y_zero, -(1 << 40), 1 << 40) for a in acc]
     ref = fp.requantize_ref(np.array(acc), multiplier, shift, y_zero, -(1 << 40), 1 << 40)
     np.testing.assert_array_equal(fast, ref)
+
+
+@given(conv_case())
+def test_qfully_connected(case):
+    # an int8 FULLY_CONNECTED: the exact product, then one double rounding (halves away from 0)
+    x, w, b, attrs = case
+    rng = np.random.default_rng(int(w.sum()) % 2**32)
+    real = rng.uniform(0, 2.0 ** -8, w.shape[-1])
+    _assert_exact("qfully_connected", x[:, 0, 0, :], w[0, 0], b, x_zero=attrs["x_zero"], w_zero=attrs["w_zero"],
+                  y_zero=attrs["y_zero"], real_multiplier=real, clamp=attrs["clamp"])
+
+
+def test_qfully_connected_rounds_once_where_the_fixed_point_route_rounds_twice():
+    # the corpus' case: acc = 343906, M = s_x s_w / s_y ~ 0.000292224, acc * M = 100.49999:
+    # one rounding gives 100, MultiplyByQuantizedMultiplier's two give 101
+    from npmobile.kernels.quantized.qfully_connected import real_multipliers
+    m = real_multipliers(0.023336083, [0.0008910043], 0.10314182)
+    multiplier, shift = fp.quantize_multiplier(float(m[0]))
+    acc = int(round(100.49999 / m[0]))
+    assert int(fp.multiply_by_quantized_multiplier_ref(np.array([acc]), multiplier, shift)[0]) == 101
+    x = np.zeros((1, 1), np.int8)
+    y = QKERNELS["qfully_connected"].fast(x, np.zeros((1, 1), np.int8), np.array([acc], np.int32), x_zero=0,
+                                          w_zero=np.zeros(1, np.int32), y_zero=0, real_multiplier=m)
+    assert y[0, 0] == 100

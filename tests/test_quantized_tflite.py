@@ -14,9 +14,7 @@
 LiteRT's outputs are computed here, in the test, from the same pixels.
 """
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +23,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
-_spec = importlib.util.spec_from_file_location(
-    "quantized_agreement", Path(__file__).resolve().parents[1] / "benchmarks" / "quantized_agreement.py")
-qa = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(qa)
+from agreement import qa  # noqa: E402
 
 from npmobile.io import load  # noqa: E402
 from npmobile.model import Model  # noqa: E402

@@ -229,3 +229,26 @@ class Emitter:
         config = Config(arch=guess_arch(nodes), output=kind, classes=self.shape(output)[-1], **config)
         return Graph(list(nodes), self.builder.shapes["input"], config)
 
+
+class IntegerEmitter:
+    """What the quantized importers (tflite_int, onnx_int) emit into: a Builder, the integer
+    tensors and every value's (scale, zero_point)."""
+
+    def __init__(self, input_shape):
+        self.builder = Builder(input_shape)
+        self.params, self.quant = {}, {}
+
+    def shape(self, value):
+        return self.builder.shapes[value]
+
+    def add(self, op, name, inputs, attrs, params, shape, quant):
+        """Append a node (name made unique: name_2, ...) whose value has `quant`; returns its name."""
+        base, i = name, 1
+        while name in self.builder.shapes:
+            i += 1
+            name = f"{base}_{i}"
+        for p, a in params.items():
+            self.params[f"{name}.{p}"] = np.ascontiguousarray(a)
+        self.builder.add(op, name, attrs, {p: a.shape for p, a in params.items()}, shape, inputs=inputs)
+        self.quant[name] = quant
+        return name

@@ -21,38 +21,16 @@ import numpy as np
 from ..errors import WeightFileError
 from ..architectures import CONVENTIONS
 from ..config import Config
-from ..graph import Builder, Graph
+from ..graph import Graph
 from ..kernels.quantized import QKERNELS, output_scales
 from ..qmodel import QuantizedImport
 from ..validate import MAX_STRIDE
 from . import _layout
 from . import onnx as onnx_io
-from ._common import guess_arch
+from ._common import IntegerEmitter as _IntegerEmitter, guess_arch
 from ._layout import Act
 
 _EIGHT_BIT = (np.uint8, np.int8)
-
-
-class _IntegerEmitter:
-    """A Builder, the integer tensors and every value's (scale, zero_point)."""
-
-    def __init__(self, input_shape):
-        self.builder = Builder(input_shape)
-        self.params, self.quant = {}, {}
-
-    def shape(self, value):
-        return self.builder.shapes[value]
-
-    def add(self, op, name, inputs, attrs, params, shape, quant):
-        base, i = name, 1
-        while name in self.builder.shapes:
-            i += 1
-            name = f"{base}_{i}"
-        for p, a in params.items():
-            self.params[f"{name}.{p}"] = np.ascontiguousarray(a)
-        self.builder.add(op, name, attrs, {p: a.shape for p, a in params.items()}, shape, inputs=inputs)
-        self.quant[name] = quant
-        return name
 
 
 def _scalar_quant(w, op, i_scale, i_zero, what):

@@ -141,7 +141,7 @@ class _Walk(NamedTuple):
             return None
         cls = {"CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
                "AVERAGE_POOL_2D": "Pool2DOptions", "ADD": "AddOptions", "SOFTMAX": "SoftmaxOptions",
-               "FULLY_CONNECTED": "FullyConnectedOptions"}.get(op.kind)
+               "FULLY_CONNECTED": "FullyConnectedOptions", "MEAN": "ReducerOptions"}.get(op.kind)
         if cls is None:
             return None
         o = getattr(self.reader.tfl, cls)()
@@ -419,9 +419,10 @@ def _build(tfl, buf, path, dequantize=False):
 
     if not dequantize:
         from .tflite_int import TRANSLATE as INTEGER_OPS, build_integer, is_integer_graph
-        # the integer engine's ops; a quantized file with others (a FULLY_CONNECTED or MEAN head,
-        # QUANTIZE at the ends) runs as float, dequantized, until the integer engine has them
-        if is_integer_graph(reader, ops) and all(op.kind in INTEGER_OPS or op.kind in SHAPE_OPS for op in ops):
+        # the integer engine's ops; a file with others, or with float activations inside (weights
+        # only quantized: "dynamic range" files), runs as float, dequantized
+        if is_integer_graph(reader, ops, SHAPE_OPS) and all(op.kind in INTEGER_OPS or op.kind in SHAPE_OPS
+                                                            for op in ops):
             return build_integer(w, ops, shape, _preprocess(reader, inp), labels_for)
     translate_ops(w, ops, TRANSLATE)
     output = w.values.get(int(g.Outputs(0)))

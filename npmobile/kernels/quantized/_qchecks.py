@@ -50,6 +50,16 @@ def as_channel_int32(name, a, c, lo=-(1 << 31), hi=(1 << 31) - 1):
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
+def check_multiplier(multiplier, shift):
+    """One fixed-point rescaling (fixedpoint.quantize_multiplier's pair): (multiplier, shift) as ints."""
+    if isinstance(multiplier, (bool, np.bool_)) or not isinstance(multiplier, (int, np.integer)) \
+            or isinstance(shift, (bool, np.bool_)) or not isinstance(shift, (int, np.integer)) \
+            or not 0 <= multiplier < 1 << 31 or not -31 <= shift <= 30:
+        raise ValueError(f"multiplier, shift: expected integers 0 <= multiplier < 2^31 and -31 <= shift <= 30, "
+                         f"found {multiplier!r}, {shift!r}")
+    return int(multiplier), int(shift)
+
+
 def requant_args(c, dtype, *, b, w_zero, multiplier, shift, y_zero, clamp):
     """The epilogue's arguments, checked: (bias, w_zero, multiplier, shift, y_zero, lo, hi)."""
     lo_t, hi_t = type_range(dtype)

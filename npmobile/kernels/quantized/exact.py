@@ -18,10 +18,11 @@ MobileNet's layers the bound holds in one chunk except for some wide 1x1 layers.
 
 import numpy as np
 
+from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
 from .._product import BLOCK_FLOATS
-from ._qchecks import type_range
-from .fixedpoint import requantize
+from ._qchecks import check_zero, q_output, requant_args, type_range
+from .fixedpoint import requantize, requantize_params
 
 EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
 
@@ -77,6 +78,18 @@ def row_blocks(x_rows, ws, bound, y_rows):
     return blocks
 
 
+def run_blocks(epilogue, blocks, x_zero, constants, y):
+    """The exact product of row_blocks: per block of rows, x - x_zero into float32, one sgemm per
+    chunk of input channels, then epilogue(partial, *constants, y_block) turns the exact sums
+    into output integers."""
+    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
+        minus_zero(x_flat, x_zero, xf_flat)
+        for xf_chunk, w_chunk, out in products:
+            np.matmul(xf_chunk, w_chunk, out=out)
+        epilogue(partial_rows, *constants, y_block)
+    return y
+
+
 @jit
 def minus_zero(x, x_zero, xf):
     """xf = x - x_zero as float32 (exact small integers): the float kernel's input. Flat arrays."""
@@ -85,16 +98,22 @@ def minus_zero(x, x_zero, xf):
 
 
 @jit
+def row_sums(partial, r, b, acc):
+    """acc[o] = b[o] + sum_j partial[j, r, o]: row r's exact sums (one per chunk of input
+    channels, each an integer held in float32) and the bias, in int64. Every loop runs over the
+    channels, so each compiles to SIMD instructions."""
+    for o in range(acc.shape[0]):
+        acc[o] = np.int64(partial[0, r, o]) + b[o]
+    for j in range(1, partial.shape[0]):
+        for o in range(acc.shape[0]):
+            acc[o] += np.int64(partial[j, r, o])
+
+
+@jit
 def requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y):
-    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]), each partial an exact integer held in
-    float32 (one per chunk of input channels). Every inner loop runs over the channels, so each
-    compiles to SIMD instructions."""
+    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]) (row_sums)."""
     for r in range(y.shape[0]):
-        for o in range(y.shape[1]):
-            acc[o] = np.int64(partial[0, r, o]) + b[o]
-        for j in range(1, partial.shape[0]):
-            for o in range(y.shape[1]):
-                acc[o] += np.int64(partial[j, r, o])
+        row_sums(partial, r, b, acc)
         for o in range(y.shape[1]):
             y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
 
@@ -118,3 +137,36 @@ def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, r
     run_float(*float_args)
     requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y_rows)
     return y
+
+
+def check_windowed(x, w, c_out, float_kernel, int_loop, *, b, x_zero, w_zero, y_zero, multiplier, shift, stride, pad,
+                   clamp, out):
+    """The checks qconv2d and qdepthwise_conv2d share once the weights' shape is checked (w is
+    (k_h, k_w, ..., c_out)): zero points, the epilogue's arrays, stride, pads and the output.
+    Returns the arguments of run_windowed, which choose the loop once: float_kernel (the float
+    kernel's (check, run)) on exact integers where the bound above holds, else int_loop, called
+    as int_loop(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left, acc, y)."""
+    x_zero = check_zero("x_zero", x_zero, x.dtype)
+    b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
+        c_out, x.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
+    stride = check_stride(stride)
+    top, bottom, left, right = check_pad(pad)
+    h_out = conv_output_size("w (kernel height)", x.shape[1], w.shape[0], stride, top, bottom)
+    w_out = conv_output_size("w (kernel width)", x.shape[2], w.shape[1], stride, left, right)
+    y = q_output(out, (x.shape[0], h_out, w_out, c_out), x.dtype)
+    ws = w.astype(np.int32) - w_zero
+    rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
+    if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
+        return True, run_on_float32, check_on_float32(*float_kernel, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
+                                                      stride=stride, pad=(top, bottom, left, right))
+    acc = np.empty(y.shape[1:], dtype=np.int32)  # one image's int32 accumulators
+    return False, int_loop, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
+
+
+def run_windowed(exact, loop, args):
+    """The loop chosen once at check: the float kernel on exact integers (run_on_float32), or the
+    integer loop (whose last argument is the output)."""
+    if exact:
+        return loop(*args)
+    loop(*args)
+    return args[-1]

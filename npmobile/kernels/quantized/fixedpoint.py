@@ -282,11 +282,30 @@ def requantize_ref(acc, multiplier, shift, y_zero, lo, hi):
     return np.clip(multiply_by_quantized_multiplier_ref(acc, multiplier, shift) + y_zero, lo, hi)
 
 
-def conv_multipliers(x_scale, w_scales, y_scale):
+def output_ref(acc, b, multiplier, shift, y_zero, clamp, dtype):
+    """The oracles' epilogue: acc + b (None: no bias), requantized and clamped to the fused
+    activation (None: the whole range of dtype), as dtype."""
+    if b is not None:
+        acc = acc + np.asarray(b, dtype=np.int64)
+    info = np.iinfo(dtype)
+    lo, hi = clamp if clamp is not None else (info.min, info.max)
+    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(dtype)
+
+
+def rescale_multiplier(x_scale, y_scale):
+    """(multiplier, shift) of M = s_x / s_y, the float32 scales divided in double, as LiteRT's
+    QUANTIZE (between 8-bit types) and MEAN prepare it."""
+    return quantize_multiplier(float(np.float32(x_scale)) / float(np.float32(y_scale)))
+
+
+def conv_multipliers(x_scale, w_scales, y_scale, double_product=False):
     """Per output channel, the multiplier and shift of M = s_x * s_w[c] / s_y, as LiteRT derives
-    them: the product s_x * s_w[c] taken in float32, then divided by s_y in double. (Measured: a
-    product taken in double gives multipliers a few units larger, and 3 of 1.7 million outputs of
-    the four TFLite MobileNets then round the other way.)"""
-    reals = [float(np.float32(x_scale) * np.float32(s)) / float(np.float32(y_scale))
-             for s in np.asarray(w_scales).reshape(-1)]
+    them: divided by s_y in double, the product s_x * s_w[c] taken in float32 on the legacy uint8
+    path (GetQuantizedConvolutionMultipler) and in double for int8 per-channel layers
+    (double_product=True, PopulateConvolutionQuantizationParams). (Measured: a double product on
+    the uint8 files gives multipliers a few units larger, and 3 of 1.7 million outputs of the four
+    TFLite MobileNets then round the other way; a float32 product on the int8 files, the same.)"""
+    def product(s):
+        return float(x_scale) * float(np.float32(s)) if double_product else float(np.float32(x_scale) * np.float32(s))
+    reals = [product(s) / float(np.float32(y_scale)) for s in np.asarray(w_scales).reshape(-1)]
     return quantize_multipliers(reals)

@@ -19,6 +19,7 @@ element.
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_int_clamp, check_zero, q_output
 from .fixedpoint import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_ref, quantize_multiplier
@@ -89,3 +90,7 @@ def _qadd_jit(a, b, a_zero, b_zero, y_zero, a_m, a_s, b_m, b_s, y_m, y_s, left_s
         b2 = multiply_by_quantized_multiplier((np.int32(b[i]) - b_zero) << left_shift, b_m, b_s)
         v = multiply_by_quantized_multiplier(a2 + b2, y_m, y_s) + y_zero
         y[i] = min(max(v, lo), hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qadd", qadd, qadd_ref, check_qadd, run_qadd),)

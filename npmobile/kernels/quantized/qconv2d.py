@@ -24,12 +24,12 @@ that is exact (exact.py: MobileNet's first layer, 27 taps), else its own integer
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .._checks import check_pad, check_stride, conv_output_size
+from .. import Kernel
 from .._jit import jit
 from ..conv2d import check_conv2d, run_conv2d
-from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import check_on_float32, exact_in_float32, run_on_float32, x_bound
-from .fixedpoint import requantize, requantize_params, requantize_ref
+from ._qchecks import as_q8
+from .exact import check_windowed, run_windowed
+from .fixedpoint import output_ref, requantize
 
 
 def qconv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0),
@@ -42,47 +42,25 @@ def qconv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stri
     windows = sliding_window_view(xs, (k_h, k_w), axis=(1, 2))[:, ::stride, ::stride]
     ws = np.asarray(w).astype(np.int64) - np.asarray(w_zero, dtype=np.int64)
     acc = np.einsum("nhwcpq,pqco->nhwo", windows, ws)
-    if b is not None:
-        acc = acc + np.asarray(b, dtype=np.int64)
-    info = np.iinfo(x.dtype)
-    lo, hi = clamp if clamp is not None else (info.min, info.max)
-    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
+    return output_ref(acc, b, multiplier, shift, y_zero, clamp, x.dtype)
 
 
 def check_qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
                   out=None):
-    """The arguments of run_qconv2d, checked: (exact, args), exact choosing the loop."""
+    """The arguments of run_qconv2d (= exact.run_windowed), checked."""
     x = as_q8("x", x, ndim=4)
     w = as_q8("w", w, ndim=4)
-    n, h, width, c_in = x.shape
-    k_h, k_w, w_c_in, c_out = w.shape
+    c_in = x.shape[3]
+    w_c_in, c_out = w.shape[2:]
     if w_c_in != c_in:
         raise ValueError(f"w: expected input channels (axis 2) = {c_in} to match x of shape {x.shape}, "
                          f"found w of shape {w.shape}")
-    x_zero = check_zero("x_zero", x_zero, x.dtype)
-    b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
-        c_out, x.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
-    stride = check_stride(stride)
-    top, bottom, left, right = check_pad(pad)
-    h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
-    w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
-    y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
-    ws = w.astype(np.int32) - w_zero
-    rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
-    if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
-        return True, check_on_float32(check_conv2d, run_conv2d, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
-                                      stride=stride, pad=(top, bottom, left, right))
-    acc = np.empty(c_out, dtype=np.int32)
-    return False, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
+    return check_windowed(x, w, c_out, (check_conv2d, run_conv2d), _qconv2d_jit, b=b, x_zero=x_zero, w_zero=w_zero,
+                          y_zero=y_zero, multiplier=multiplier, shift=shift, stride=stride, pad=pad, clamp=clamp,
+                          out=out)
 
 
-def run_qconv2d(exact, args):
-    """This layer's loop, chosen once at check: the float kernel on exact integers, or the
-    integer loop."""
-    if exact:
-        return run_on_float32(*args)
-    _qconv2d_jit(*args)
-    return args[-1]
+run_qconv2d = run_windowed
 
 
 def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
@@ -101,7 +79,8 @@ def _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left
     for i in range(n):
         for oy in range(y.shape[1]):
             for ox in range(y.shape[2]):
-                acc[:] = b
+                a = acc[oy, ox]  # this pixel's int32 accumulators
+                a[:] = b
                 for p in range(k_h):
                     iy = oy * stride - pad_top + p
                     if iy < 0 or iy >= h:
@@ -114,6 +93,10 @@ def _qconv2d_jit(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left
                             xv = np.int32(x[i, iy, ix, c]) - x_zero
                             w_row = ws[p, q, c]
                             for o in range(c_out):
-                                acc[o] += xv * w_row[o]
+                                a[o] += xv * w_row[o]
                 for o in range(c_out):
-                    y[i, oy, ox, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
+                    y[i, oy, ox, o] = requantize(a[o], rq, o, y_zero, lo, hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qconv2d", qconv2d, qconv2d_ref, check_qconv2d, run_qconv2d),)

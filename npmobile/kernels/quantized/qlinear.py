@@ -32,10 +32,11 @@ Cost: rows * c_in * c_out MACs (times k * k for qlinear_conv2d), plus one multip
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import Kernel
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
-from .exact import minus_zero, row_blocks, x_bound
+from .exact import row_blocks, row_sums, run_blocks, x_bound
 
 
 def output_scales(x_scale, w_scales, y_scale):
@@ -84,11 +85,7 @@ def requantize_rows_float(partial, b, scale, y_zero, lo, hi, acc, y):
     """y[r, o] = requantize_float(b[o] + sum_j partial[j, r, o], scale[o]): each partial an exact
     integer held in float32 (one per chunk of input channels), summed in int64."""
     for r in range(y.shape[0]):
-        for o in range(y.shape[1]):
-            acc[o] = np.int64(partial[0, r, o]) + b[o]
-        for j in range(1, partial.shape[0]):
-            for o in range(y.shape[1]):
-                acc[o] += np.int64(partial[j, r, o])
+        row_sums(partial, r, b, acc)
         for o in range(y.shape[1]):
             y[r, o] = requantize_float(acc[o], scale[o], y_zero, lo, hi)
 
@@ -119,18 +116,12 @@ def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, scale, y_rows, y):
     ws = w.astype(np.float32) - w_zero.astype(np.float32)  # exact: |w - w_zero| <= 255
     blocks = row_blocks(x_rows, ws, x_bound(x_zero, x_rows.dtype), y_rows)
     lo, hi = type_range(x_rows.dtype)
-    return blocks, x_zero, b, scale, y_zero, lo, hi, np.empty(c_out, dtype=np.int64), y
+    return requantize_rows_float, blocks, x_zero, (b, scale, y_zero, lo, hi, np.empty(c_out, dtype=np.int64)), y
 
 
-def run_rows(blocks, x_zero, b, scale, y_zero, lo, hi, acc, y):
-    """Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the
-    float requantization."""
-    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
-        minus_zero(x_flat, x_zero, xf_flat)
-        for xf_chunk, w_chunk, out in products:
-            np.matmul(xf_chunk, w_chunk, out=out)
-        requantize_rows_float(partial_rows, b, scale, y_zero, lo, hi, acc, y_block)
-    return y
+# Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the float
+# requantization (requantize_rows_float).
+run_rows = run_blocks
 
 
 def check_qlinear_matmul(x, w, b=None, *, x_zero, w_zero, y_zero, scale, out=None):
@@ -226,3 +217,10 @@ def qlinear_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad
     k * k * c_in = 27 taps per output)."""
     return run_qlinear_conv2d(*check_qlinear_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                                     scale=scale, stride=stride, pad=pad, out=out))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qlinear_conv2d", qlinear_conv2d, qlinear_conv2d_ref, check_qlinear_conv2d, run_qlinear_conv2d),
+           Kernel("qlinear_pointwise_conv2d", qlinear_pointwise_conv2d, qlinear_pointwise_conv2d_ref,
+                  check_qlinear_pointwise_conv2d, run_qlinear_pointwise_conv2d),
+           Kernel("qlinear_matmul", qlinear_matmul, qlinear_matmul_ref, check_qlinear_matmul, run_qlinear_matmul))

@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output, type_range
 
@@ -135,3 +136,7 @@ def _qlinear_add_jit(a, b, r_a, r_b, fixed, lo, hi, y):
         v = fma32(np.float32(a[i]), r_a, fma32(np.float32(b[i % c]), r_b, fixed))
         v = min(max(v, np.float32(lo)), np.float32(hi))
         y[i] = np.int32(np.rint(v))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qlinear_add", qlinear_add, qlinear_add_ref, check_qlinear_add, run_qlinear_add),)

@@ -18,6 +18,7 @@ always for up to 258 taps (16 x 16 filters) of 8-bit values. Larger filters are 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import Kernel
 from .._checks import check_pad, check_stride, conv_output_size
 from ..depthwise import check_depthwise_conv2d, run_depthwise_conv2d
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
@@ -84,3 +85,8 @@ def qlinear_depthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, str
     """The fast kernel: the float depthwise kernel on exact integers, then the requantization."""
     return run_qlinear_depthwise_conv2d(*check_qlinear_depthwise_conv2d(
         x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, scale=scale, stride=stride, pad=pad, out=out))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qlinear_depthwise_conv2d", qlinear_depthwise_conv2d, qlinear_depthwise_conv2d_ref,
+                  check_qlinear_depthwise_conv2d, run_qlinear_depthwise_conv2d),)

@@ -16,6 +16,7 @@ Layout: x NHWC 8-bit -> y (n, c) of the same dtype. Cost: no MACs; one add per e
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output, type_range
 from .qlinear import requantize_float, requantize_float_ref
@@ -76,3 +77,8 @@ def _qlinear_pool_jit(x, bias, scale, y_zero, lo, hi, acc, y):
                     acc[k] += x[i, r, col, k]
         for k in range(c):
             y[i, k] = requantize_float(acc[k], scale, y_zero, lo, hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qlinear_global_avg_pool", qlinear_global_avg_pool, qlinear_global_avg_pool_ref,
+                  check_qlinear_global_avg_pool, run_qlinear_global_avg_pool),)

@@ -16,9 +16,10 @@ is exact and how the input channels are split into chunks where one float32 sum 
 
 import numpy as np
 
+from .. import Kernel
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import minus_zero, requantize_rows, row_blocks, x_bound
-from .fixedpoint import requantize_params, requantize_ref
+from .exact import requantize_rows, row_blocks, run_blocks, x_bound
+from .fixedpoint import output_ref, requantize_params
 
 
 def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
@@ -27,36 +28,26 @@ def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
     xs = x.astype(np.int64) - x_zero
     ws = np.asarray(w).astype(np.int64) - np.asarray(w_zero, dtype=np.int64)
     acc = np.einsum("...c,co->...o", xs, ws)
-    if b is not None:
-        acc = acc + np.asarray(b, dtype=np.int64)
-    info = np.iinfo(x.dtype)
-    lo, hi = clamp if clamp is not None else (info.min, info.max)
-    return requantize_ref(acc, multiplier, shift, y_zero, lo, hi).astype(x.dtype)
+    return output_ref(acc, b, multiplier, shift, y_zero, clamp, x.dtype)
 
 
 def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
     """The checks shared by qpointwise_conv2d and qdense, x_rows (r, c_in) -> y_rows (r, c_out):
-    the arguments of run_rows."""
+    the arguments of run_rows (exact.run_blocks)."""
     c_out = w.shape[1]
     x_zero = check_zero("x_zero", x_zero, x_rows.dtype)
     b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
         c_out, x_rows.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
     ws = (w.astype(np.float32) - w_zero.astype(np.float32))  # exact: |w - w_zero| <= 255
     blocks = row_blocks(x_rows, ws, x_bound(x_zero, x_rows.dtype), y_rows)
-    b64, rq = b.astype(np.int64), requantize_params(multiplier, shift)
-    acc = np.empty(c_out, dtype=np.int64)
-    return blocks, x_zero, b64, rq, y_zero, lo, hi, acc, y
+    constants = (b.astype(np.int64), requantize_params(multiplier, shift), y_zero, lo, hi,
+                 np.empty(c_out, dtype=np.int64))
+    return requantize_rows, blocks, x_zero, constants, y
 
 
-def run_rows(blocks, x_zero, b, rq, y_zero, lo, hi, acc, y):
-    """Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the
-    integer epilogue."""
-    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
-        minus_zero(x_flat, x_zero, xf_flat)
-        for xf_chunk, w_chunk, out in products:
-            np.matmul(xf_chunk, w_chunk, out=out)
-        requantize_rows(partial_rows, b, rq, y_zero, lo, hi, acc, y_block)
-    return y
+# Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the integer
+# epilogue (exact.requantize_rows).
+run_rows = run_blocks
 
 
 def check_qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
@@ -105,3 +96,9 @@ def qdense(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=Non
     """FULLY_CONNECTED: (n, c_in) -> (n, c_out), the pointwise kernel's rows."""
     return run_rows(*check_qdense(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
                                   shift=shift, clamp=clamp, out=out))
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qpointwise_conv2d", qpointwise_conv2d, qpointwise_conv2d_ref, check_qpointwise_conv2d,
+                  run_qpointwise_conv2d),
+           Kernel("qdense", qdense, qdense_ref, check_qdense, run_qdense))

@@ -13,6 +13,7 @@ Layout: x NHWC 8-bit -> y (n, c) of the same dtype. Cost: no MACs; one add per e
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_int_clamp, q_output
 
@@ -49,15 +50,21 @@ def qglobal_avg_pool(x, *, clamp=None, out=None):
 
 
 @jit
+def pixel_sums(image, acc):
+    """acc[k] = the int32 sum of channel k over the pixels of one (h, w, c) image."""
+    acc[:] = 0
+    for r in range(image.shape[0]):
+        for col in range(image.shape[1]):
+            for k in range(image.shape[2]):
+                acc[k] += image[r, col, k]
+
+
+@jit
 def _qavg_jit(x, lo, hi, acc, y):
     n, h, w, c = x.shape
     count = h * w
     for i in range(n):
-        acc[:] = 0
-        for r in range(h):
-            for col in range(w):
-                for k in range(c):
-                    acc[k] += x[i, r, col, k]
+        pixel_sums(x[i], acc)
         for k in range(c):
             a = acc[k]
             # C's '/' truncates toward zero: nudge by half the count away from zero first.
@@ -66,3 +73,8 @@ def _qavg_jit(x, lo, hi, acc, y):
             else:
                 v = -((-a + count // 2) // count)
             y[i, k] = min(max(v, lo), hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qglobal_avg_pool", qglobal_avg_pool, qglobal_avg_pool_ref, check_qglobal_avg_pool,
+                  run_qglobal_avg_pool),)

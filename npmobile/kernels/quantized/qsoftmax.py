@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, q_output
 from .fixedpoint import (INT32_MAX, INT32_MIN, _EXP_MULTIPLIERS, exp_on_negative_values, get_reciprocal,
@@ -153,3 +154,7 @@ def _qsoftmax_jit(x, multiplier, left_shift, diff_min, lo, hi, e, y):
             else:
                 v = rounding_divide_by_pot(srdhm(reciprocal, e[i]), bits_over + 31 - 8) + lo
                 y[r, i] = min(max(v, lo), hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("qsoftmax", qsoftmax, qsoftmax_ref, check_qsoftmax, run_qsoftmax),)

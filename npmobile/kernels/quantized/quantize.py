@@ -1,7 +1,11 @@
-"""QUANTIZE and DEQUANTIZE: the two ends of an integer network.
+"""QUANTIZE and DEQUANTIZE: the two ends of an integer network, and QUANTIZE between two 8-bit
+quantizations (`rescale`: uint8 <-> int8 at the ends of an int8 file with uint8 input or output,
+or a new scale).
 
     quantize(x)[i]   = clamp(round(x[i] / scale) + zero_point, type min, type max)
     dequantize(q)[i] = scale * (q[i] - zero_point)
+    rescale(q)[i]    = clamp(MultiplyByQuantizedMultiplier(q[i] - x_zero, multiplier, shift) + y_zero,
+                             type min, type max)     (multiplier, shift: fixedpoint.rescale_multiplier)
 
 `round` is the runtime's: halves away from zero for TFLite (std::round of the float32 quotient),
 halves to even for ONNX QuantizeLinear (rounding="even"). TFLite divides in float32; dequantize
@@ -12,9 +16,11 @@ Cost: one divide (or multiply) per element.
 
 import numpy as np
 
+from .. import Kernel
 from .._checks import as_float32, output
 from .._jit import jit
-from ._qchecks import as_q8, check_zero, q_output
+from ._qchecks import as_q8, check_multiplier, check_zero, q_output, type_range
+from .fixedpoint import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_ref
 
 _ROUNDING = {"away": 0, "even": 1}
 
@@ -45,15 +51,16 @@ def check_quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
         raise ValueError(f"rounding: expected 'away' (TFLite) or 'even' (ONNX), found {rounding!r}")
     scale = _check_scale(scale)
     zero_point = check_zero("zero_point", zero_point, dtype)
-    if not np.isfinite(x).all():
-        raise ValueError("x: expected finite values to quantize, found NaN or infinity")
     info = np.iinfo(dtype)
     y = q_output(out, x.shape, dtype)
     return x.reshape(-1), scale, zero_point, int(info.min), int(info.max), _ROUNDING[rounding], y.reshape(-1), y
 
 
 def run_quantize(x, scale, zero_point, lo, hi, even, y_flat, y):
-    _quantize_jit(x, scale, zero_point, lo, hi, even, y_flat)
+    # checked here, on every call, not at check: a plan binds this kernel to a buffer the caller
+    # fills later
+    if not _quantize_jit(x, scale, zero_point, lo, hi, even, y_flat):
+        raise ValueError("x: expected finite values to quantize, found NaN or infinity")
     return y
 
 
@@ -65,7 +72,10 @@ def quantize(x, *, scale, zero_point, dtype, rounding="away", out=None):
 
 @jit
 def _quantize_jit(x, scale, zero_point, lo, hi, even, y):
+    """False (and y unfinished) at the first value that is not finite."""
     for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            return False
         v = np.float64(x[i] / scale)  # the runtime's float32 quotient, rounded in float64 (exact:
         if even:                      # v + 0.5 in float32 could itself round up)
             r = np.rint(v)
@@ -73,6 +83,7 @@ def _quantize_jit(x, scale, zero_point, lo, hi, even, y):
             r = np.floor(v + 0.5) if v >= 0 else -np.floor(-v + 0.5)
         q = min(max(r + zero_point, lo), hi)  # clamp in float: r may exceed the int range
         y[i] = np.int64(q)
+    return True
 
 
 def dequantize_ref(q, *, scale, zero_point):
@@ -103,3 +114,48 @@ def dequantize(q, *, scale, zero_point, out=None):
 def _dequantize_jit(q, scale, zero_point, y):
     for i in range(q.shape[0]):
         y[i] = np.float32(scale * (np.int64(q[i]) - zero_point))
+
+
+
+def rescale_ref(x, *, x_zero, y_zero, multiplier, shift, dtype):
+    """The oracle of QUANTIZE between two 8-bit quantizations: the equation on int64 arrays."""
+    lo, hi = type_range(dtype)
+    total = np.asarray(x).astype(np.int64) - x_zero
+    return np.clip(multiply_by_quantized_multiplier_ref(total, multiplier, shift) + y_zero, lo, hi).astype(dtype)
+
+
+def check_rescale(x, *, x_zero, y_zero, multiplier, shift, dtype, out=None):
+    """The arguments of run_rescale, checked."""
+    x = as_q8("x", x)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.int8):
+        raise ValueError(f"dtype: expected uint8 or int8, found {dtype}")
+    x_zero, y_zero = check_zero("x_zero", x_zero, x.dtype), check_zero("y_zero", y_zero, dtype)
+    multiplier, shift = check_multiplier(multiplier, shift)
+    lo, hi = type_range(dtype)
+    y = q_output(out, x.shape, dtype)
+    return x.reshape(-1), x_zero, y_zero, multiplier, shift, lo, hi, y.reshape(-1), y
+
+
+def run_rescale(x, x_zero, y_zero, multiplier, shift, lo, hi, y_flat, y):
+    _rescale_jit(x, x_zero, y_zero, multiplier, shift, lo, hi, y_flat)
+    return y
+
+
+def rescale(x, *, x_zero, y_zero, multiplier, shift, dtype, out=None):
+    """The fast kernel: 8-bit -> 8-bit (uint8 <-> int8, or a new scale), one numba pass."""
+    return run_rescale(*check_rescale(x, x_zero=x_zero, y_zero=y_zero, multiplier=multiplier, shift=shift,
+                                      dtype=dtype, out=out))
+
+
+@jit
+def _rescale_jit(x, x_zero, y_zero, multiplier, shift, lo, hi, y):
+    for i in range(x.shape[0]):
+        v = multiply_by_quantized_multiplier(np.int32(x[i]) - x_zero, multiplier, shift) + y_zero
+        y[i] = min(max(v, lo), hi)
+
+
+# This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).
+KERNELS = (Kernel("quantize", quantize, quantize_ref, check_quantize, run_quantize),
+           Kernel("dequantize", dequantize, dequantize_ref, check_dequantize, run_dequantize),
+           Kernel("rescale", rescale, rescale_ref, check_rescale, run_rescale))
