@@ -283,11 +283,7 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         probes += [r for r in lines if "probe" in r]
         rows += [r for r in lines if "probe" not in r]
-    by_key = {(r["arch"], r["batch"], r["threads"]): r for r in rows}
-    for r in rows:
-        one = by_key.get((r["arch"], r["batch"], 1))
-        if r["threads"] > 1 and one:
-            r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
+    add_speedups(rows)
     return dict(rows=rows, probes=probes, first_inference_s=first_inference_seconds(),
                 load_average=[load_start, os.getloadavg()[0]],
                 environment_openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
@@ -296,6 +292,17 @@ def run_all(thread_counts=(1, 2), quick=False, tflite=()):
                          "also split across t Python threads; torch.set_num_threads(t); "
                          "onnxruntime intra_op_num_threads=t, inter_op_num_threads=1; LiteRT num_threads=t"),
                 machine=_machine())
+
+
+def add_speedups(rows):
+    """Each network row on t > 1 threads gets speedup_vs_1_thread: its 1-thread row's time over
+    its own (the LiteRT rows, timed per engine, have none)."""
+    nets = [r for r in rows if "npmobile_ms" in r]
+    by_key = {(r["arch"], r["batch"], r["threads"]): r for r in nets}
+    for r in nets:
+        one = by_key.get((r["arch"], r["batch"], 1))
+        if r["threads"] > 1 and one:
+            r["speedup_vs_1_thread"] = one["npmobile_ms"] / r["npmobile_ms"]
 
 
 def _machine():

@@ -49,3 +49,12 @@ def test_layer_benchmark_quick(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()[2:8] if line.strip()}
     for kind in ("first", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
         assert float(rows[kind][-3]) > 0 and float(rows[kind][-2]) > 0, rows
+
+
+def test_speedups_pair_each_row_with_its_one_thread_row():
+    from npmobile.bench import add_speedups
+    rows = [dict(arch="v2", batch=1, threads=1, npmobile_ms=10.0), dict(arch="v2", batch=1, threads=2, npmobile_ms=4.0),
+            dict(arch="f.tflite", batch=1, threads=2, litert_ms=1.0, npmobile_int_ms=3.0)]
+    add_speedups(rows)
+    assert rows[1]["speedup_vs_1_thread"] == 2.5
+    assert "speedup_vs_1_thread" not in rows[0] and "speedup_vs_1_thread" not in rows[2]
