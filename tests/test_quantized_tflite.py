@@ -23,7 +23,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
-from agreement import qa  # noqa: E402
+from benchmarks import quantized_agreement as qa  # noqa: E402
 
 from npmobile.io import load  # noqa: E402
 from npmobile.model import Model  # noqa: E402
