@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import engine, qvalidate, validate
+from .graph import Graph
 from .kernels.quantized import QKERNELS, dequantize, quantize
 from .model import Model, as_nhwc
 
@@ -54,6 +55,14 @@ def value_dtypes(graph, input_dtype):
         dtype = np.float32 if node.op == "dequantize" else node.attrs.get("dtype", dtypes[node.inputs[0]])
         dtypes[node.name] = np.dtype(dtype)
     return dtypes
+
+
+# The float op whose equation each linear integer op computes: a summary counts its MACs, weights
+# and biases as that op's (zero points, multipliers and shifts are not parameters of the network).
+FLOAT_OP = {"qconv2d": "conv2d", "qlinear_conv2d": "conv2d", "qdepthwise_conv2d": "depthwise_conv2d",
+            "qlinear_depthwise_conv2d": "depthwise_conv2d", "qpointwise_conv2d": "pointwise_conv2d",
+            "qlinear_pointwise_conv2d": "pointwise_conv2d", "qdense": "dense", "qfully_connected": "dense",
+            "qlinear_matmul": "dense"}
 
 
 class QuantizedModel(Model):
@@ -91,6 +100,20 @@ class QuantizedModel(Model):
         thread-local plans."""
         return {"graph": self.graph, "params": self.params, "quant": self.quant, "input_dtype": self.input_dtype,
                 "labels": self.labels, "source": self.source, "rounding": self.rounding}
+
+    def summary(self, time=False, runs=20, print_fn=print):
+        """As Model.summary: layer by layer, the MACs, weights and biases of the float op each
+        integer op computes (FLOAT_OP). The step timings (time=True) are the float engine's: load
+        the file with dequantize=True for them."""
+        from . import cost
+
+        if time:
+            raise ValueError("summary(time=True): the step timings are the float engine's; "
+                             "load the file with dequantize=True to time them")
+        nodes = [node._replace(op=FLOAT_OP.get(node.op, node.op),
+                               params={p: s for p, s in node.params.items() if p in ("w", "b")})
+                 for node in self.graph.nodes]
+        print_fn(cost.format_table(cost.count(Graph(nodes, self.graph.input_shape, self.graph.config)), repr(self)))
 
     def quantize_input(self, x, layout="NHWC"):
         """A float batch (NHWC, or NCHW with layout="NCHW") -> the graph's input: integers by the

@@ -172,6 +172,19 @@ def _tensor_problem(key, a, shape, dtypes):
     return None
 
 
+def _zero_problem(key, params):
+    """A weight zero point outside its weights' type (a uint8 tensor's below 0, an int8's above
+    127): what the kernels would refuse at the first call, refused at load."""
+    w, zero = params.get(key[:-len("_zero")]), params.get(key)
+    if not isinstance(w, np.ndarray) or w.dtype not in EIGHT_BIT or not isinstance(zero, np.ndarray) \
+            or zero.dtype.kind not in "iu" or not zero.size:
+        return None  # reported by _tensor_problem
+    info = np.iinfo(w.dtype)
+    if zero.min() < info.min or zero.max() > info.max:
+        return f"{key}: expected values {info.min}..{info.max} for {w.dtype} weights, found {zero.min()}..{zero.max()}"
+    return None
+
+
 def check_integer_params(graph, params, dtypes, source="<memory>"):
     """One WeightFileError naming every missing, unexpected and wrong integer tensor; `dtypes` is
     each value's type (qmodel.value_dtypes), which the weights of the node reading it share."""
@@ -181,6 +194,7 @@ def check_integer_params(graph, params, dtypes, source="<memory>"):
     expected, types = graph.param_shapes(), _tensor_types(graph, dtypes)
     missing = [k for k in expected if k not in params]
     wrong = [p for p in (_tensor_problem(k, params[k], expected[k], types[k]) for k in expected if k in params) if p]
+    wrong += [p for p in (_zero_problem(k, params) for k in expected if k.endswith(".w_zero")) if p]
     error = tensor_error(graph, source, missing, set(params) - set(expected), wrong)
     if error:
         raise error

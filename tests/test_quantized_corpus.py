@@ -19,7 +19,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
-from agreement import qa  # noqa: E402
+from benchmarks import quantized_agreement as qa  # noqa: E402
 
 import npmobile  # noqa: E402
 from npmobile.qmodel import QTensor, QuantizedModel  # noqa: E402

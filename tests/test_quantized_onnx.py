@@ -12,8 +12,6 @@ QLinearGlobalAveragePool, QLinearMatMul), against ONNX Runtime itself.
   the file, the node and what is wrong, at load.
 """
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +20,7 @@ pytest.importorskip("PIL")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-_spec = importlib.util.spec_from_file_location(
-    "quantized_agreement", Path(__file__).resolve().parents[1] / "benchmarks" / "quantized_agreement.py")
-qa = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(qa)
+from benchmarks import quantized_agreement as qa  # noqa: E402
 
 from npmobile.errors import WeightFileError  # noqa: E402
 from npmobile.io import load  # noqa: E402

@@ -23,7 +23,7 @@ pytest.importorskip("PIL")
 pytest.importorskip("tflite")
 pytest.importorskip("ai_edge_litert")
 
-from agreement import qa  # noqa: E402
+from benchmarks import quantized_agreement as qa  # noqa: E402
 
 from npmobile.io import load  # noqa: E402
 from npmobile.model import Model  # noqa: E402
@@ -142,3 +142,19 @@ def test_classify_runs_the_integer_engine_and_dequantize_flag_the_float_one(asse
     assert p_int * 256 == pytest.approx(round(p_int * 256))  # a multiple of the output quantum 1/256
     assert p_float * 256 != pytest.approx(round(p_float * 256), abs=1e-4)  # the float softmax is not
     assert sys.modules["npmobile.qmodel"]  # the integer engine was the one loaded by default
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_1.0_224_quant.tflite", "mobilenetv2-12-int8.onnx"])
+def test_summary_of_the_integer_graph_counts_what_the_float_graph_does(assets, name):
+    # A quantized model's summary counts the float ops its integer ops compute: the same MACs,
+    # weights and biases as the file loaded dequantized (zero points and multipliers are not
+    # parameters); the step timings are the float engine's and say so.
+    path = assets / "models" / name
+    tables = {}
+    for dequantize in (False, True):
+        out = []
+        load(path, dequantize=dequantize).summary(print_fn=out.append)
+        tables[dequantize] = [line for line in out[0].splitlines() if line.startswith(("Total", "  weights"))]
+    assert tables[False] == tables[True] and len(tables[False]) == 3, tables
+    with pytest.raises(ValueError, match="dequantize=True"):
+        load(path).summary(time=True)

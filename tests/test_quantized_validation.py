@@ -60,6 +60,9 @@ def test_bad_tensors_and_types_are_refused(small):
     _refused(_with(small, first, params={f"{first}.multiplier": -small.params[f"{first}.multiplier"]}),
              rf"{first}.multiplier: expected values 0..")
     _refused(_with(small, first, params={f"{first}.shift": np.full(8, 40, np.int32)}), rf"{first}.shift: expected")
+    # a uint8 weight zero point below 0 (in -128..255, outside uint8): refused at load, not at the first call
+    _refused(_with(small, first, params={f"{first}.w_zero": np.full(8, -3, np.int32)}),
+             rf"{first}.w_zero: expected values 0..255 for uint8 weights, found -3..-3")
     _refused(_with(small, first, params={f"{first}.b": small.params[f"{first}.b"].astype(np.float32)}),
              rf"{first}.b: expected int32, found float32")
     _refused(_with(small, first, op="qfancy_conv"), r"\(qfancy_conv\): op: unknown op")
