@@ -50,8 +50,10 @@ def import_as(name, package_dir):
 
 def build(pkg, arch, seed=1):
     """Model of `arch` (1.0, 224, torch convention) with random weights drawn by the package."""
-    random_params = next(getattr(m, "random_params") for m in (getattr(pkg, "architectures", None),
-                                                                getattr(pkg, "models", None)) if m is not None)
+    try:  # architectures.py since 2026-11-30; models.py before
+        random_params = importlib.import_module(f"{pkg.__name__}.architectures").random_params
+    except ModuleNotFoundError:
+        random_params = importlib.import_module(f"{pkg.__name__}.models").random_params
     graph = getattr(pkg, arch)(1.0, 224, convention="torch")
     return pkg.Model(graph, random_params(graph, seed=seed))
 
