@@ -8,7 +8,8 @@ fresh process (or two), timed from launch to exit (model loading included: once 
 all in one run, interleaved, best of --repeat:
 
 - serial loop: what `classify` did before the pipeline: read one image after the other, run each
-  full batch on the same thread (OPENBLAS_NUM_THREADS=1, the setting it needed);
+  full batch on the same thread (OPENBLAS_NUM_THREADS=1, the setting it needed, and
+  NUMBA_NUM_THREADS=1: the kernels' parallel loops would otherwise use every core);
 - classify --threads 1 and --threads 2: the pipeline, with no thread variable set (its defaults);
 - 2 processes: two `classify --threads 1` processes at once, each on half the files.
 
@@ -83,7 +84,9 @@ def peers(weights, folder, batch_size):
     serial = [sys.executable, __file__, "--serial-loop", str(folder), "--weights", str(weights),
               "--batch-size", str(batch_size)]
     return {
-        "serial loop, 1 thread (before the pipeline)": ([serial], {"OPENBLAS_NUM_THREADS": "1"}),
+        # One thread for everything: BLAS, and numba's parallel loops (the kernels split each layer
+        # across numba's threads, which default to every core).
+        "serial loop, 1 thread (before the pipeline)": ([serial], {"OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}),
         "classify --threads 1": ([classify + ["--threads", "1", str(folder)]], {}),
         "classify --threads 2": ([classify + ["--threads", "2", str(folder)]], {}),
         "2 processes, --threads 1 each, half the files each": (
