@@ -101,3 +101,9 @@ def test_parquet_file_holds_the_jsonl_rows(tmp_path, folder):
     assert pq.read_table(tmp_path / "rows.parquet").to_pylist() == [json.loads(s) for s in jsonl.stdout.splitlines()]
     refused = npmobile_cli("classify", "--weights", DIGITS_MODEL, folder, "--parquet")
     assert refused.returncode == 1 and "--output FILE" in refused.stderr
+
+
+def test_the_pipeline_benchmarks_serial_loop_still_runs(folder):
+    # benchmarks/pipeline.py's baseline peer calls classify's functions directly: it must follow them.
+    from benchmarks import pipeline as bench
+    bench.serial_loop(str(DIGITS_MODEL), str(folder), 4)
