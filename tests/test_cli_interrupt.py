@@ -75,8 +75,12 @@ def test_sigint_is_one_line_and_exit_130(tmp_path, stage, command):
     weights = write_native(tmp_path / "w.npz")
     images = _images(tmp_path / "images", 200)
     args = ["classify", str(images), "--weights", str(weights), "--batch-size", "1", "--threads", "2"]
+    # As from a terminal: SIGINT at its default in the child. A test run started in the background
+    # (a CI runner, `cmd &` in a script) ignores SIGINT, children inherit that, and Python then
+    # installs no handler: the child would finish with exit 0.
     child = subprocess.Popen([sys.executable, "-c", DRIVER, stage, *args], cwd=str(ROOT), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         while "READY" not in lines:
