@@ -222,3 +222,23 @@ def test_no_module_is_reached_by_an_import_string():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if "importlib" in p.read_text() or "__import__" in p.read_text()]
     assert offenders == []
+
+
+def test_a_call_runs_no_check(small_model, monkeypatch):
+    """Issue 11's checks cost nothing per call: the file's validation runs at load and each
+    kernel's argument check once, when a plan is bound. With every one of them made to fail,
+    a model whose plans are bound still runs, and gives the same bits."""
+    from npmobile import kernels, validate
+    x = np.random.default_rng(7).standard_normal((PLAN_BATCH, 64, 64, 3)).astype(np.float32)
+    before = small_model(x, threads=1)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a check ran during a call")
+    for name in [n for n in dir(validate) if n.startswith(("check", "_"))
+                 and callable(getattr(validate, n)) and not n.startswith("__")]:
+        monkeypatch.setattr(validate, name, refuse)
+    for op, kernel in kernels.KERNELS.items():
+        monkeypatch.setitem(kernels.KERNELS, op, kernel._replace(check=refuse))
+    np.testing.assert_array_equal(small_model(x, threads=1), before)
+    with pytest.raises(AssertionError, match="a check ran"):  # the patches are live: binding a plan checks
+        engine.Plan(*engine.fuse(small_model.graph, small_model.params), 1)
