@@ -37,6 +37,7 @@ def _openblas():
             continue
         if all(hasattr(lib, f) for f in ("scipy_cblas_sgemm64_", "scipy_openblas_set_num_threads64_",
                                           "scipy_openblas_get_num_threads64_", "scipy_openblas_get_corename64_")):
+            lib.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
             return lib
     return None
 
@@ -61,10 +62,7 @@ def core():
     """The kernels OpenBLAS chose for this CPU ("SkylakeX", "Haswell", ...), or None. It picks
     them when NumPy is imported, from the CPU, unless $OPENBLAS_CORETYPE names others: an
     AVX-512 CPU told "Haswell" runs the AVX2 kernels, at half the speed."""
-    if _LIB is None:
-        return None
-    _LIB.scipy_openblas_get_corename64_.restype = ctypes.c_char_p
-    return _LIB.scipy_openblas_get_corename64_().decode()
+    return None if _LIB is None else _LIB.scipy_openblas_get_corename64_().decode()
 
 
 # OpenBLAS's thread count is one number for the whole process (openblas_set_num_threads_local
