@@ -104,6 +104,24 @@ def test_batch_split_across_threads_matches_one_thread(small_model):
         npmobile.set_num_threads(0)
 
 
+def test_the_parts_of_a_split_batch_share_numba_threads(small_model, monkeypatch):
+    """Two parts on two numba threads: each part's layers run on one (its share), not on both."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: nothing to share")
+    seen, run = [], engine.Plan.run
+    monkeypatch.setattr(engine.Plan, "run", lambda plan, x, **kw: seen.append(numba.get_num_threads()) or run(plan, x, **kw))
+    x = np.random.default_rng(3).standard_normal((4, 64, 64, 3)).astype(np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        small_model(x, threads=2)
+        small_model(x[:1], threads=2)  # one image: one part, both threads
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [1, 1, 2], seen  # two parts of two images (PLAN_BATCH), then one
+
+
 def _run_python(code):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])

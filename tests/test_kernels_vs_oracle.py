@@ -278,7 +278,7 @@ def test_product_split_into_blocks(rows, c_out):
     only, so the bits are the same on one numba thread as on all of them."""
     import numba
     from npmobile.kernels import _product
-    if _product.SGEMM is None:
+    if not _product.HAVE_SGEMM:
         pytest.skip("NumPy is not built on OpenBLAS here: the product runs np.matmul")
     rng = np.random.default_rng(rows * 100 + c_out)
     x = rng.standard_normal((rows, 5)).astype(np.float32)
@@ -286,14 +286,14 @@ def test_product_split_into_blocks(rows, c_out):
     b = rng.standard_normal(c_out).astype(np.float32)
     lo, hi = np.float32(-1), np.float32(1)
     y, y_t, y_1 = np.full((3, rows, c_out), np.nan, np.float32)
-    _product._product_jit(_product.SGEMM, x, False, w, b, True, lo, hi, y)
+    _product._product_jit(x, False, w, b, True, lo, hi, y)
     # and x given transposed, as conv2d's first layer gives its patches
-    _product._product_jit(_product.SGEMM, np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
+    _product._product_jit(np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
     np.testing.assert_array_equal(y_t, y)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        _product._product_jit(_product.SGEMM, x, False, w, b, True, lo, hi, y_1)
+        _product._product_jit(x, False, w, b, True, lo, hi, y_1)
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(y_1, y)
@@ -304,7 +304,7 @@ def test_product_split_into_blocks(rows, c_out):
 def test_product_without_openblas_falls_back_to_matmul(monkeypatch):
     """Where NumPy is not built on OpenBLAS, the product runs np.matmul block by block."""
     from npmobile.kernels import _product
-    monkeypatch.setattr(_product, "SGEMM", None)
+    monkeypatch.setattr(_product, "HAVE_SGEMM", False)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
     w = rng.standard_normal((3, 3, 6, 4)).astype(np.float32)

@@ -3,7 +3,7 @@
     y[r, o] = clamp(b[o] + sum_c a[r, c] * w[c, o])          (a transposed: a[c, r])
 
 The product is cut into blocks of rows (or, when there are fewer rows than columns, of columns)
-that numba's threads share out: each thread runs OpenBLAS's sgemm on its block (`_blas.SGEMM`,
+that numba's threads share out: each thread runs OpenBLAS's sgemm on its block (`_blas.sgemm`,
 one thread per call) and then adds the bias and clamps while the block is still in its cache.
 One parallel loop per layer: one barrier. Row blocks hold at most BLOCK_FLOATS outputs, half an
 L2 cache; more blocks than that cost more than they save, as each sgemm call packs w again (a
@@ -15,7 +15,7 @@ import glob
 import numpy as np
 from numba import prange
 
-from ._blas import NO_TRANS, ROW_MAJOR, SGEMM
+from ._blas import HAVE_SGEMM, NO_TRANS, ROW_MAJOR, sgemm
 from ._jit import jit, parallel_jit
 
 TRANS = 112
@@ -62,7 +62,7 @@ PARTS = 2
 
 
 @parallel_jit
-def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+def _product_jit(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y = epilogue(a @ w) (a.T @ w when a_transposed), block by block across numba's threads."""
     m, n = y.shape
     k = w.shape[0]
@@ -88,8 +88,8 @@ def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
 
 def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
-    if SGEMM is not None and y.shape[0] > 1:
-        _product_jit(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, y)
+    if HAVE_SGEMM and y.shape[0] > 1:
+        _product_jit(a, a_transposed, w, b, has_clamp, lo, hi, y)
         return
     # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
     # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.
