@@ -102,21 +102,17 @@ def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks
 
 
 @parallel_jit
-def _product_parallel_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
-    """The blocks shared out across numba's threads."""
+def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+    """y = epilogue(a @ w) (a.T @ w when a_transposed), the blocks shared out across numba's threads."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in prange(row_blocks * col_blocks):
         _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks, col_blocks)
 
 
 @jit
-def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
-    """y = epilogue(a @ w) (a.T @ w when a_transposed), block by block: on one numba thread the
-    same blocks in order on the calling thread, as a parallel loop costs a launch (~1-2 us) even
-    there; on more, across them."""
-    if numba.get_num_threads() > 1:
-        _product_parallel_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y)
-        return
+def _product_serial_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+    """The same blocks in the same order on the calling thread: on one numba thread a parallel
+    loop still costs its launch (~1-2 us)."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in range(row_blocks * col_blocks):
         _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks, col_blocks)
@@ -125,7 +121,8 @@ def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
 def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
     """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
     if SGEMM is not None and y.shape[0] > 1:
-        _product_jit(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, y)
+        run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
+        run(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, y)
         return
     # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
     # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.
