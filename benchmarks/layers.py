@@ -5,8 +5,8 @@ bias and ReLU6 in the kernel); ONNX Runtime's side comes from its own profiler, 
 torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on one thread
 (npmobile.measure.pin_threads(1), ONNX Runtime's intra_op_num_threads = 1), medians
 over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the rest.
-ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
-under pointwise; npmobile's are under "other".
+Both fold each residual add into the pointwise convolution before it, so the adds are counted
+under pointwise.
 
     python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--save | --out FILE]
 

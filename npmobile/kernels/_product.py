@@ -1,6 +1,10 @@
 """The matrix product of conv2d, pointwise_conv2d and dense, with its epilogue:
 
-    y[r, o] = clamp(b[o] + sum_c a[r, c] * w[c, o])          (a transposed: a[c, r])
+    y[r, o] = clamp(b[o] + sum_c a[r, c] * w[c, o]) (+ s[r, o])     (a transposed: a[c, r])
+
+where s, when given, is the shortcut of a residual add fused into the epilogue (MobileNetV2's
+projections): the same float32 additions, in the same order, as a separate add after the layer,
+so the same bits, one pass over memory fewer.
 
 The product is cut into blocks of rows (or, when there are fewer rows than columns, of columns)
 that numba's threads share out: each thread runs OpenBLAS's sgemm on its block (`_blas.SGEMM`,
@@ -49,17 +53,20 @@ SMALL_BLOCK_FLOATS = max(1 << 11, _cache_bytes(1, 1 << 15) // 4)
 
 
 @jit
-def bias_clamp_jit(y, b, has_clamp, lo, hi, r0, r1, c0, c1):
-    """The epilogue on the block y[r0:r1, c0:c1], in place, one pass over memory. (One row of
-    the block at a time, as a 1-d view indexed from 0: the loop SIMD-vectorises, while indexing
-    y[r, o] directly would run 9x slower.)"""
+def bias_clamp_jit(y, b, has_clamp, lo, hi, has_shortcut, s, r0, r1, c0, c1):
+    """The epilogue on the block y[r0:r1, c0:c1], in place, one pass over memory: bias, clamp,
+    then the shortcut s (y's shape) when has_shortcut. (One row of the block at a time, as a 1-d
+    view indexed from 0: the loop SIMD-vectorises, while indexing y[r, o] directly would run 9x
+    slower.)"""
     bias = b[c0:c1]
     for r in range(r0, r1):
-        row = y[r, c0:c1]
+        row, s_row = y[r, c0:c1], s[r, c0:c1]
         for o in range(row.shape[0]):
             v = row[o] + bias[o]
             if has_clamp:
                 v = min(max(v, lo), hi)
+            if has_shortcut:
+                v += s_row[o]
             row[o] = v
 
 
@@ -82,7 +89,7 @@ def blocks(m, k, n):
 
 
 @jit
-def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks, col_blocks):
+def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks):
     """Block j of y (row-major over the row_blocks x col_blocks grid): one sgemm, then the
     epilogue while the block is in cache."""
     m, n = y.shape
@@ -98,35 +105,37 @@ def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks
     else:
         sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0 * k, k,
               w.ctypes.data + 4 * c0, n, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
-    bias_clamp_jit(y, b, has_clamp, lo, hi, r0, r1, c0, c1)
+    bias_clamp_jit(y, b, has_clamp, lo, hi, has_shortcut, s, r0, r1, c0, c1)
 
 
 @parallel_jit
-def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
     """y = epilogue(a @ w) (a.T @ w when a_transposed), the blocks shared out across numba's threads."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in prange(row_blocks * col_blocks):
-        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks, col_blocks)
+        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
 
 
 @jit
-def _product_serial_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y):
+def _product_serial_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
     """The same blocks in the same order on the calling thread: on one numba thread a parallel
     loop still costs its launch (~1-2 us)."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in range(row_blocks * col_blocks):
-        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, y, j, row_blocks, col_blocks)
+        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
 
 
-def product(a, a_transposed, w, b, has_clamp, lo, hi, y):
-    """y (m, n) = clamp(a @ w + b), a (m, k) or, when a_transposed, (k, m); all C-contiguous."""
+def product(a, a_transposed, w, b, has_clamp, lo, hi, y, shortcut=None):
+    """y (m, n) = clamp(a @ w + b) (+ shortcut, (m, n)), a (m, k) or, when a_transposed, (k, m);
+    all C-contiguous."""
+    has_shortcut, s = shortcut is not None, y if shortcut is None else shortcut
     if SGEMM is not None and y.shape[0] > 1:
         run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
-        run(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, y)
+        run(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y)
         return
     # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
     # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.
     step = max(1, BLOCK_FLOATS // y.shape[1])
     for r in range(0, y.shape[0], step):
         np.matmul(a[:, r:r + step].T if a_transposed else a[r:r + step], w, out=y[r:r + step])
-        bias_clamp_jit(y, b, has_clamp, lo, hi, r, min(r + step, y.shape[0]), 0, y.shape[1])
+        bias_clamp_jit(y, b, has_clamp, lo, hi, has_shortcut, s, r, min(r + step, y.shape[0]), 0, y.shape[1])
