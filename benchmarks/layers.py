@@ -2,13 +2,15 @@
 
 npmobile's side times each step of the fast engine's plan on its own (the fused graph: BN folded,
 bias and ReLU6 in the kernel); ONNX Runtime's side comes from its own profiler, on the ONNX file
-torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on one thread
-(npmobile.measure.pin_threads(1), ONNX Runtime's intra_op_num_threads = 1), medians
-over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the rest.
+torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on t threads
+(--threads, default 1: npmobile.measure.pin_threads(t), ONNX Runtime's intra_op_num_threads = t),
+medians over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the
+rest; then listed one by one, each with ONNX Runtime's time for the same layer (its nodes whose
+names carry the layer's name; a batch norm or clamp counts with the convolution before it).
 Both fold each residual add into the pointwise convolution before it, so the adds are counted
-under pointwise.
+under pointwise (and under that layer).
 
-    python benchmarks/layers.py [--arch mobilenet_v2] [--runs 200] [--save | --out FILE]
+    python benchmarks/layers.py [--arch mobilenet_v2] [--threads 1] [--runs 200] [--save | --out FILE]
 
 prints the table; --out FILE writes it as markdown, --save to benchmarks/results/layers-{arch}.md
 (the committed results the README quotes: never overwritten unless asked). Needs torch (to export
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npmobile import Model, engine, timing
+from npmobile import Model, timing
 from npmobile.bench import export_onnx
 from npmobile.measure import check_agrees, pin_threads, torch_twin
 from npmobile.architectures import ARCHITECTURES, random_params
@@ -34,29 +36,34 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}
 
 
-def layer_kinds(graph):
-    """Every node name of the unfused graph -> the kind of the linear layer it belongs to (a BN or
-    clamp belongs to the convolution before it)."""
-    kinds, current = {}, "other"
+def layer_groups(graph):
+    """Every node name of the unfused graph -> the name of the layer it belongs to: a BN or clamp
+    belongs to the convolution before it, any other node is a layer of its own."""
+    groups, current = {}, None
     for node in graph.nodes:
-        if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense"):
-            current = KIND.get(node.op, "other")
-        elif node.op not in ("batchnorm", "clamp"):
-            current = "other"
-        kinds[node.name] = current
-    return kinds
+        if node.op in ("conv2d", "depthwise_conv2d", "pointwise_conv2d", "dense") or node.op not in ("batchnorm", "clamp"):
+            current = node.name
+        groups[node.name] = current
+    return groups
+
+
+def layer_kinds(graph):
+    """Every node name of the unfused graph -> the kind of the linear layer it belongs to."""
+    ops = {node.name: node.op for node in graph.nodes}
+    return {name: KIND.get(ops[group], "other") for name, group in layer_groups(graph).items()}
 
 
 def npmobile_layers(model, x, runs):
-    """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    graph, _ = engine.fuse(model.graph, model.params)
+    """(name, op, ms) for every step of the batch-1 plan, each timed on its own, named by its
+    linear node as built (timing.rows): a fused node carries the name of the last node it
+    absorbed, which after a projection is the residual add."""
     seconds = timing.time_steps(model, runs, warmup=10, x=x)  # one bound step per fused node, in order
-    return [(node.name, node.op, 1e3 * s) for node, s in zip(graph.nodes, seconds)]
+    return [(row.name, row.op, 1e3 * s) for row, s in zip(timing.rows(model), seconds)]
 
 
-def onnxruntime_layers(graph, params, x, runs, expected):
-    """(ONNX node name, ms) from ONNX Runtime's profiler, one thread, after checking that its
-    output matches npmobile's (`expected`): the two time the same network."""
+def onnxruntime_layers(graph, params, x, runs, expected, threads=1):
+    """(ONNX node name, ms) from ONNX Runtime's profiler on `threads` threads, after checking that
+    its output matches npmobile's (`expected`): the two time the same network."""
     import onnxruntime as ort
     import torch
 
@@ -64,7 +71,7 @@ def onnxruntime_layers(graph, params, x, runs, expected):
     folder = tempfile.mkdtemp(prefix="npmobile-layers-")
     path = export_onnx(torch_twin(graph, params), graph, folder)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(folder, "profile")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -81,15 +88,17 @@ def onnxruntime_layers(graph, params, x, runs, expected):
     return [(name, 1e-3 * statistics.median(d[10:])) for name, d in per_node.items()]  # past warm-up
 
 
-def ort_kind(name, kinds):
-    """An ONNX node's kind: the layer whose name appears in its path ("/block_1_expand/Conv")."""
-    matches = [n for n in kinds if f"/{n}/" in name]
-    return kinds[max(matches, key=len)] if matches else "other"
+def ort_layer(name, groups):
+    """An ONNX node's layer: the one whose node name appears in its path ("/block_1_expand/Conv"),
+    or None."""
+    matches = [n for n in groups if f"/{n}/" in name]
+    return groups[max(matches, key=len)] if matches else None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--out", help="write the table as markdown to this file")
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/layers-ARCH.md")
@@ -101,29 +110,33 @@ def main(argv=None):
     except ImportError as e:
         sys.exit(f"benchmarks/layers.py needs torch, onnx and onnxruntime; {e.name} is not installed: "
                  "pip install 'npmobile[bench]'")
-    pin_threads(1)
+    pin_threads(args.threads)
     graph = ARCHITECTURES[args.arch](1.0, 224, convention="torch")
     params = random_params(graph, seed=1)
     x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
     model = Model(graph, params)
     ours = npmobile_layers(model, x, args.runs)
-    theirs = onnxruntime_layers(graph, params, x, args.runs, model(x))
-    kinds = layer_kinds(graph)
-    kinds_fused = {name: KIND.get(op, "other") for name, op, _ in ours}
-    lines = [f"# {args.arch}-1.0-224, batch 1, one thread; ms per layer kind (median of {args.runs} runs)",
-             f"{'kind':12s} {'npmobile':>9s} {'onnxrt':>8s} {'ratio':>6s}"]
-    totals = {}
+    theirs = onnxruntime_layers(graph, params, x, args.runs, model(x), args.threads)
+    groups, kinds = layer_groups(graph), layer_kinds(graph)
+    per_layer = {}  # layer name -> [npmobile ms, ONNX Runtime ms]
     for name, _, ms in ours:
-        totals.setdefault(kinds_fused[name], [0.0, 0.0])[0] += ms
+        per_layer.setdefault(groups[name], [0.0, 0.0])[0] += ms
     for name, ms in theirs:
-        totals.setdefault(ort_kind(name, kinds), [0.0, 0.0])[1] += ms
+        per_layer.setdefault(ort_layer(name, groups), [0.0, 0.0])[1] += ms
+    totals = {}
+    for layer, (a, b) in per_layer.items():
+        total = totals.setdefault(kinds.get(layer, "other"), [0.0, 0.0])
+        total[0] += a
+        total[1] += b
+    lines = [f"# {args.arch}-1.0-224, batch 1, {args.threads} thread(s); ms per layer kind (median of {args.runs} runs)",
+             f"{'kind':12s} {'npmobile':>9s} {'onnxrt':>8s} {'ratio':>6s}"]
     for kind in ("first conv", "depthwise", "pointwise", "other"):
         a, b = totals.get(kind, (0.0, 0.0))
         lines.append(f"{kind:12s} {a:9.2f} {b:8.2f} {a / b if b else float('nan'):6.2f}")
     a, b = (sum(t[i] for t in totals.values()) for i in (0, 1))
     lines.append(f"{'total':12s} {a:9.2f} {b:8.2f} {a / b:6.2f}")
-    lines += ["", f"{'npmobile layer':36s} {'op':18s} {'ms':>6s}"]
-    lines += [f"{name:36s} {op:18s} {ms:6.3f}" for name, op, ms in ours]
+    lines += ["", f"{'npmobile layer':36s} {'op':18s} {'ms':>6s} {'onnxrt':>7s}"]
+    lines += [f"{name:36s} {op:18s} {ms:6.3f} {per_layer[groups[name]][1]:7.3f}" for name, op, ms in ours]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out) if args.out else (RESULTS / f"layers-{args.arch}.md" if args.save else None)

@@ -11,6 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
 from . import engine, validate
@@ -155,8 +156,14 @@ class Model:
         parts = min(threads or _num_threads, len(x))
         bounds = np.linspace(0, len(x), parts + 1).astype(int)
         chunks = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        # The parts share the caller's numba threads: each part's layers split over its share
+        # (numba's thread count is per calling thread). Two parts that each split every layer
+        # over both cores would pay a parallel loop's launch and barrier per layer for nothing.
+        share = max(1, numba.get_num_threads() // parts)
 
         def run_part(part):
+            if parts > 1:
+                numba.set_num_threads(share)
             return _concat([self._plan(len(c), oracle).run(c, intermediates=intermediates)
                             for c in (part[i:i + PLAN_BATCH] for i in range(0, len(part), PLAN_BATCH))])
         return run_part(x) if parts == 1 else _concat(list(_executor().map(run_part, chunks)))

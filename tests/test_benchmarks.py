@@ -49,6 +49,10 @@ def test_layer_benchmark_quick(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()[2:8] if line.strip()}
     for kind in ("first", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
         assert float(rows[kind][-3]) > 0 and float(rows[kind][-2]) > 0, rows
+    # each convolution's own line: npmobile's ms and ONNX Runtime's for the same layer
+    layers = [line.split() for line in out.read_text().splitlines() if "_conv2d " in line or " conv2d " in line]
+    assert len(layers) == 52, layers  # MobileNetV2: the first conv, 17 depthwise, 34 pointwise
+    assert all(float(ms) > 0 and float(ort) > 0 for *_, ms, ort in layers), layers
 
 
 def test_speedups_pair_each_row_with_its_one_thread_row():

@@ -83,10 +83,12 @@ def test_sigint_is_one_line_and_exit_130(tmp_path, stage, command):
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
-        while "READY" not in lines:
+        # READY may share a line with a result: the pipeline prints from another thread.
+        while not any("READY" in line for line in lines):
             assert select.select([child.stdout], [], [], 300)[0], "the child never got READY"
             line = child.stdout.readline()
-            assert line, f"the child ended before READY: {child.stderr.read()}"
+            assert line, (f"the child ended before READY, exit status {child.wait()}, after {len(lines)} lines "
+                          f"on stdout (last: {lines[-3:]}); stderr: {child.stderr.read()}")
             lines.append(line.strip())
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=120)

@@ -142,6 +142,24 @@ def test_batch_split_across_threads_matches_one_thread(small_model):
         npmobile.set_num_threads(0)
 
 
+def test_the_parts_of_a_split_batch_share_numba_threads(small_model, monkeypatch):
+    """Two parts on two numba threads: each part's layers run on one (its share), not on both."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: nothing to share")
+    seen, run = [], engine.Plan.run
+    monkeypatch.setattr(engine.Plan, "run", lambda plan, x, **kw: seen.append(numba.get_num_threads()) or run(plan, x, **kw))
+    x = np.random.default_rng(3).standard_normal((4, 64, 64, 3)).astype(np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        small_model(x, threads=2)
+        small_model(x[:1], threads=2)  # one image: one part, both threads
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [1, 1, 2], seen  # two parts of two images (PLAN_BATCH), then one
+
+
 def _run_python(code):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -190,8 +208,9 @@ print(json.dumps(stats))
 def test_second_process_compiles_nothing():
     _run_python(CACHE_CHECK)  # fills numba's cache if this checkout has none yet
     stats = _run_python(CACHE_CHECK)
-    assert {"npmobile.kernels.depthwise._depthwise_3x3_jit", "npmobile.kernels.conv2d._im2col_by_tap_jit",
-            "npmobile.kernels._product._product_jit"} <= set(stats), stats
+    assert {"npmobile.kernels.conv2d._im2col_by_tap_jit", "npmobile.kernels._product._product_jit"} <= set(stats), stats
+    # MobileNet's depthwise rows: the parallel loop, or its block function called directly on one thread
+    assert {"npmobile.kernels.depthwise._depthwise_3x3_jit", "npmobile.kernels.depthwise._depthwise_3x3_rows_jit"} & set(stats), stats
     recompiled = {k: v for k, v in stats.items() if v[1] or not v[0]}
     assert not recompiled, f"compiled again instead of loading from the cache: {recompiled}"
 

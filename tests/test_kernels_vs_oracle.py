@@ -3,6 +3,7 @@ hypothesis, within the float32 rounding bound of its dot products (bounds.py).""
 
 import itertools
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
 from npmobile.kernels._product import BLOCK_FLOATS
+from npmobile.kernels.depthwise import MAX_TAPS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -199,17 +201,52 @@ def test_conv2d_on_the_first_mobilenet_layer():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
-    """MobileNet's 3x3 path splits each output row into border pixels, pixels two at a time
-    (stride 1) and single inside pixels: widths 1..7 give 0 to 5 inside pixels (odd and even
-    counts for the pairs), heights 1..4 rows with and without the inside ones, each pad pattern."""
+    """MobileNet's 3x3 path splits each output row into border pixels, inside pixels two at a
+    time (stride 1 and stride 2 pairs) and an odd last one alone: widths 1..8 give 0 to 6 inside
+    pixels (odd and even counts), heights 1..4 rows with and without the inside ones, each pad
+    pattern, channel counts below, at and above a 16-float vector, with and without the clamp."""
     rng = np.random.default_rng(6)
-    for h, w, c in itertools.product(range(1, 5), range(1, 8), (1, 7, 16)):
+    for h, w, c in itertools.product(range(1, 5), range(1, 9), (1, 7, 16, 33)):
         x = rng.standard_normal((1, h, w, c)).astype(np.float32)
         weights = rng.standard_normal((3, 3, c)).astype(np.float32)
         b = rng.standard_normal(c).astype(np.float32)
         for pad in ((0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 0, 1), (1, 0, 1, 0), (2, 0, 0, 2)):
             if h + pad[0] + pad[1] >= 3 and w + pad[2] + pad[3] >= 3:
-                check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=(-1.0, 1.0)), terms=9)
+                clamp = (-1.0, 1.0) if (h + w) % 2 else None
+                check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=clamp), terms=9)
+
+
+@pytest.mark.parametrize("c", [MAX_TAPS, MAX_TAPS + 1])
+def test_depthwise_3x3_at_and_above_the_widest_laid_out_weights(c):
+    """Layers up to MAX_TAPS channels read their weights from the laid-out `taps`; wider ones
+    take the single-pixel path on w and b for every inside pixel."""
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((1, 5, 6, c)).astype(np.float32)
+    w = rng.standard_normal((3, 3, c)).astype(np.float32)
+    for stride in (1, 2):
+        check_linear("depthwise_conv2d", x, w, rng.standard_normal(c).astype(np.float32),
+                     dict(stride=stride, pad=(1, 1, 1, 1), clamp=(0.0, 6.0)), terms=9)
+
+
+@pytest.mark.parametrize("shape, stride, pad", [((3, 23, 21, 24), 1, (1, 1, 1, 1)), ((2, 30, 19, 40), 2, (0, 1, 0, 1)),
+                                                ((1, 112, 9, 32), 1, (1, 1, 1, 1)), ((2, 9, 9, 8), 2, (1, 1, 1, 1))])
+def test_depthwise_3x3_same_bits_on_one_and_two_threads(shape, stride, pad):
+    """The rows are cut into blocks by shape alone and each output is computed the same way in
+    any block: one thread (the serial loop) and two (the parallel one) give the same bits."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((3, 3, shape[3])).astype(np.float32)
+    b = rng.standard_normal(shape[3]).astype(np.float32)
+    depthwise = KERNELS["depthwise_conv2d"].fast
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = depthwise(x, w, b, stride=stride, pad=pad, clamp=(0.0, 6.0))
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = depthwise(x, w, b, stride=stride, pad=pad, clamp=(0.0, 6.0))
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one, two)
 
 
 @pytest.mark.parametrize("k_h, k_w, c_in", [(3, 3, 5), (3, 3, 6), (1, 1, 16), (1, 1, 17), (2, 8, 2), (2, 8, 3)])
@@ -242,7 +279,7 @@ def test_product_split_into_blocks(rows, c_out):
     driver that one thread runs), with and without a shortcut."""
     import numba
     from npmobile.kernels import _product
-    if _product.SGEMM is None:
+    if not _product.HAVE_SGEMM:
         pytest.skip("NumPy is not built on OpenBLAS here: the product runs np.matmul")
     rng = np.random.default_rng(rows * 100 + c_out)
     x = rng.standard_normal((rows, 5)).astype(np.float32)
@@ -253,11 +290,11 @@ def test_product_split_into_blocks(rows, c_out):
     ref = KERNELS["dense"].ref(x, w, b, clamp=(-1, 1))
     for has_shortcut in (False, True):
         y, y_t, y_1 = np.full((3, rows, c_out), np.nan, np.float32)
-        _product._product_jit(_product.SGEMM, x, False, w, b, True, lo, hi, has_shortcut, s, y)
+        _product._product_jit(x, False, w, b, True, lo, hi, has_shortcut, s, y)
         # and x given transposed, as conv2d's first layer gives its patches
-        _product._product_jit(_product.SGEMM, np.ascontiguousarray(x.T), True, w, b, True, lo, hi, has_shortcut, s, y_t)
+        _product._product_jit(np.ascontiguousarray(x.T), True, w, b, True, lo, hi, has_shortcut, s, y_t)
         np.testing.assert_array_equal(y_t, y)
-        _product._product_serial_jit(_product.SGEMM, x, False, w, b, True, lo, hi, has_shortcut, s, y_1)
+        _product._product_serial_jit(x, False, w, b, True, lo, hi, has_shortcut, s, y_1)
         np.testing.assert_array_equal(y_1, y)
         threads = numba.get_num_threads()
         numba.set_num_threads(1)
@@ -310,7 +347,7 @@ def test_blocks_follow_the_size_of_w():
 def test_product_without_openblas_falls_back_to_matmul(monkeypatch):
     """Where NumPy is not built on OpenBLAS, the product runs np.matmul block by block."""
     from npmobile.kernels import _product
-    monkeypatch.setattr(_product, "SGEMM", None)
+    monkeypatch.setattr(_product, "HAVE_SGEMM", False)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
     w = rng.standard_normal((3, 3, 6, 4)).astype(np.float32)

@@ -7,13 +7,17 @@ OpenBLAS's `cblas_sgemm` directly, once per block of a parallel loop, with OpenB
 per call: one pool, one barrier per layer, and the epilogue applied by the thread that computed
 the block while it is in its cache.
 
-`SGEMM` is that function, taken from the OpenBLAS library NumPy's wheel ships
-(numpy.libs/libscipy_openblas*.so, 64-bit integers), or None when NumPy uses another BLAS (then
-the kernels run np.matmul block by block on the calling thread). Its pointer is passed to the
-numba loops as an argument, so their cached machine code holds no address of this process.
+`sgemm` is that function as numba's loops call it, taken from the OpenBLAS library NumPy's wheel
+ships (numpy.libs/libscipy_openblas*.so, 64-bit integers); HAVE_SGEMM is False when NumPy uses
+another BLAS (then the kernels run np.matmul block by block on the calling thread).
 
-    SGEMM(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     c[m, n] = alpha * a[m, k] @ b[k, n] + beta * c      (row-major: order 101, no transpose: 111)
+
+The loops call it by a symbol name, "npmobile_cblas_sgemm", that this module gives the function's
+address in each process (llvmlite's add_symbol): their cached machine code holds no address of
+the process that compiled it, and a call pays nothing to reach it. (Passed as a ctypes argument
+instead, numba spends about 1.1 us typing that argument on every call: some 50 us per V2 image.)
 """
 
 import ctypes
@@ -22,7 +26,9 @@ import os
 import threading
 from contextlib import contextmanager
 
+import llvmlite.binding
 import numpy as np
+from numba.core import types
 
 ROW_MAJOR, NO_TRANS = 101, 111
 
@@ -42,20 +48,20 @@ def _openblas():
     return None
 
 
-def _find_sgemm(lib):
-    if lib is None:
-        return None
-    sgemm = lib.scipy_cblas_sgemm64_
+def _external_sgemm(lib):
+    """`sgemm` for numba's loops: the library's cblas_sgemm under the symbol name they call."""
+    if lib is not None:
+        address = ctypes.cast(lib.scipy_cblas_sgemm64_, ctypes.c_void_p).value
+        llvmlite.binding.add_symbol("npmobile_cblas_sgemm", address)
     # Pointers travel as 64-bit integers (array.ctypes.data in numba): the same registers.
-    i64 = ctypes.c_int64
-    sgemm.restype = None
-    sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_float,
-                      i64, i64, i64, i64, ctypes.c_float, i64, i64]
-    return sgemm
+    i32, i64, f32 = types.int32, types.int64, types.float32
+    return types.ExternalFunction("npmobile_cblas_sgemm", types.void(
+        i32, i32, i32, i64, i64, i64, f32, i64, i64, i64, i64, f32, i64, i64))
 
 
 _LIB = _openblas()
-SGEMM = _find_sgemm(_LIB)
+HAVE_SGEMM = _LIB is not None
+sgemm = _external_sgemm(_LIB)
 
 
 def core():

@@ -7,7 +7,7 @@ projections): the same float32 additions, in the same order, as a separate add a
 so the same bits, one pass over memory fewer.
 
 The product is cut into blocks of rows (or, when there are fewer rows than columns, of columns)
-that numba's threads share out: each thread runs OpenBLAS's sgemm on its block (`_blas.SGEMM`,
+that numba's threads share out: each thread runs OpenBLAS's sgemm on its block (`_blas.sgemm`,
 one thread per call) and then adds the bias and clamps while the block is still in its cache.
 One parallel loop per layer: one barrier; on one thread, the same blocks in turn with no parallel
 loop at all. Row blocks hold at most BLOCK_FLOATS outputs, half an L2 cache; more blocks than that
@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._blas import NO_TRANS, ROW_MAJOR, SGEMM
+from ._blas import HAVE_SGEMM, NO_TRANS, ROW_MAJOR, sgemm
 from ._jit import jit, parallel_jit
 
 TRANS = 112
@@ -92,7 +92,7 @@ def blocks(m, k, n):
 
 
 @jit
-def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks):
+def _block_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks):
     """Block j of y (row-major over the row_blocks x col_blocks grid): one sgemm, then the
     epilogue while the block is in cache."""
     m, n = y.shape
@@ -112,29 +112,29 @@ def _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s,
 
 
 @parallel_jit
-def _product_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
+def _product_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
     """y = epilogue(a @ w) (a.T @ w when a_transposed), the blocks shared out across numba's threads."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in prange(row_blocks * col_blocks):
-        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
+        _block_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
 
 
 @jit
-def _product_serial_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
+def _product_serial_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y):
     """The same blocks in the same order on the calling thread: on one numba thread a parallel
     loop still costs its launch (~1-2 us)."""
     row_blocks, col_blocks = blocks(y.shape[0], w.shape[0], y.shape[1])
     for j in range(row_blocks * col_blocks):
-        _block_jit(sgemm, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
+        _block_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks)
 
 
 def product(a, a_transposed, w, b, has_clamp, lo, hi, y, shortcut=None):
     """y (m, n) = clamp(a @ w + b) (+ shortcut, (m, n)), a (m, k) or, when a_transposed, (k, m);
     all C-contiguous."""
     has_shortcut, s = shortcut is not None, y if shortcut is None else shortcut
-    if SGEMM is not None and y.shape[0] > 1:
+    if HAVE_SGEMM and y.shape[0] > 1:
         run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
-        run(SGEMM, a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y)
+        run(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y)
         return
     # One row (the classifier of a single image): np.matmul calls gemv, 4x faster than sgemm on
     # one row. Or NumPy built on another BLAS: np.matmul block by block, on the calling thread.

@@ -16,16 +16,17 @@ k_h * k_w times but used in a single multiply each time: the kernel is bound by 
 by its multiplies, so its time ratio to a standard convolution is worse than its MAC ratio.
 
 Read the oracle first (what is computed), then the general loop (the same equation, in float32
-and skipping the padding), then MobileNet's case (3x3, m = 1) split into the pixels whose window
-lies inside x, computed by two fast paths, and the border around them.
+and skipping the padding), then MobileNet's case (3x3, m = 1): each output row split into the
+pixels whose window lies inside x, computed two at a time (stride 1 or 2) or alone, and the
+border around them; rows shared out between numba's threads in blocks.
 """
 
+import numba
 import numpy as np
+from numba import prange
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
-from numba import prange
-
 from ._jit import jit, parallel_jit
 
 
@@ -90,13 +91,17 @@ def check_depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=No
     b = as_bias(b, c_out)
     has_clamp, lo, hi = check_fused_clamp(clamp)
     stride, top, left, h_out, w_out = check_window(x, k_h, k_w, stride, pad)
-    return x, w, b, stride, top, left, has_clamp, lo, hi, output(out, (n, h_out, w_out, c_out))
+    taps = taps_3x3(w, b, c_in)
+    return x, w, b, taps, stride, top, left, has_clamp, lo, hi, output(out, (n, h_out, w_out, c_out))
 
 
-def run_depthwise_conv2d(x, w, b, stride, top, left, has_clamp, lo, hi, y):
+def run_depthwise_conv2d(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y):
     """The loop for this layer: MobileNet's (3x3, one filter per channel) or the general one."""
     if w.shape[0] == 3 and w.shape[1] == 3 and w.shape[2] == x.shape[3]:
-        _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
+        if numba.get_num_threads() == 1:  # the same rows in the same order, without a parallel launch
+            _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, 0, y.shape[0] * y.shape[1])
+        else:
+            _depthwise_3x3_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y)
     else:
         _depthwise_conv2d_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y)
     return y
@@ -108,17 +113,61 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
     return run_depthwise_conv2d(*check_depthwise_conv2d(x, w, b, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
+# The pair paths read the weights and the bias from one flat array, `taps`, whose rows (tap
+# p * 3 + q, then the bias) lie a constant TAPS_STRIDE floats apart. Why: before a vectorised
+# channel loop LLVM checks at run time that y overlaps none of the arrays the loop reads, one
+# check per pair of pointers whose distance it does not know; w[p, q, c] gives nine pointers c
+# floats apart (c known only at run time), taps one group. With the rows summed first (below),
+# a quarter off the 112x112x32 layer, whose channel loops are two vectors long; with taps as a
+# (10, c) array the checks cost more than they did on w. The 16 extra floats keep the ten rows
+# in different L1 cache sets. Wider layers (c > MAX_TAPS) take the single-pixel path on w.
+MAX_TAPS = 2048
+TAPS_STRIDE = MAX_TAPS + 16
+
+
+def taps_3x3(w, b, c_in):
+    """w (3, 3, c) and b laid out once per layer for the pair paths: row p * 3 + q of the flat
+    (10 * TAPS_STRIDE,) array holds w[p, q], row 9 the bias. Empty unless the layer is MobileNet's
+    case (3x3, m = 1) with at most MAX_TAPS channels."""
+    k_h, k_w, c = w.shape
+    if (k_h, k_w) != (3, 3) or c != c_in or c > MAX_TAPS:
+        return np.zeros(0, dtype=np.float32)
+    taps = np.zeros((10, TAPS_STRIDE), dtype=np.float32)
+    taps[:9, :c] = w.reshape(9, c)
+    taps[9, :c] = b
+    return taps.reshape(-1)
+
+
 @parallel_jit
-def _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
-    """MobileNet's depthwise layers (3x3, m = 1), one output row at a time: the outputs whose
-    three rows and columns are inside x by a fast path, the others by the border path. The
-    rows are independent: numba's threads share them out (`prange`)."""
-    n, h, width = x.shape[0], x.shape[1], x.shape[2]
+def _depthwise_3x3_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y):
+    """MobileNet's depthwise layers (3x3, m = 1) on numba's threads: the output rows (of all
+    images) cut into blocks (`prange`), each computed by `_depthwise_3x3_rows_jit`. The blocks
+    depend on the shape only, and each output is computed the same way in any block."""
+    rows = y.shape[0] * y.shape[1]
+    step = _rows_per_block(y)
+    for k in prange((rows + step - 1) // step):
+        _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, k * step, min(rows, k * step + step))
+
+
+@jit
+def _rows_per_block(y):
+    """Output rows per parallel block: at least 4096 outputs (a few microseconds of work, against
+    about one to hand a block to a thread), and at least 8 blocks to share between threads."""
+    return max(1, min(-(-4096 // (y.shape[2] * y.shape[3])), y.shape[0] * y.shape[1] // 8))
+
+
+@jit
+def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, r0, r1):
+    """Output rows r0 .. r1 - 1 (counted over all images). This is where a path is chosen: the
+    outputs whose window lies inside x two at a time (stride 1 or 2; alone when c > MAX_TAPS)
+    and an odd last one alone, the others (windows crossing the padding) by the border path."""
+    h, width, c = x.shape[1], x.shape[2], y.shape[3]
     h_out, w_out = y.shape[1], y.shape[2]
     # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
     ox0 = min(w_out, (left + stride - 1) // stride)
     ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
-    for row in prange(n * h_out):
+    ox2 = ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0  # the pairs end here
+    for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         iy = oy * stride - top
         if not 0 <= iy <= h - 3:
@@ -126,64 +175,81 @@ def _depthwise_3x3_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y):
             continue
         _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
         if stride == 1:
-            _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+            _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
         else:
-            _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1)
+            _depthwise_3x3_stride2_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
+        _depthwise_3x3_inside_jit(x, w, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox2, ox1)
         _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
 
 
 @jit
-def _depthwise_3x3_inside_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1):
-    """Outputs ox0 .. ox1 - 1 of row oy, windows inside x. The general loop reads and writes y
-    once per tap, 9 times; here the 9 taps of a channel are one expression, so the running sum
-    stays in a SIMD register and y is written once (the idea of XNNPACK's 3x3 micro-kernels).
-    Plain 4-d indexing, not a view per tap: a view costs a reference count update per pixel, a
-    third of the time on the 112x112 layers."""
-    iy = oy * stride - top
+def _depthwise_3x3_inside_jit(x, w, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
+    """Outputs ox0 .. ox1 - 1 of row oy, windows inside x, one pixel at a time over all channels.
+    The general loop reads and writes y once per tap, 9 times; here the 9 taps of a channel are
+    one expression, so the running sum stays in a SIMD register and y is written once (the idea
+    of XNNPACK's 3x3 micro-kernels). Each row of taps is summed first, then added to the bias:
+    the border path's order, so every path gives the same bits. Plain 4-d indexing, not a view
+    per pixel: a view costs a reference count update per pixel."""
     for ox in range(ox0, ox1):
         ix = ox * stride - left
         for c in range(y.shape[3]):
             v = (b[c]
-                 + x[i, iy, ix, c] * w[0, 0, c] + x[i, iy, ix + 1, c] * w[0, 1, c]
-                 + x[i, iy, ix + 2, c] * w[0, 2, c]
-                 + x[i, iy + 1, ix, c] * w[1, 0, c] + x[i, iy + 1, ix + 1, c] * w[1, 1, c]
-                 + x[i, iy + 1, ix + 2, c] * w[1, 2, c]
-                 + x[i, iy + 2, ix, c] * w[2, 0, c] + x[i, iy + 2, ix + 1, c] * w[2, 1, c]
-                 + x[i, iy + 2, ix + 2, c] * w[2, 2, c])
-            if has_clamp:
-                v = min(max(v, lo), hi)
-            y[i, oy, ox, c] = v
+                 + (x[i, iy, ix, c] * w[0, 0, c] + x[i, iy, ix + 1, c] * w[0, 1, c] + x[i, iy, ix + 2, c] * w[0, 2, c])
+                 + (x[i, iy + 1, ix, c] * w[1, 0, c] + x[i, iy + 1, ix + 1, c] * w[1, 1, c]
+                    + x[i, iy + 1, ix + 2, c] * w[1, 2, c])
+                 + (x[i, iy + 2, ix, c] * w[2, 0, c] + x[i, iy + 2, ix + 1, c] * w[2, 1, c]
+                    + x[i, iy + 2, ix + 2, c] * w[2, 2, c]))
+            y[i, oy, ox, c] = min(max(v, lo), hi) if has_clamp else v
 
 
 @jit
-def _depthwise_3x3_pairs_jit(x, w, b, top, left, has_clamp, lo, hi, y, i, oy, ox0, ox1):
-    """Stride 1, windows inside x: outputs ox0 .. ox1 - 1 of row oy two at a time (an odd last
-    one by the single-pixel path). Two neighbours share two of their three columns: computed
-    together they load 12 input values instead of 18, and each weight once for both. A quarter
-    off the stride-1 layers. (Each output is one expression over its 9 taps, as in `inside`.)"""
-    iy = oy - top
-    ox = ox0
-    while ox + 1 < ox1:
+def _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
+    """Stride 1, windows inside x: outputs ox0 .. ox1 - 1 (an even count) two at a time. Two
+    neighbours share two of their three columns: computed together they load 12 input values
+    instead of 18, and each weight (from `taps`) once for both."""
+    t = TAPS_STRIDE
+    for ox in range(ox0, ox1, 2):
         ix = ox - left
         for c in range(y.shape[3]):
-            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+            w00, w01, w02, w10, w11 = taps[c], taps[t + c], taps[2 * t + c], taps[3 * t + c], taps[4 * t + c]
+            w12, w20, w21, w22, bias = taps[5 * t + c], taps[6 * t + c], taps[7 * t + c], taps[8 * t + c], taps[9 * t + c]
             a1, a2 = x[i, iy, ix + 1, c], x[i, iy, ix + 2, c]
             b1, b2 = x[i, iy + 1, ix + 1, c], x[i, iy + 1, ix + 2, c]
             c1, c2 = x[i, iy + 2, ix + 1, c], x[i, iy + 2, ix + 2, c]
-            v0 = (b[c] + x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02
-                  + x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12
-                  + x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22)
-            v1 = (b[c] + a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02
-                  + b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12
-                  + c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22)
+            v0 = (bias + (x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02)
+                  + (x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12)
+                  + (x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22))
+            v1 = (bias + (a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02)
+                  + (b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12)
+                  + (c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22))
             if has_clamp:
                 v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
             y[i, oy, ox, c] = v0
             y[i, oy, ox + 1, c] = v1
-        ox += 2
-    _depthwise_3x3_inside_jit(x, w, b, 1, top, left, has_clamp, lo, hi, y, i, oy, ox, ox1)
+
+
+@jit
+def _depthwise_3x3_stride2_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
+    """Stride 2, windows inside x: outputs ox0 .. ox1 - 1 (an even count) two at a time. Two
+    neighbours share their middle column: 15 input values instead of 18, and each weight (from
+    `taps`) once for both."""
+    t = TAPS_STRIDE
+    for ox in range(ox0, ox1, 2):
+        ix = 2 * ox - left
+        for c in range(y.shape[3]):
+            w00, w01, w02, w10, w11 = taps[c], taps[t + c], taps[2 * t + c], taps[3 * t + c], taps[4 * t + c]
+            w12, w20, w21, w22, bias = taps[5 * t + c], taps[6 * t + c], taps[7 * t + c], taps[8 * t + c], taps[9 * t + c]
+            a2, b2, c2 = x[i, iy, ix + 2, c], x[i, iy + 1, ix + 2, c], x[i, iy + 2, ix + 2, c]
+            v0 = (bias + (x[i, iy, ix, c] * w00 + x[i, iy, ix + 1, c] * w01 + a2 * w02)
+                  + (x[i, iy + 1, ix, c] * w10 + x[i, iy + 1, ix + 1, c] * w11 + b2 * w12)
+                  + (x[i, iy + 2, ix, c] * w20 + x[i, iy + 2, ix + 1, c] * w21 + c2 * w22))
+            v1 = (bias + (a2 * w00 + x[i, iy, ix + 3, c] * w01 + x[i, iy, ix + 4, c] * w02)
+                  + (b2 * w10 + x[i, iy + 1, ix + 3, c] * w11 + x[i, iy + 1, ix + 4, c] * w12)
+                  + (c2 * w20 + x[i, iy + 2, ix + 3, c] * w21 + x[i, iy + 2, ix + 4, c] * w22))
+            if has_clamp:
+                v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
+            y[i, oy, ox, c] = v0
+            y[i, oy, ox + 1, c] = v1
 
 
 @jit
