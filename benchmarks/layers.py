@@ -7,8 +7,8 @@ torch.onnx exports from the same weights (npmobile.measure.torch_twin). Both on 
 medians over repeated runs. The layers are summed by kind: first conv, depthwise, pointwise, the
 rest; then listed one by one, each with ONNX Runtime's time for the same layer (its nodes whose
 names carry the layer's name; a batch norm or clamp counts with the convolution before it).
-ONNX Runtime folds each residual add into the convolution before it, so its adds are counted
-under pointwise (and under that layer); npmobile's are under "other".
+Both fold each residual add into the pointwise convolution before it, so the adds are counted
+under pointwise (and under that layer).
 
     python benchmarks/layers.py [--arch mobilenet_v2] [--threads 1] [--runs 200] [--save | --out FILE]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npmobile import Model, engine, timing
+from npmobile import Model, timing
 from npmobile.bench import export_onnx
 from npmobile.measure import check_agrees, pin_threads, torch_twin
 from npmobile.architectures import ARCHITECTURES, random_params
@@ -54,10 +54,11 @@ def layer_kinds(graph):
 
 
 def npmobile_layers(model, x, runs):
-    """(name, op, ms) for every step of the batch-1 plan, each timed on its own."""
-    graph, _ = engine.fuse(model.graph, model.params)
+    """(name, op, ms) for every step of the batch-1 plan, each timed on its own, named by its
+    linear node as built (timing.rows): a fused node carries the name of the last node it
+    absorbed, which after a projection is the residual add."""
     seconds = timing.time_steps(model, runs, warmup=10, x=x)  # one bound step per fused node, in order
-    return [(node.name, node.op, 1e3 * s) for node, s in zip(graph.nodes, seconds)]
+    return [(row.name, row.op, 1e3 * s) for row, s in zip(timing.rows(model), seconds)]
 
 
 def onnxruntime_layers(graph, params, x, runs, expected, threads=1):
@@ -118,7 +119,7 @@ def main(argv=None):
     theirs = onnxruntime_layers(graph, params, x, args.runs, model(x), args.threads)
     groups, kinds = layer_groups(graph), layer_kinds(graph)
     per_layer = {}  # layer name -> [npmobile ms, ONNX Runtime ms]
-    for name, _, ms in ours:  # a fused node carries the name of the last node it absorbed
+    for name, _, ms in ours:
         per_layer.setdefault(groups[name], [0.0, 0.0])[0] += ms
     for name, ms in theirs:
         per_layer.setdefault(ort_layer(name, groups), [0.0, 0.0])[1] += ms

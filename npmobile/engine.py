@@ -6,8 +6,9 @@ against a framework is how one finds the first layer that disagrees). Fast or or
 when the plan is built:
 - fast: the numba kernels on the *fused* graph (`fuse`): zero padding folded into the
   convolution after it, every batch norm into the linear layer before it, every clamp (ReLU6)
-  into the kernel that produces its input; every value a view into a few float32 buffers
-  allocated once (`_lay_out`);
+  into the kernel that produces its input, a residual add into the pointwise convolution that
+  produces one of its inputs; every value a view into a few float32 buffers allocated once
+  (`_lay_out`);
 - oracle: the float64 NumPy oracles on the graph exactly as built, one node per layer.
 A fused node carries the name of the last node it absorbed, so its value is comparable with
 the oracle's value of that name.
@@ -22,6 +23,9 @@ from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
 from .kernels._blas import one_thread
 _PADDED = ("conv2d", "depthwise_conv2d")
+# The ops whose kernel adds a residual's shortcut in its epilogue (keyword `shortcut`). A fused
+# node of one reads the shortcut as its second input.
+_RESIDUAL = ("pointwise_conv2d",)
 
 
 def check_input(graph, x, dtype=None):
@@ -95,8 +99,9 @@ def _tensors(node, params):
 def _bind_fast(kernel, node, params, views):
     """The node's fast kernel checked once against the buffers it reads and writes
     (`kernel.check`); returns the step that runs its loops on them (`kernel.run`)."""
-    args = kernel.check(*[views[name] for name in node.inputs], **_tensors(node, params), **node.attrs,
-                        out=views[node.name])
+    inputs = [views[name] for name in node.inputs]
+    shortcut = {"shortcut": inputs.pop()} if node.op in _RESIDUAL and len(inputs) == 2 else {}
+    args = kernel.check(*inputs, **_tensors(node, params), **node.attrs, **shortcut, out=views[node.name])
     return functools.partial(kernel.run, *args)
 
 
@@ -193,8 +198,9 @@ def _fold_pads(nodes, output):
 
 def fuse(graph, params):
     """The fast engine's graph: zero padding folded into the convolution after it, BN folded into
-    the linear layer before it, a clamp (ReLU6) fused into the kernel. Returns the pair
-    (fused graph, its params); neither input is modified."""
+    the linear layer before it, a clamp (ReLU6) fused into the kernel, and a residual add into a
+    pointwise convolution (`_fuse_residual`). Returns the pair (fused graph, its params); neither
+    input is modified."""
     nodes = _fold_pads(graph.nodes, graph.output)
     users = _readers(nodes)
 
@@ -223,8 +229,22 @@ def fuse(graph, params):
             attrs["clamp"] = (clamp.attrs["lo"], clamp.attrs["hi"])
             absorbed.add(clamp.name)
             tail = clamp
-        fused.append(_linear_node(node, tail.name, attrs, w, b, new_params, tail.shape))
+        inputs = node.inputs
+        if node.op in _RESIDUAL and (add := _fuse_residual(only_reader(tail, "add"), tail, nodes, node)):
+            absorbed.add(add.name)
+            inputs, tail = node.inputs + tuple(n for n in add.inputs if n != tail.name), add
+        fused.append(_linear_node(node._replace(inputs=inputs), tail.name, attrs, w, b, new_params, tail.shape))
     return Graph(fused, graph.input_shape, graph.config), new_params
+
+
+def _fuse_residual(add, tail, nodes, node):
+    """`add` when it can run in the epilogue of `node` (whose value, after its BN and clamp, is
+    `tail`): its other input must exist before `node` runs, where the fused node will."""
+    if add is None:
+        return None
+    other = next(n for n in add.inputs if n != tail.name)
+    before = {"input"} | {n.name for n in nodes[:nodes.index(node)]}
+    return add if other in before else None
 
 
 def _linear_node(node, name, attrs, w, b, new_params, shape):

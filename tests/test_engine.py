@@ -39,6 +39,44 @@ def test_buffers_reused_across_calls_give_fresh_correct_outputs(small_model):
     assert np.abs(y2 - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
 
 
+def test_residual_add_fused_into_the_projection_gives_the_same_bits(small_model, monkeypatch):
+    """V2's adds run in the epilogue of the pointwise convolution before them (engine.fuse): the
+    fused node, named after the add, reads the shortcut as its second input, and computes the same
+    float32 additions in the same order as the add did: the same bits as a plan without it."""
+    x = np.random.default_rng(3).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    graph, params = engine.fuse(small_model.graph, small_model.params)
+    adds = [n for n in small_model.graph.nodes if n.op == "add"]
+    assert all(n.op != "add" for n in graph.nodes)
+    for add in adds:
+        fused = graph.node(add.name)
+        assert fused.op == "pointwise_conv2d" and len(fused.inputs) == 2 and fused.inputs[1] in add.inputs
+    y = engine.Plan(graph, params, 2).run(x, intermediates=True)
+    monkeypatch.setattr(engine, "_RESIDUAL", ())
+    unfused = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 2).run(x, intermediates=True)
+    for name in [a.name for a in adds] + [graph.output]:
+        np.testing.assert_array_equal(y[name], unfused[name])
+    if adds:
+        oracle = small_model.run(x, oracle=True, intermediates=True)[adds[-1].name]
+        assert np.abs(y[adds[-1].name] - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
+
+
+def test_an_add_is_fused_only_where_its_shortcut_already_exists():
+    """add(a, b) with b computed after a: fused into b (a exists by then), never into a."""
+    from npmobile.graph import Builder, Graph
+    g = Builder((4, 5, 3))
+    g.pointwise("a", 6, bias=True)
+    g.add("pointwise_conv2d", "b", {}, {"w": (3, 6)}, (4, 5, 6), inputs=("input",))
+    g.residual("sum", "a", "b")
+    graph = Graph(g.nodes, (4, 5, 3))
+    params = random_params(graph, seed=1)
+    fused, fused_params = engine.fuse(graph, params)
+    assert [(n.name, n.inputs) for n in fused.nodes] == [("a", ("input",)), ("sum", ("input", "a"))]
+    x = np.random.default_rng(4).standard_normal((2, 4, 5, 3)).astype(np.float32)
+    y = engine.Plan(fused, fused_params, 2).run(x)
+    oracle = engine.Plan(graph, params, 2, oracle=True).run(x)
+    assert np.abs(y - oracle).max() <= 1e-5 * max(1.0, np.abs(oracle).max())
+
+
 def test_plan_never_writes_a_node_over_its_own_input(small_model):
     plan = small_model._plan(2, oracle=False)
     values = plan.values

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
 from npmobile.kernels._product import BLOCK_FLOATS
-from npmobile.kernels.depthwise import MAX_TAPS
+from npmobile.kernels.depthwise import MAX_TAPS, RUN, RUN_CHANNELS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -201,12 +201,13 @@ def test_conv2d_on_the_first_mobilenet_layer():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
-    """MobileNet's 3x3 path splits each output row into border pixels, inside pixels two at a
-    time (stride 1 and stride 2 pairs) and an odd last one alone: widths 1..8 give 0 to 6 inside
-    pixels (odd and even counts), heights 1..4 rows with and without the inside ones, each pad
-    pattern, channel counts below, at and above a 16-float vector, with and without the clamp."""
+    """MobileNet's 3x3 path splits each output row into border pixels and inside pixels: runs
+    (stride 1, up to RUN_CHANNELS channels), or two at a time (stride 1 and 2) and an odd last
+    one alone. Widths 1..8 give 0 to 6 inside pixels (odd and even counts), heights 1..4 rows with
+    and without the inside ones, each pad pattern, channel counts below, at and above a 16-float
+    vector and each side of RUN_CHANNELS, with and without the clamp."""
     rng = np.random.default_rng(6)
-    for h, w, c in itertools.product(range(1, 5), range(1, 9), (1, 7, 16, 33)):
+    for h, w, c in itertools.product(range(1, 5), range(1, 9), (1, 7, 16, RUN_CHANNELS, RUN_CHANNELS + 1, 80)):
         x = rng.standard_normal((1, h, w, c)).astype(np.float32)
         weights = rng.standard_normal((3, 3, c)).astype(np.float32)
         b = rng.standard_normal(c).astype(np.float32)
@@ -214,6 +215,19 @@ def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
             if h + pad[0] + pad[1] >= 3 and w + pad[2] + pad[3] >= 3:
                 clamp = (-1.0, 1.0) if (h + w) % 2 else None
                 check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=clamp), terms=9)
+
+
+@pytest.mark.parametrize("c", [1, 16, RUN_CHANNELS])
+def test_depthwise_3x3_runs_at_below_and_above_their_length(c):
+    """Stride-1 runs cover RUN // c pixels: rows of one run less a pixel, one run, and two runs
+    and a pixel, in two images."""
+    rng = np.random.default_rng(c + 7)
+    step = RUN // c
+    for width in (step - 1 + 2, step + 2, 2 * step + 1 + 2):  # + 2: the border columns (no padding)
+        x = rng.standard_normal((2, 4, width, c)).astype(np.float32)
+        w = rng.standard_normal((3, 3, c)).astype(np.float32)
+        check_linear("depthwise_conv2d", x, w, rng.standard_normal(c).astype(np.float32),
+                     dict(stride=1, pad=(0, 0, 0, 0), clamp=(0.0, 6.0)), terms=9)
 
 
 @pytest.mark.parametrize("c", [MAX_TAPS, MAX_TAPS + 1])
@@ -313,7 +327,8 @@ def test_pointwise_block_edges(extra):
 def test_product_split_into_blocks(rows, c_out):
     """The product is cut into row blocks (rows >= c_out) or column blocks (fewer rows), a
     multiple of PARTS: sizes below, at and above PARTS on each side. The cut depends on the shape
-    only, so the bits are the same on one numba thread as on all of them."""
+    only, so the bits are the same on numba's threads as on the calling thread (the serial
+    driver that one thread runs), with and without a shortcut."""
     import numba
     from npmobile.kernels import _product
     if not _product.HAVE_SGEMM:
@@ -322,21 +337,63 @@ def test_product_split_into_blocks(rows, c_out):
     x = rng.standard_normal((rows, 5)).astype(np.float32)
     w = rng.standard_normal((5, c_out)).astype(np.float32)
     b = rng.standard_normal(c_out).astype(np.float32)
+    s = rng.standard_normal((rows, c_out)).astype(np.float32)
     lo, hi = np.float32(-1), np.float32(1)
-    y, y_t, y_1 = np.full((3, rows, c_out), np.nan, np.float32)
-    _product._product_jit(x, False, w, b, True, lo, hi, y)
-    # and x given transposed, as conv2d's first layer gives its patches
-    _product._product_jit(np.ascontiguousarray(x.T), True, w, b, True, lo, hi, y_t)
-    np.testing.assert_array_equal(y_t, y)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        _product._product_jit(x, False, w, b, True, lo, hi, y_1)
-    finally:
-        numba.set_num_threads(threads)
-    np.testing.assert_array_equal(y_1, y)
     ref = KERNELS["dense"].ref(x, w, b, clamp=(-1, 1))
-    assert_within(y, ref, KERNELS["dense"].ref(np.abs(x), np.abs(w), np.abs(b)), 7)
+    for has_shortcut in (False, True):
+        y, y_t, y_1 = np.full((3, rows, c_out), np.nan, np.float32)
+        _product._product_jit(x, False, w, b, True, lo, hi, has_shortcut, s, y)
+        # and x given transposed, as conv2d's first layer gives its patches
+        _product._product_jit(np.ascontiguousarray(x.T), True, w, b, True, lo, hi, has_shortcut, s, y_t)
+        np.testing.assert_array_equal(y_t, y)
+        _product._product_serial_jit(x, False, w, b, True, lo, hi, has_shortcut, s, y_1)
+        np.testing.assert_array_equal(y_1, y)
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:  # product() on one thread takes the serial driver
+            _product.product(x, False, w, b, True, lo, hi, y_1, s if has_shortcut else None)
+        finally:
+            numba.set_num_threads(threads)
+        np.testing.assert_array_equal(y_1, y)
+        assert_within(y, ref + s * has_shortcut, KERNELS["dense"].ref(np.abs(x), np.abs(w), np.abs(b)) + np.abs(s), 8)
+
+
+@pytest.mark.parametrize("rows, c_in, c_out", [
+    (700, 16, 96),   # w fits in half the L1: blocks of at most SMALL_BLOCK_FLOATS outputs
+    (300, 64, 128),  # w does not: blocks of at most BLOCK_FLOATS
+    (5, 64, 128),    # fewer rows than columns: column blocks
+])
+def test_pointwise_with_a_shortcut_at_each_block_size(rows, c_in, c_out):
+    """The residual add fused into the epilogue (y = clamp(x @ w + b) + shortcut) on every kind
+    of block, with and without the clamp; the shortcut of the wrong shape is refused."""
+    from npmobile.kernels import _product
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((1, 1, rows, c_in)).astype(np.float32)
+    w = rng.standard_normal((c_in, c_out)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    shortcut = rng.standard_normal((1, 1, rows, c_out)).astype(np.float32)
+    blocks = _product.blocks(rows, c_in, c_out)
+    assert blocks[0] * blocks[1] >= _product.PARTS
+    for clamp in (None, (0.0, 6.0)):
+        check_linear("pointwise_conv2d", x, w, b, {"clamp": clamp, "shortcut": shortcut}, terms=c_in + 1)
+        # the same float32 additions in the same order as a separate add after the layer: same bits
+        alone = KERNELS["add"].fast(shortcut, KERNELS["pointwise_conv2d"].fast(x, w, b, clamp=clamp))
+        np.testing.assert_array_equal(KERNELS["pointwise_conv2d"].fast(x, w, b, clamp=clamp, shortcut=shortcut), alone)
+    with pytest.raises(ValueError, match=r"shortcut: expected the output's shape \(1, 1, %d, %d\)" % (rows, c_out)):
+        KERNELS["pointwise_conv2d"].fast(x, w, b, shortcut=shortcut[..., :-1])
+
+
+def test_blocks_follow_the_size_of_w():
+    """Row blocks of at most SMALL_BLOCK_FLOATS outputs when w fits in half the L1, else of at
+    most BLOCK_FLOATS; a multiple of PARTS either way; PARTS column blocks for fewer rows."""
+    from npmobile.kernels._product import BLOCK_FLOATS, PARTS, SMALL_BLOCK_FLOATS, blocks
+    small_k = SMALL_BLOCK_FLOATS // 2 // 64  # w (small_k, 64) is exactly half the L1
+    for k, floats in ((small_k, SMALL_BLOCK_FLOATS), (small_k + 1, BLOCK_FLOATS)):
+        for m in (64, 65, floats // 64, floats // 64 + 1, 10 * floats // 64 + 5):
+            rows, cols = blocks(m, k, 64)
+            assert cols == 1 and rows % PARTS == 0
+            assert rows == PARTS or m * 64 / rows <= floats < m * 64 / (rows - PARTS)  # as few as fit
+    assert blocks(63, 1000, 64) == (1, PARTS)
 
 
 def test_product_without_openblas_falls_back_to_matmul(monkeypatch):
