@@ -164,12 +164,23 @@ def _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, patches_t):
 
 
 # MobileNet's first layer (3x3 windows over the 3 channels of an RGB image, stride 2, 16 to 64
-# output channels, a multiple of 16) computed directly, without a patch matrix. Each output pixel's 27 window
-# values are read once into registers, and one pass over its output channels computes each of
-# them as a single expression: the bias, the 27 products and the clamp, written once to y. That
-# pass is an elementwise loop over c_out, contiguous in NHWC, which LLVM turns into SIMD
-# instructions (16 channels per AVX-512 instruction). The windows that cross the padding (one
-# row and one column of the output) go through `_first_layer_border_jit`, the equation tap by tap.
+# output channels, a multiple of 16) computed directly, without a patch matrix. Each output
+# pixel's 27 window values are read once into registers, and one pass over its output channels
+# computes each of them as a single expression: the bias, the 27 products and the clamp, written
+# once to y. That pass is an elementwise loop over c_out, contiguous in NHWC, which LLVM turns
+# into SIMD instructions (16 channels per AVX-512 instruction). The windows that cross the
+# padding (one row and one column of the output) go through `_first_layer_border_jit`, the
+# equation tap by tap.
+#
+# Tried and dropped (V2's layer, one thread, against this version): adding each tap's products
+# into y in memory (y[o] += x * w[t, o], 27 passes per pixel) 3-4x slower: a store and a load of
+# y per tap, and LLVM's 64-channel vector body never ran on 32 channels; weights indexed
+# w[p, q, c, o] 1.6x (27 overlap checks per pixel, one per row of w); flat 1-d offsets for x or
+# y 2x (numba's negative-index check turned the stores into scatters); x read inside the channel
+# loop 1.9x (27 overlap checks); the last 16 channels computed again for 24 and 40 channels
+# 1.06x and 1.18x the patch matrix; the patches of a block of rows built right before that
+# block's sgemm in one parallel loop 1.06x the separate passes (gathering 27 values per pixel
+# costs its index arithmetic, not memory); FMA contraction 0.95x, but fastmath stays off.
 
 def pack_first_layer(w):
     """w (3, 3, 3, c_out) as the direct kernel reads it: 27 rows of ROW floats, row
@@ -209,7 +220,7 @@ def _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, 
     """Output rows r0 .. r1 - 1 (counted across the batch): the pixels oy0 <= oy < oy1,
     ox0 <= ox < ox1, whose windows lie inside x, by `_first_layer_inside_jit`; the others tap
     by tap."""
-    h_out, w_out, c_out = y.shape[1], y.shape[2], y.shape[3]
+    h_out, w_out = y.shape[1], y.shape[2]
     for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         if not oy0 <= oy < oy1:
@@ -248,10 +259,11 @@ def _first_layer_border_jit(x, w_rows, b, stride, top, left, has_clamp, lo, hi, 
 @jit
 def _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
     """Outputs ox0 .. ox1 - 1 of row oy, whose windows start at row iy and lie inside x (c_out a
-    multiple of 16). The 27 window values are read
-    into registers (u: the window's upper row, m: middle, d: lower; 3 pixels of 3 channels
-    each), then each output is one expression: the sum of each pixel's 3 channels, of a row's
-    3 pixels, of the 3 rows (a tree: short chains of dependent additions)."""
+    multiple of 16). The 27 window values are read into registers (u: the window's upper row,
+    m: middle, d: lower; 3 pixels of 3 channels each), then each output is one expression: the
+    sum of each pixel's 3 channels, of a row's 3 pixels, of the 3 rows (a tree: short chains of
+    dependent additions). x and y are indexed in 4-d: the indices other than o stay fixed in the
+    channel loop, so numba's negative-index checks run once per pixel, outside it."""
     c_out = y.shape[3] // 16 * 16  # a multiple of the SIMD width, as LLVM now sees: no scalar remainder loop
     for ox in range(ox0, ox1):
         ix = ox * stride - left
