@@ -345,6 +345,25 @@ def test_pointwise_with_a_shortcut_at_each_block_size(rows, c_in, c_out):
         KERNELS["pointwise_conv2d"].fast(x, w, b, shortcut=shortcut[..., :-1])
 
 
+@pytest.mark.parametrize("rows, c_out", [(3, 1024), (1500, 1024), (1, 2048), (5, 1000)])
+def test_product_on_weight_rows_laid_out_apart(rows, c_out):
+    """w of 1024 or 2048 columns (rows a multiple of 4 KiB) is laid out with padded rows once
+    (padded_rows, as engine.fuse stores it): the product reads it in place, with the same bits as
+    from the plain array, in column blocks, row blocks and the one-row gemv; 1000 columns stay."""
+    from npmobile.kernels._product import PAD_FLOATS, padded_rows
+    rng = np.random.default_rng(c_out + rows)
+    x = rng.standard_normal((1, 1, rows, 24)).astype(np.float32)
+    w = rng.standard_normal((24, c_out)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    laid_out = padded_rows(w)
+    np.testing.assert_array_equal(laid_out, w)
+    assert laid_out.strides[0] == 4 * (c_out + (PAD_FLOATS if c_out % 1024 == 0 else 0))
+    for kernel, xs in (("pointwise_conv2d", x), ("dense", x[0, 0])):
+        y = KERNELS[kernel].fast(xs, laid_out, b, clamp=(0.0, 6.0))
+        np.testing.assert_array_equal(y, KERNELS[kernel].fast(xs, w, b, clamp=(0.0, 6.0)))
+    check_linear("pointwise_conv2d", x, laid_out, b, {"clamp": (0.0, 6.0)}, terms=24)
+
+
 def test_blocks_follow_the_size_of_w():
     """Row blocks of at most SMALL_BLOCK_FLOATS outputs when w fits in half the L1, else of at
     most BLOCK_FLOATS; a multiple of PARTS either way; PARTS column blocks for fewer rows."""
