@@ -100,6 +100,25 @@ def check_window(x, k_h, k_w, stride, pad):
     return stride, top, left, h_out, w_out
 
 
+def inside_range(size, size_out, k, stride, pad_before):
+    """The outputs o0 .. o1 - 1 along one axis whose window lies inside x, clear of the padding:
+    0 <= o * stride - pad_before <= size - k. Kernels run these by a fast path, the others by a
+    border path."""
+    o0 = min(size_out, -(-pad_before // stride))
+    o1 = max(o0, min(size_out, (size - k + pad_before) // stride + 1)) if size >= k else o0
+    return o0, o1
+
+
+def zeros_aligned(shape, align=64):
+    """A float32 array of zeros whose data starts on an `align`-byte boundary (NumPy's own
+    allocations start 16 bytes past one): a 64-byte SIMD load from it never straddles two cache
+    lines."""
+    size = int(np.prod(shape))
+    buffer = np.zeros(size + align // 4, dtype=np.float32)
+    start = (-buffer.ctypes.data % align) // 4
+    return buffer[start:start + size].reshape(shape)
+
+
 def output(out, shape):
     """The array a fast kernel writes: a new one, or the caller's `out` (the engine passes
     buffers it reuses across layers and calls) after checking it fits exactly."""

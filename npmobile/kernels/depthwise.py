@@ -125,17 +125,22 @@ MAX_TAPS = 2048
 TAPS_STRIDE = MAX_TAPS + 16
 RUN = 512  # floats of output per stride-1 run (below): ten taps rows of it, 20 KB, stay in L1
 RUN_CHANNELS = 32  # the runs replace the pairs up to this many channels (where they were faster)
+# Tried and not kept (time against these paths, one thread): 3 or 4 pixels per pass at stride 1,
+# 1.2-2.9x on 32-192 channels (the overlap checks grow as stores x loads: 4 x 28 pointers); 4 per
+# pass at stride 2, not vectorised at all (3-5x); channel blocks of 16 with a compile-time trip
+# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x); two output
+# rows per run, 1.3-1.5x on a whole 112x112x32 image though 0.63x on twelve rows in cache.
 
 
 def taps_3x3(w, b, c_in):
     """w (3, 3, c) and b laid out once per layer for the interior paths: row p * 3 + q of the
-    flat (10 * TAPS_STRIDE,) array holds w[p, q] repeated MAX_TAPS // c times, row 9 the bias.
+    flat (10 * TAPS_STRIDE,) array holds w[p, q] (repeated RUN // c times), row 9 the bias.
     Empty unless the layer is MobileNet's case (3x3, m = 1) with at most MAX_TAPS channels."""
     k_h, k_w, c = w.shape
     if (k_h, k_w) != (3, 3) or c != c_in or c > MAX_TAPS:
         return np.zeros(0, dtype=np.float32)
     taps = np.zeros((10, TAPS_STRIDE), dtype=np.float32)
-    reps = MAX_TAPS // c  # the stride-1 runs read w[p, q] repeated along a run of whole pixels
+    reps = max(1, RUN // c)  # the stride-1 runs read w[p, q] repeated along a run of whole pixels
     taps[:9, :reps * c] = np.tile(w.reshape(9, c), reps)
     taps[9, :reps * c] = np.tile(b, reps)
     return taps.reshape(-1)
@@ -162,14 +167,17 @@ def _rows_per_block(y):
 @jit
 def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, r0, r1):
     """Output rows r0 .. r1 - 1 (counted over all images). This is where a path is chosen: the
-    outputs whose window lies inside x two at a time (stride 1 or 2; alone when c > MAX_TAPS)
-    and an odd last one alone, the others (windows crossing the padding) by the border path."""
+    outputs whose window lies inside x in runs (stride 1, up to RUN_CHANNELS channels) or two at
+    a time (stride 1 or 2) and an odd last one alone (all alone when c > MAX_TAPS); the others,
+    whose window crosses the padding, by the border path."""
     h, width, c = x.shape[1], x.shape[2], y.shape[3]
     h_out, w_out = y.shape[1], y.shape[2]
     # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
     ox0 = min(w_out, (left + stride - 1) // stride)
     ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
-    ox2 = ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0  # the pairs end here
+    runs = stride == 1 and c <= RUN_CHANNELS and taps.size > 0
+    # The runs or the pairs cover ox0 .. ox2 - 1, the single-pixel path the rest of the inside.
+    ox2 = ox1 if runs else (ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0)
     for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         iy = oy * stride - top
@@ -177,9 +185,8 @@ def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi,
             _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
             continue
         _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
-        if stride == 1 and c <= RUN_CHANNELS and taps.size:
-            _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1)
-            ox2 = ox1  # no odd last pixel
+        if runs:
+            _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
         elif stride == 1:
             _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
         else:
