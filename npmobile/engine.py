@@ -22,10 +22,12 @@ import numpy as np
 from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
 from .kernels._blas import one_thread
+from .kernels._product import padded_rows
 _PADDED = ("conv2d", "depthwise_conv2d")
 # The ops whose kernel adds a residual's shortcut in its epilogue (keyword `shortcut`). A fused
 # node of one reads the shortcut as its second input.
 _RESIDUAL = ("pointwise_conv2d",)
+_ROWS = ("pointwise_conv2d", "dense")  # the ops whose w is the (c_in, c_out) matrix of one product
 
 
 def check_input(graph, x, dtype=None):
@@ -248,8 +250,10 @@ def _fuse_residual(add, tail, nodes, node):
 
 
 def _linear_node(node, name, attrs, w, b, new_params, shape):
-    """The fused linear node named `name`, its float32 weights stored into new_params."""
-    new_params[f"{name}.w"] = w = np.ascontiguousarray(w, dtype=np.float32)
+    """The fused linear node named `name`, its float32 weights stored into new_params (a matrix
+    product's w laid out as the product reads it, kernels._product.padded_rows)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    new_params[f"{name}.w"] = padded_rows(w) if node.op in _ROWS else w
     node_params = {"w": w.shape}
     if b is not None:
         node_params["b"] = (w.shape[-1],)

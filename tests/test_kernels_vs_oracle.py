@@ -263,16 +263,15 @@ def test_conv2d_both_patch_layouts_at_their_crossover(k_h, k_w, c_in):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2d_first_layer_paths_inside_and_at_the_border(stride):
-    """MobileNet's first layer (3x3 windows over 3 channels, 16 to ROW output channels) runs
-    without a patch matrix: the pixels whose window lies inside x in whole SIMD vectors of 16
-    channels (the last 16 once more when c_out is not a multiple of 16), the others tap by tap.
-    Heights and widths with no inside pixel up to several, odd and even, each pad pattern,
-    c_out at, below and above 16, a multiple and not, up to ROW and just past both limits (the
-    general path), with and without a clamp, two images."""
+    """MobileNet's first layer (3x3 windows over 3 channels, a multiple of 16 output channels up
+    to ROW) runs without a patch matrix: the pixels whose window lies inside x in whole SIMD
+    vectors of 16 channels, the others tap by tap. Heights and widths with no inside pixel up to
+    several, odd and even, each pad pattern, c_out on the path (16, 32, ROW) and just off it
+    (15, 17, 24, ROW + 16: the general path), with and without a clamp, two images."""
     from npmobile.kernels.conv2d import ROW
     rng = np.random.default_rng(12 + stride)
     sizes = [(3, 3), (3, 8), (4, 7), (7, 4), (9, 10)]
-    for k, ((h, w), c_out) in enumerate(itertools.product(sizes, (15, 16, 17, 24, 40, ROW, ROW + 1))):
+    for k, ((h, w), c_out) in enumerate(itertools.product(sizes, (15, 16, 17, 24, 32, ROW, ROW + 16))):
         x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
         weights = rng.standard_normal((3, 3, 3, c_out)).astype(np.float32)
         b = rng.standard_normal(c_out).astype(np.float32)
@@ -287,8 +286,8 @@ def test_conv2d_first_layer_same_bits_on_one_thread_and_on_all():
     import numba
     rng = np.random.default_rng(14)
     x = rng.standard_normal((2, 31, 30, 3)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 3, 24)).astype(np.float32)
-    b = rng.standard_normal(24).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
     attrs = dict(stride=2, pad=(1, 1, 1, 1), clamp=(0.0, 6.0))
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -367,6 +366,25 @@ def test_pointwise_with_a_shortcut_at_each_block_size(rows, c_in, c_out):
         np.testing.assert_array_equal(KERNELS["pointwise_conv2d"].fast(x, w, b, clamp=clamp, shortcut=shortcut), alone)
     with pytest.raises(ValueError, match=r"shortcut: expected the output's shape \(1, 1, %d, %d\)" % (rows, c_out)):
         KERNELS["pointwise_conv2d"].fast(x, w, b, shortcut=shortcut[..., :-1])
+
+
+@pytest.mark.parametrize("rows, c_out", [(3, 1024), (1500, 1024), (1, 2048), (5, 1000)])
+def test_product_on_weight_rows_laid_out_apart(rows, c_out):
+    """w of 1024 or 2048 columns (rows a multiple of 4 KiB) is laid out with padded rows once
+    (padded_rows, as engine.fuse stores it): the product reads it in place, with the same bits as
+    from the plain array, in column blocks, row blocks and the one-row gemv; 1000 columns stay."""
+    from npmobile.kernels._product import PAD_FLOATS, padded_rows
+    rng = np.random.default_rng(c_out + rows)
+    x = rng.standard_normal((1, 1, rows, 24)).astype(np.float32)
+    w = rng.standard_normal((24, c_out)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    laid_out = padded_rows(w)
+    np.testing.assert_array_equal(laid_out, w)
+    assert laid_out.strides[0] == 4 * (c_out + (PAD_FLOATS if c_out % 1024 == 0 else 0))
+    for kernel, xs in (("pointwise_conv2d", x), ("dense", x[0, 0])):
+        y = KERNELS[kernel].fast(xs, laid_out, b, clamp=(0.0, 6.0))
+        np.testing.assert_array_equal(y, KERNELS[kernel].fast(xs, w, b, clamp=(0.0, 6.0)))
+    check_linear("pointwise_conv2d", x, laid_out, b, {"clamp": (0.0, 6.0)}, terms=24)
 
 
 def test_blocks_follow_the_size_of_w():

@@ -24,7 +24,9 @@ from numba import prange
 from ._jit import jit, parallel_jit
 
 # The direct kernel of MobileNet's first layer reads its weights as 27 rows of ROW floats
-# (`pack_first_layer`): it takes layers of up to ROW output channels (48 at alpha 1.4).
+# (`pack_first_layer`): it takes layers of up to ROW output channels (48 at alpha 1.4), in whole
+# SIMD vectors of 16 channels (alpha 0.35, 0.5, 1.0, 1.4; 24 and 40 channels go through im2col:
+# computing 16 channels of a pixel twice, or in a second pass, was slower than the patch matrix).
 ROW = 64
 
 
@@ -76,7 +78,7 @@ def check_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=No
     has_clamp, lo, hi = check_fused_clamp(clamp)
     stride, top, left, h_out, w_out = check_window(x, k_h, k_w, stride, pad)
     y = output(out, (n, h_out, w_out, c_out))
-    if (k_h, k_w, c_in) == (3, 3, 3) and 16 <= c_out <= ROW:  # MobileNet's first layer: no patch matrix
+    if (k_h, k_w, c_in) == (3, 3, 3) and c_out % 16 == 0 and 16 <= c_out <= ROW:  # MobileNet's first layer
         return x, w.reshape(-1, c_out), b, stride, top, left, has_clamp, lo, hi, pack_first_layer(w), y
     by_tap = k_w * c_in <= 16  # short window rows: gather tap by tap (measured crossover: c_in ~ 6)
     shape = (k_h, k_w, c_in, n * h_out * w_out) if by_tap else (n, h_out, w_out, k_h, k_w, c_in)
@@ -100,7 +102,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, out=None):
     transposed matrix (`_im2col_by_tap_jit`). That halves the copy on the first layer, and would
     double it on a wide one.
 
-    MobileNet's own first layer (3x3 windows over 3 channels, 16 to ROW output channels) skips
+    MobileNet's own first layer (3x3 windows over 3 channels, 16, 32, 48 or 64 outputs) skips
     the patch matrix altogether: `run_first_layer` computes each output directly from the 27
     window values (below). That is a quarter faster on one thread than the patch matrix and the
     sgemm, and needs one parallel loop instead of two.
@@ -162,7 +164,7 @@ def _im2col_by_tap_jit(x, stride, top, left, h_out, w_out, patches_t):
 
 
 # MobileNet's first layer (3x3 windows over the 3 channels of an RGB image, stride 2, 16 to 64
-# output channels) computed directly, without a patch matrix. Each output pixel's 27 window
+# output channels, a multiple of 16) computed directly, without a patch matrix. Each output pixel's 27 window
 # values are read once into registers, and one pass over its output channels computes each of
 # them as a single expression: the bias, the 27 products and the clamp, written once to y. That
 # pass is an elementwise loop over c_out, contiguous in NHWC, which LLVM turns into SIMD
@@ -208,7 +210,6 @@ def _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, 
     ox0 <= ox < ox1, whose windows lie inside x, by `_first_layer_inside_jit`; the others tap
     by tap."""
     h_out, w_out, c_out = y.shape[1], y.shape[2], y.shape[3]
-    vectors = c_out // 16 * 16  # channels 0 .. vectors - 1 in whole SIMD vectors of 16
     for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         if not oy0 <= oy < oy1:
@@ -216,10 +217,7 @@ def _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, 
             continue
         _first_layer_border_jit(x, w_rows, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
         iy = oy * stride - top
-        _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1, 0, vectors)
-        if vectors < c_out:  # the last 16 channels once more, overlapping: the same values again
-            _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1,
-                                    c_out - 16, 16)
+        _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1)
         _first_layer_border_jit(x, w_rows, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
 
 
@@ -248,21 +246,19 @@ def _first_layer_border_jit(x, w_rows, b, stride, top, left, has_clamp, lo, hi, 
 
 
 @jit
-def _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1, o0, n_o):
-    """Outputs ox0 .. ox1 - 1 of row oy, whose windows start at row iy and lie inside x;
-    output channels o0 .. o0 + n_o - 1, n_o a multiple of 16. The 27 window values are read
+def _first_layer_inside_jit(x, w_packed, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
+    """Outputs ox0 .. ox1 - 1 of row oy, whose windows start at row iy and lie inside x (c_out a
+    multiple of 16). The 27 window values are read
     into registers (u: the window's upper row, m: middle, d: lower; 3 pixels of 3 channels
     each), then each output is one expression: the sum of each pixel's 3 channels, of a row's
     3 pixels, of the 3 rows (a tree: short chains of dependent additions)."""
-    o0 = max(o0, 0)  # lets LLVM see o0 + j >= 0: numba's negative-index check would make the store a scatter
-    n_o = n_o // 16 * 16  # a multiple of the SIMD width, as LLVM now sees: no scalar remainder loop
+    c_out = y.shape[3] // 16 * 16  # a multiple of the SIMD width, as LLVM now sees: no scalar remainder loop
     for ox in range(ox0, ox1):
         ix = ox * stride - left
         u0, u1, u2, u3, u4, u5, u6, u7, u8 = _window_row(x, i, iy, ix)
         m0, m1, m2, m3, m4, m5, m6, m7, m8 = _window_row(x, i, iy + 1, ix)
         d0, d1, d2, d3, d4, d5, d6, d7, d8 = _window_row(x, i, iy + 2, ix)
-        for j in range(n_o):
-            o = o0 + j
+        for o in range(c_out):
             v = (b[o]
                  + ((_tap(u0, u1, u2, w_packed, 0, o) + _tap(u3, u4, u5, w_packed, 3, o))
                     + _tap(u6, u7, u8, w_packed, 6, o))
