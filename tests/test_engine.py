@@ -99,6 +99,17 @@ def test_fused_weights_of_1024_columns_are_laid_out_apart():
     assert np.abs(y - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
 
 
+def test_activation_buffers_start_64_byte_aligned_and_spread_over_the_page(small_model):
+    """Each buffer starts on a 64-byte boundary, at its own offset within a 4 KiB page: a kernel
+    reading one buffer and writing another at the same position avoids 4K aliasing. (Every value
+    view starts at its buffer's first byte, so the distinct starts are the buffers.)"""
+    plan = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 1)
+    starts = {view.ctypes.data for view in plan.values.values()}
+    offsets = {start % 4096 for start in starts}
+    assert len(starts) >= 3 and len(offsets) == len(starts), sorted(offsets)
+    assert all(offset % 64 == 0 for offset in offsets), sorted(offsets)
+
+
 def test_plan_never_writes_a_node_over_its_own_input(small_model):
     plan = small_model._plan(2, oracle=False)
     values = plan.values
