@@ -77,6 +77,39 @@ def test_an_add_is_fused_only_where_its_shortcut_already_exists():
     assert np.abs(y - oracle).max() <= 1e-5 * max(1.0, np.abs(oracle).max())
 
 
+def test_fused_weights_of_1024_columns_are_laid_out_apart():
+    """engine.fuse stores a pointwise or dense w whose rows are a multiple of 4 KiB (V1-1.0's
+    last layers) in padded rows (kernels._product.padded_rows); the fast plan reads them there
+    and agrees with the oracle plan."""
+    from npmobile.graph import Builder, Graph
+    g = Builder((3, 3, 8))
+    g.pointwise("pw", 1024, bias=True)
+    g.relu6("relu")
+    g.pool("pool", "avg")
+    g.dense("fc", 1024)
+    graph = Graph(g.nodes, (3, 3, 8))
+    params = random_params(graph, seed=2)
+    fused, fused_params = engine.fuse(graph, params)
+    for name in ("relu", "fc"):
+        w = fused_params[f"{name}.w"]
+        assert w.shape[1] == 1024 and w.strides[0] > 4 * 1024
+    x = np.random.default_rng(5).standard_normal((2, 3, 3, 8)).astype(np.float32)
+    y = engine.Plan(fused, fused_params, 2).run(x)
+    oracle = engine.Plan(graph, params, 2, oracle=True).run(x)
+    assert np.abs(y - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
+
+
+def test_activation_buffers_start_64_byte_aligned_and_spread_over_the_page(small_model):
+    """Each buffer starts on a 64-byte boundary, at its own offset within a 4 KiB page: a kernel
+    reading one buffer and writing another at the same position avoids 4K aliasing. (Every value
+    view starts at its buffer's first byte, so the distinct starts are the buffers.)"""
+    plan = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 1)
+    starts = {view.ctypes.data for view in plan.values.values()}
+    offsets = {start % 4096 for start in starts}
+    assert len(starts) >= 3 and len(offsets) == len(starts), sorted(offsets)
+    assert all(offset % 64 == 0 for offset in offsets), sorted(offsets)
+
+
 def test_plan_never_writes_a_node_over_its_own_input(small_model):
     plan = small_model._plan(2, oracle=False)
     values = plan.values

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
 from npmobile.kernels._product import BLOCK_FLOATS
-from npmobile.kernels.depthwise import MAX_TAPS, RUN, RUN_CHANNELS
+from npmobile.kernels.depthwise import MAX_TAPS
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -201,13 +201,12 @@ def test_conv2d_on_the_first_mobilenet_layer():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
-    """MobileNet's 3x3 path splits each output row into border pixels and inside pixels: runs
-    (stride 1, up to RUN_CHANNELS channels), or two at a time (stride 1 and 2) and an odd last
-    one alone. Widths 1..8 give 0 to 6 inside pixels (odd and even counts), heights 1..4 rows with
-    and without the inside ones, each pad pattern, channel counts below, at and above a 16-float
-    vector and each side of RUN_CHANNELS, with and without the clamp."""
+    """MobileNet's 3x3 path splits each output row into border pixels, inside pixels two at a
+    time (stride 1 and stride 2 pairs) and an odd last one alone: widths 1..8 give 0 to 6 inside
+    pixels (odd and even counts), heights 1..4 rows with and without the inside ones, each pad
+    pattern, channel counts below, at and above a 16-float vector, with and without the clamp."""
     rng = np.random.default_rng(6)
-    for h, w, c in itertools.product(range(1, 5), range(1, 9), (1, 7, 16, RUN_CHANNELS, RUN_CHANNELS + 1, 80)):
+    for h, w, c in itertools.product(range(1, 5), range(1, 9), (1, 7, 16, 33)):
         x = rng.standard_normal((1, h, w, c)).astype(np.float32)
         weights = rng.standard_normal((3, 3, c)).astype(np.float32)
         b = rng.standard_normal(c).astype(np.float32)
@@ -215,19 +214,6 @@ def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
             if h + pad[0] + pad[1] >= 3 and w + pad[2] + pad[3] >= 3:
                 clamp = (-1.0, 1.0) if (h + w) % 2 else None
                 check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=clamp), terms=9)
-
-
-@pytest.mark.parametrize("c", [1, 16, RUN_CHANNELS])
-def test_depthwise_3x3_runs_at_below_and_above_their_length(c):
-    """Stride-1 runs cover RUN // c pixels: rows of one run less a pixel, one run, and two runs
-    and a pixel, in two images."""
-    rng = np.random.default_rng(c + 7)
-    step = RUN // c
-    for width in (step - 1 + 2, step + 2, 2 * step + 1 + 2):  # + 2: the border columns (no padding)
-        x = rng.standard_normal((2, 4, width, c)).astype(np.float32)
-        w = rng.standard_normal((3, 3, c)).astype(np.float32)
-        check_linear("depthwise_conv2d", x, w, rng.standard_normal(c).astype(np.float32),
-                     dict(stride=1, pad=(0, 0, 0, 0), clamp=(0.0, 6.0)), terms=9)
 
 
 @pytest.mark.parametrize("c", [MAX_TAPS, MAX_TAPS + 1])
@@ -380,6 +366,25 @@ def test_pointwise_with_a_shortcut_at_each_block_size(rows, c_in, c_out):
         np.testing.assert_array_equal(KERNELS["pointwise_conv2d"].fast(x, w, b, clamp=clamp, shortcut=shortcut), alone)
     with pytest.raises(ValueError, match=r"shortcut: expected the output's shape \(1, 1, %d, %d\)" % (rows, c_out)):
         KERNELS["pointwise_conv2d"].fast(x, w, b, shortcut=shortcut[..., :-1])
+
+
+@pytest.mark.parametrize("rows, c_out", [(3, 1024), (1500, 1024), (1, 2048), (5, 1000)])
+def test_product_on_weight_rows_laid_out_apart(rows, c_out):
+    """w of 1024 or 2048 columns (rows a multiple of 4 KiB) is laid out with padded rows once
+    (padded_rows, as engine.fuse stores it): the product reads it in place, with the same bits as
+    from the plain array, in column blocks, row blocks and the one-row gemv; 1000 columns stay."""
+    from npmobile.kernels._product import PAD_FLOATS, padded_rows
+    rng = np.random.default_rng(c_out + rows)
+    x = rng.standard_normal((1, 1, rows, 24)).astype(np.float32)
+    w = rng.standard_normal((24, c_out)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    laid_out = padded_rows(w)
+    np.testing.assert_array_equal(laid_out, w)
+    assert laid_out.strides[0] == 4 * (c_out + (PAD_FLOATS if c_out % 1024 == 0 else 0))
+    for kernel, xs in (("pointwise_conv2d", x), ("dense", x[0, 0])):
+        y = KERNELS[kernel].fast(xs, laid_out, b, clamp=(0.0, 6.0))
+        np.testing.assert_array_equal(y, KERNELS[kernel].fast(xs, w, b, clamp=(0.0, 6.0)))
+    check_linear("pointwise_conv2d", x, laid_out, b, {"clamp": (0.0, 6.0)}, terms=24)
 
 
 def test_blocks_follow_the_size_of_w():

@@ -123,26 +123,26 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
 # in different L1 cache sets. Wider layers (c > MAX_TAPS) take the single-pixel path on w.
 MAX_TAPS = 2048
 TAPS_STRIDE = MAX_TAPS + 16
-RUN = 512  # floats of output per stride-1 run (below): ten taps rows of it, 20 KB, stay in L1
-RUN_CHANNELS = 32  # the runs replace the pairs up to this many channels (where they were faster)
 # Tried and not kept (time against these paths, one thread): 3 or 4 pixels per pass at stride 1,
 # 1.2-2.9x on 32-192 channels (the overlap checks grow as stores x loads: 4 x 28 pointers); 4 per
 # pass at stride 2, not vectorised at all (3-5x); channel blocks of 16 with a compile-time trip
-# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x); two output
-# rows per run, 1.3-1.5x on a whole 112x112x32 image though 0.63x on twelve rows in cache.
+# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x); on up to 32
+# channels, runs of whole pixels in one flat channel loop (float k reads x at k, k + c, k + 2c of
+# three rows, w repeated along the run): 0.61-0.88x of the pairs called alone, but 1.2-1.35x on
+# the first layer inside a model (the engine's buffers), so not kept; two output rows per run,
+# 1.3-1.5x on a whole 112x112x32 image though 0.63x on twelve rows in cache.
 
 
 def taps_3x3(w, b, c_in):
-    """w (3, 3, c) and b laid out once per layer for the interior paths: row p * 3 + q of the
-    flat (10 * TAPS_STRIDE,) array holds w[p, q] (repeated RUN // c times), row 9 the bias.
+    """w (3, 3, c) and b laid out once per layer for the pair paths: row p * 3 + q of the flat
+    (10 * TAPS_STRIDE,) array holds w[p, q], row 9 the bias.
     Empty unless the layer is MobileNet's case (3x3, m = 1) with at most MAX_TAPS channels."""
     k_h, k_w, c = w.shape
     if (k_h, k_w) != (3, 3) or c != c_in or c > MAX_TAPS:
         return np.zeros(0, dtype=np.float32)
     taps = np.zeros((10, TAPS_STRIDE), dtype=np.float32)
-    reps = max(1, RUN // c)  # the stride-1 runs read w[p, q] repeated along a run of whole pixels
-    taps[:9, :reps * c] = np.tile(w.reshape(9, c), reps)
-    taps[9, :reps * c] = np.tile(b, reps)
+    taps[:9, :c] = w.reshape(9, c)
+    taps[9, :c] = b
     return taps.reshape(-1)
 
 
@@ -167,17 +167,16 @@ def _rows_per_block(y):
 @jit
 def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, r0, r1):
     """Output rows r0 .. r1 - 1 (counted over all images). This is where a path is chosen: the
-    outputs whose window lies inside x in runs (stride 1, up to RUN_CHANNELS channels) or two at
-    a time (stride 1 or 2) and an odd last one alone (all alone when c > MAX_TAPS); the others,
-    whose window crosses the padding, by the border path."""
-    h, width, c = x.shape[1], x.shape[2], y.shape[3]
+    outputs whose window lies inside x two at a time (stride 1 or 2) and an odd last one alone
+    (all alone when c > MAX_TAPS); the others, whose window crosses the padding, by the border
+    path."""
+    h, width = x.shape[1], x.shape[2]
     h_out, w_out = y.shape[1], y.shape[2]
     # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
     ox0 = min(w_out, (left + stride - 1) // stride)
     ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
-    runs = stride == 1 and c <= RUN_CHANNELS and taps.size > 0
-    # The runs or the pairs cover ox0 .. ox2 - 1, the single-pixel path the rest of the inside.
-    ox2 = ox1 if runs else (ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0)
+    # The pairs cover ox0 .. ox2 - 1, the single-pixel path the rest of the inside.
+    ox2 = ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0
     for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         iy = oy * stride - top
@@ -185,9 +184,7 @@ def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi,
             _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
             continue
         _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
-        if runs:
-            _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
-        elif stride == 1:
+        if stride == 1:
             _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
         else:
             _depthwise_3x3_stride2_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
@@ -263,40 +260,6 @@ def _depthwise_3x3_stride2_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy,
                 v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
             y[i, oy, ox, c] = v0
             y[i, oy, ox + 1, c] = v1
-
-
-@jit
-def _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
-    """Stride 1, few channels (c <= RUN_CHANNELS), windows inside x: outputs ox0 .. ox1 - 1 of
-    row oy as runs of RUN // c whole pixels. Along a row of NHWC data one pixel to the right is
-    c floats further, so float k of a run of outputs reads floats k, k + c, k + 2c of three
-    input rows, times taps rows that repeat w[p, q] along the run: one channel loop per run
-    instead of one per pair of pixels, and LLVM's overlap checks before it as often. Time
-    against the pairs: 0.61 on 16 channels, 0.88 on 32, 1.24 on 48 (so not there)."""
-    c, width = y.shape[3], x.shape[2]
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    step = RUN // c  # pixels per run
-    # Unsigned offsets: numba wraps negative signed indexes, a test per index that would turn
-    # the loop's vector loads into gathers; these offsets are never negative.
-    u = np.uint64
-    for ox in range(ox0, ox1, step):
-        x0 = ((i * x.shape[1] + iy) * width + ox - left) * c
-        y0 = ((i * y.shape[1] + oy) * y.shape[2] + ox) * c
-        _depthwise_3x3_run_jit(xf, taps, yf, u(min(step, ox1 - ox) * c), u(x0), u(c), u(width * c), u(y0),
-                               has_clamp, lo, hi)
-
-
-@jit
-def _depthwise_3x3_run_jit(xf, taps, yf, n, x0, c, row, y0, has_clamp, lo, hi):
-    """yf[y0 + k] for k < n: the three input rows start at xf[x0], xf[x0 + row], xf[x0 + 2 row];
-    tap (p, q) reads row p at k + q * c and taps row p * 3 + q at k; the bias is taps row 9."""
-    x1, x2, c2, t = x0 + row, x0 + row + row, c + c, TAPS_STRIDE
-    for k in range(n):
-        v = (taps[9 * t + k]
-             + (xf[x0 + k] * taps[k] + xf[x0 + c + k] * taps[t + k] + xf[x0 + c2 + k] * taps[2 * t + k])
-             + (xf[x1 + k] * taps[3 * t + k] + xf[x1 + c + k] * taps[4 * t + k] + xf[x1 + c2 + k] * taps[5 * t + k])
-             + (xf[x2 + k] * taps[6 * t + k] + xf[x2 + c + k] * taps[7 * t + k] + xf[x2 + c2 + k] * taps[8 * t + k]))
-        yf[y0 + k] = min(max(v, lo), hi) if has_clamp else v
 
 
 @jit

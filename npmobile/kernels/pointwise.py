@@ -41,7 +41,8 @@ def check_rows(x, x_rows, w, b, clamp, out, shortcut=None):
     """The arguments of run_pointwise_conv2d for x (channels last) seen as the matrix x_rows;
     y has x's shape with c_out channels, and so has the shortcut. Shared with dense, the same
     product on (n, c_in)."""
-    w = as_float32("w", w, ndim=2)
+    if not _rows_in_place(w):
+        w = as_float32("w", w, ndim=2)
     c_in = x.shape[-1]
     if w.shape[0] != c_in:
         raise ValueError(f"w: expected input channels (axis 0) = {c_in} to match x of shape {x.shape}, "
@@ -56,6 +57,13 @@ def check_rows(x, x_rows, w, b, clamp, out, shortcut=None):
             raise ValueError(f"shortcut: expected the output's shape {y.shape}, found {shortcut.shape}")
         shortcut = shortcut.reshape(-1, c_out)
     return x_rows, w, b, has_clamp, lo, hi, shortcut, y.reshape(-1, c_out), y
+
+
+def _rows_in_place(w):
+    """w is float32 rows, each contiguous, that the product reads where they are: C-contiguous,
+    or laid out apart by `_product.padded_rows` (the engine's fused weights)."""
+    return (type(w) is np.ndarray and w.dtype == np.float32 and w.ndim == 2 and w.strides[1] == 4
+            and w.strides[0] >= 4 * w.shape[1])
 
 
 def check_pointwise_conv2d(x, w, b=None, *, clamp=None, shortcut=None, out=None):
