@@ -22,6 +22,7 @@ import numpy as np
 from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
 from .kernels._blas import one_thread
+from .kernels._checks import PAGE, page_buffer
 from .kernels._product import padded_rows
 _PADDED = ("conv2d", "depthwise_conv2d")
 # The ops whose kernel adds a residual's shortcut in its epilogue (keyword `shortcut`). A fused
@@ -145,25 +146,12 @@ def _lay_out(graph, batch, dtypes=None):
     # The caller's batch is copied into a buffer of its own (the last), so that every step can be
     # bound once to the buffers it reads and writes.
     sizes.append(batch * int(np.prod(graph.input_shape)) * dtype("input").itemsize)
-    buffers = [_page_buffer(size, k * PAGE // len(sizes) // 64 * 64) for k, size in enumerate(sizes)]
+    # Each buffer starts at its own offset in a 4 KiB page, 64-byte aligned (page_buffer says why:
+    # numpy's buffers sat 112-128 bytes apart modulo 4 KiB and a depthwise layer ran 10-25% slower).
+    buffers = [page_buffer(size, k * PAGE // len(sizes) // 64 * 64) for k, size in enumerate(sizes)]
     views = {name: buffers[buf][:size].view(dtype(name)).reshape(shape) for name, (buf, size, shape) in slots.items()}
     views["input"] = buffers[-1].view(dtype("input")).reshape((batch, *graph.input_shape))
     return views
-
-
-PAGE = 4096
-
-
-def _page_buffer(size, offset):
-    """`size` bytes starting `offset` bytes (a multiple of 64) past a 4 KiB boundary. The buffers
-    start at offsets spread over the page: a kernel that reads one and writes another at the same
-    position then never has a store and a load 4 KiB apart in flight, which the CPU takes for the
-    same address and stalls on ("4K aliasing"); 64-byte starts keep every row's SIMD loads
-    within cache lines. (numpy's 16-byte aligned buffers sat 112-128 bytes apart modulo 4 KiB:
-    a depthwise layer ran 10-25% slower.)"""
-    raw = np.empty(size + PAGE, dtype=np.uint8)
-    start = (offset - raw.ctypes.data) % PAGE
-    return raw[start:start + size]
 
 
 def _take_buffer(sizes, free, size):

@@ -109,14 +109,25 @@ def inside_range(size, size_out, k, stride, pad_before):
     return o0, o1
 
 
-def zeros_aligned(shape, align=64):
-    """A float32 array of zeros whose data starts on an `align`-byte boundary (NumPy's own
-    allocations start 16 bytes past one): a 64-byte SIMD load from it never straddles two cache
-    lines."""
-    size = int(np.prod(shape))
-    buffer = np.zeros(size + align // 4, dtype=np.float32)
-    start = (-buffer.ctypes.data % align) // 4
-    return buffer[start:start + size].reshape(shape)
+PAGE = 4096
+
+
+def page_buffer(nbytes, offset=0):
+    """`nbytes` uint8 starting `offset` bytes (a multiple of 64) past a 4 KiB page boundary. NumPy's
+    own allocations start 16 bytes past a 64-byte one: a 64-byte SIMD load from them straddles two
+    cache lines. The offset lets buffers that one kernel reads and another writes start at
+    different places in the page (engine._lay_out): a store and a load 4 KiB apart stall the CPU
+    as if they were the same address ("4K aliasing")."""
+    raw = np.empty(nbytes + PAGE, dtype=np.uint8)
+    start = (offset - raw.ctypes.data) % PAGE
+    return raw[start:start + nbytes]
+
+
+def zeros_aligned(shape):
+    """A float32 array of zeros starting on a page boundary (page_buffer)."""
+    array = page_buffer(4 * int(np.prod(shape))).view(np.float32).reshape(shape)
+    array[...] = 0
+    return array
 
 
 def output(out, shape):
