@@ -308,10 +308,11 @@ def test_pointwise_block_edges(extra):
     check_linear("pointwise_conv2d", x, w, rng.standard_normal(16).astype(np.float32), {"clamp": (0.0, 6.0)}, terms=8)
 
 
-@pytest.mark.parametrize("rows, c_out", [(1, 8), (2, 8), (3, 8), (7, 40), (8, 3), (9, 2), (40, 7)])
+@pytest.mark.parametrize("rows, c_out", [(1, 8), (1, 1000), (2, 2), (3, 1), (2, 8), (3, 8), (7, 40), (8, 3), (9, 2), (40, 7)])
 def test_product_split_into_blocks(rows, c_out):
     """The product is cut into row blocks (rows >= c_out) or column blocks (fewer rows), a
-    multiple of PARTS: sizes below, at and above PARTS on each side. The cut depends on the shape
+    multiple of PARTS: sizes below, at and above PARTS on each side (one row, one image's classifier:
+    column blocks of sgemv; blocks of one row of a larger product: sgemm). The cut depends on the shape
     only, so the bits are the same on numba's threads as on the calling thread (the serial
     driver that one thread runs), with and without a shortcut."""
     import numba
