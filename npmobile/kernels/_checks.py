@@ -7,6 +7,8 @@ instead of crashing inside compiled code or returning a silently wrong answer.
 
 import numpy as np
 
+from ._jit import jit
+
 # The largest size, stride or pad side a kernel accepts: the int32 range in which ONNX and TFLite
 # store them. Every index a loop computes (oy * stride - top + p, ...) then stays far inside
 # int64, so no bounds test in a loop can wrap around and read outside its array.
@@ -100,10 +102,11 @@ def check_window(x, k_h, k_w, stride, pad):
     return stride, top, left, h_out, w_out
 
 
+@jit
 def inside_range(size, size_out, k, stride, pad_before):
     """The outputs o0 .. o1 - 1 along one axis whose window lies inside x, clear of the padding:
     0 <= o * stride - pad_before <= size - k. Kernels run these by a fast path, the others by a
-    border path."""
+    border path. (Compiled: the depthwise loops call it too.)"""
     o0 = min(size_out, -(-pad_before // stride))
     o1 = max(o0, min(size_out, (size - k + pad_before) // stride + 1)) if size >= k else o0
     return o0, o1

@@ -197,8 +197,7 @@ def run_first_layer(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi
     """All output rows, shared out across numba's threads; on one thread the rows are run in a
     plain loop (a parallel loop costs 1-2 us to start even on one thread). Each row's result
     does not depend on which thread computed it: the same bits on any number of threads."""
-    inside = inside_range(x.shape[1], y.shape[1], 3, stride, top) + inside_range(x.shape[2], y.shape[2], 3, stride, left)
-    args = (x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, *inside)
+    args = (x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y)
     if numba.get_num_threads() == 1:
         _first_layer_rows_jit(*args, 0, y.shape[0] * y.shape[1])
     else:
@@ -207,20 +206,20 @@ def run_first_layer(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi
 
 
 @parallel_jit
-def _first_layer_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, oy0, oy1, ox0, ox1):
+def _first_layer_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y):
     """The output rows of every image, one at a time, across numba's threads."""
     for row in prange(y.shape[0] * y.shape[1]):
-        _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, oy0, oy1, ox0, ox1,
-                              row, row + 1)
+        _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, row, row + 1)
 
 
 @jit
-def _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, oy0, oy1, ox0, ox1,
-                          r0, r1):
+def _first_layer_rows_jit(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y, r0, r1):
     """Output rows r0 .. r1 - 1 (counted across the batch): the pixels oy0 <= oy < oy1,
     ox0 <= ox < ox1, whose windows lie inside x, by `_first_layer_inside_jit`; the others tap
     by tap."""
     h_out, w_out = y.shape[1], y.shape[2]
+    oy0, oy1 = inside_range(x.shape[1], h_out, 3, stride, top)
+    ox0, ox1 = inside_range(x.shape[2], w_out, 3, stride, left)
     for row in range(r0, r1):
         i, oy = row // h_out, row % h_out
         if not oy0 <= oy < oy1:

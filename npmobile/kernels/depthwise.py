@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_bias, as_float32, check_fused_clamp, check_window, output
+from ._checks import as_bias, as_float32, check_fused_clamp, check_window, inside_range, output
 from ._jit import jit, parallel_jit
 
 
@@ -172,9 +172,7 @@ def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi,
     path."""
     h, width = x.shape[1], x.shape[2]
     h_out, w_out = y.shape[1], y.shape[2]
-    # Outputs ox0 .. ox1 - 1 have their window's columns inside x: 0 <= ox*s - left <= width - 3.
-    ox0 = min(w_out, (left + stride - 1) // stride)
-    ox1 = max(ox0, min(w_out, (width - 3 + left) // stride + 1)) if width >= 3 else ox0
+    ox0, ox1 = inside_range(width, w_out, 3, stride, left)  # windows whose columns are inside x
     # The pairs cover ox0 .. ox2 - 1, the single-pixel path the rest of the inside.
     ox2 = ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0
     for row in range(r0, r1):
