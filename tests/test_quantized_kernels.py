@@ -377,3 +377,4 @@ def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads):
             _assert_exact(name, xs, w if name != "qdense" else w.view(np.uint8), b, **zero, **attrs)
     finally:
         numba.set_num_threads(saved)
+
