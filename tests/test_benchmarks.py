@@ -46,7 +46,8 @@ def test_layer_benchmark_quick(tmp_path):
     out = tmp_path / "layers.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers.py"), "--runs", "3", "--out", str(out)],
                    check=True, capture_output=True, timeout=900)
-    rows = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()[2:8] if line.strip()}
+    table = out.read_text().split("\n\n")[0].splitlines()[3:]  # after ```, the title and the header
+    rows = {line.split()[0]: line.split()[1:] for line in table}
     for kind in ("first", "separable", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
         assert float(rows[kind][-3]) > 0 and float(rows[kind][-2]) > 0, rows
     # each step's own line: npmobile's ms and ONNX Runtime's for the same layers
