@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bounds import assert_within, gamma
 from npmobile.kernels import KERNELS
 from npmobile.kernels._product import BLOCK_FLOATS
-from npmobile.kernels.depthwise import MAX_TAPS
+from npmobile.kernels.depthwise import MAX_TAPS, RUN_FLOATS, run_pixels
 
 CHANNELS = st.integers(1, 40)
 KERNEL_SIDE = st.sampled_from([1, 3, 5, 7])
@@ -259,6 +259,33 @@ def test_depthwise_3x3_paths_at_below_and_above_their_tiles(stride):
                 check_linear("depthwise_conv2d", x, weights, b, dict(stride=stride, pad=pad, clamp=clamp), terms=9)
 
 
+@pytest.mark.parametrize("c", [16, 33, RUN_FLOATS // 2, RUN_FLOATS + 1, 2 * RUN_FLOATS + 76])
+def test_depthwise_3x3_stride1_runs_at_below_and_above_their_length(c):
+    """At stride 1 the inside pixels go in runs of run_pixels(c) whole pixels (channels split in
+    shares of at most RUN_FLOATS when wider), two output rows at once when both are inside: one
+    pixel less, exactly, one more and two runs and one pixel; an odd and an even number of inside
+    rows; padding on each side or none."""
+    rng = np.random.default_rng(c)
+    run = run_pixels(c)
+    for width, h in itertools.product(sorted({run + 1, run + 2, run + 3, 2 * run + 3}), (4, 5)):
+        x = rng.standard_normal((1, h, width, c)).astype(np.float32)
+        w = rng.standard_normal((3, 3, c)).astype(np.float32)
+        for pad in ((1, 1, 1, 1), (0, 0, 0, 0), (2, 0, 0, 2)):
+            if width + pad[2] + pad[3] >= 3:
+                check_linear("depthwise_conv2d", x, w, rng.standard_normal(c).astype(np.float32),
+                             dict(stride=1, pad=pad, clamp=(0.0, 6.0) if h == 4 else None), terms=9)
+
+
+def test_depthwise_3x3_stride3():
+    """Strides above 2 take the single-pixel path inside (the pairs are for stride 2 only)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 11, 13, 24)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 24)).astype(np.float32)
+    for pad in ((1, 1, 1, 1), (0, 0, 0, 0)):
+        check_linear("depthwise_conv2d", x, w, rng.standard_normal(24).astype(np.float32),
+                     dict(stride=3, pad=pad, clamp=None), terms=9)
+
+
 @pytest.mark.parametrize("c", [MAX_TAPS, MAX_TAPS + 1])
 def test_depthwise_3x3_at_and_above_the_widest_laid_out_weights(c):
     """Layers up to MAX_TAPS channels read their weights from the laid-out `taps`; wider ones
@@ -272,7 +299,8 @@ def test_depthwise_3x3_at_and_above_the_widest_laid_out_weights(c):
 
 
 @pytest.mark.parametrize("shape, stride, pad", [((3, 23, 21, 24), 1, (1, 1, 1, 1)), ((2, 30, 19, 40), 2, (0, 1, 0, 1)),
-                                                ((1, 112, 9, 32), 1, (1, 1, 1, 1)), ((2, 9, 9, 8), 2, (1, 1, 1, 1))])
+                                                ((1, 112, 9, 32), 1, (1, 1, 1, 1)), ((2, 9, 9, 8), 2, (1, 1, 1, 1)),
+                                                ((1, 21, 40, 16), 1, (1, 1, 1, 1)), ((1, 7, 7, 600), 1, (1, 1, 1, 1))])
 def test_depthwise_3x3_same_bits_on_one_and_two_threads(shape, stride, pad):
     """The rows are cut into blocks by shape alone and each output is computed the same way in
     any block: one thread (the serial loop) and two (the parallel one) give the same bits."""

@@ -343,3 +343,38 @@ def test_qfully_connected_rounds_once_where_the_fixed_point_route_rounds_twice()
     y = QKERNELS["qfully_connected"].fast(x, np.zeros((1, 1), np.int8), np.array([acc], np.int32), x_zero=0,
                                           w_zero=np.zeros(1, np.int32), y_zero=0, real_multiplier=m)
     assert y[0, 0] == 100
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows, c_in, c_out", [(1, 40, 300), (3, 20, 50), (5000, 24, 144), (700, 600, 40)])
+def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads):
+    # qproduct.py's shapes the drawn layers above are too small to reach: a one-row product
+    # (sgemv, in column blocks), fewer rows than columns, many row blocks, and sums long and
+    # large enough to be split into chunks (weights at the ends of the int8 range, 600 taps);
+    # each runtime's epilogue, on the serial loop (1 thread) and the parallel one (2).
+    import numba
+
+    from npmobile.kernels.quantized import qproduct
+    from npmobile.kernels.quantized.qfully_connected import real_multipliers
+
+    rng = np.random.default_rng(rows + c_in)
+    x = rng.integers(0, 256, (rows, c_in)).astype(np.uint8)
+    w = rng.choice(np.array([-128, 127], np.int8), (c_in, c_out))
+    b = rng.integers(-(1 << 20), 1 << 20, c_out).astype(np.int32)
+    chunks = qproduct.check_product(x, 0, w.astype(np.int32), b, 0, 0, 0, 255, None, None)[3]
+    assert (len(chunks) > 2) == (c_in == 600)
+    scales = rng.uniform(2.0 ** -20, 2.0 ** -12, c_out).astype(np.float32)
+    multiplier, shift = fp.conv_multipliers(0.02, scales, 0.5, double_product=True)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for name, attrs in (("qdense", dict(multiplier=multiplier, shift=shift, clamp=(0, 200))),
+                            ("qfully_connected", dict(real_multiplier=real_multipliers(0.02, scales, 0.5))),
+                            ("qlinear_matmul", dict(scale=scales))):
+            xs = x.view(np.int8) if name != "qdense" else x  # int8 files' activations are int8
+            # zero points at the ends of the range: |x - x_zero| up to 255, as in the chunk count above
+            zero = dict(x_zero=127 if name != "qdense" else 0, w_zero=np.zeros(c_out, np.int32), y_zero=5)
+            _assert_exact(name, xs, w if name != "qdense" else w.view(np.uint8), b, **zero, **attrs)
+    finally:
+        numba.set_num_threads(saved)
+

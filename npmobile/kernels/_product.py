@@ -109,26 +109,42 @@ def blocks(m, k, n):
 
 
 @jit
+def block_bounds(m, n, j, row_blocks, col_blocks):
+    """(r0, r1, c0, c1): block j of y (m, n), row-major over the row_blocks x col_blocks grid
+    (empty when the grid has more blocks than y has rows or columns)."""
+    r_step, c_step = -(-m // row_blocks), -(-n // col_blocks)
+    r0, c0 = (j // col_blocks) * r_step, (j % col_blocks) * c_step
+    return r0, min(m, r0 + r_step), c0, min(n, c0 + c_step)
+
+
+@jit
+def gemm(a, lda, rows, w, k0, k1, c0, c1, c, ldc):
+    """c[:rows, :c1 - c0] = a[:rows, :k1 - k0] @ w[k0:k1, c0:c1], a and c addresses (row strides
+    lda and ldc floats): OpenBLAS's sgemm, or for one row its sgemv (a batch-1 classifier: about
+    4x faster than sgemm on one row)."""
+    ldw = w.strides[0] // 4  # w's row length, or more when its rows are padded (padded_rows)
+    w_at = w.ctypes.data + 4 * (k0 * ldw + c0)
+    if rows == 1:
+        sgemv(ROW_MAJOR, TRANS, k1 - k0, c1 - c0, np.float32(1), w_at, ldw, a, 1, np.float32(0), c, 1)
+    else:
+        sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, c1 - c0, k1 - k0, np.float32(1), a, lda, w_at, ldw,
+              np.float32(0), c, ldc)
+
+
+@jit
 def _block_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, row_blocks, col_blocks):
     """Block j of y (row-major over the row_blocks x col_blocks grid): one sgemm, then the
     epilogue while the block is in cache."""
     m, n = y.shape
     k = w.shape[0]
-    r_step, c_step = -(-m // row_blocks), -(-n // col_blocks)
-    r0, c0 = (j // col_blocks) * r_step, (j % col_blocks) * c_step
-    r1, c1 = min(m, r0 + r_step), min(n, c0 + c_step)
+    r0, r1, c0, c1 = block_bounds(m, n, j, row_blocks, col_blocks)
     if r1 <= r0 or c1 <= c0:
         return
-    ldw = w.strides[0] // 4  # n, or more when w's rows are padded (padded_rows)
-    if m == 1:  # one row (a batch-1 classifier): gemv, about 4x faster than sgemm on one row
-        sgemv(ROW_MAJOR, TRANS, k, c1 - c0, np.float32(1), w.ctypes.data + 4 * c0, ldw, a.ctypes.data, 1,
-              np.float32(0), y.ctypes.data + 4 * c0, 1)
-    elif a_transposed:  # a is (k, m): block r0.. starts r0 floats into each of its rows
+    if a_transposed and m > 1:  # a is (k, m): block r0.. starts r0 floats into each of its rows
         sgemm(ROW_MAJOR, TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0, m,
-              w.ctypes.data + 4 * c0, ldw, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
+              w.ctypes.data + 4 * c0, w.strides[0] // 4, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
     else:
-        sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0 * k, k,
-              w.ctypes.data + 4 * c0, ldw, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
+        gemm(a.ctypes.data + 4 * r0 * k, k, r1 - r0, w, 0, k, c0, c1, y.ctypes.data + 4 * (r0 * n + c0), n)
     bias_clamp_jit(y, b, has_clamp, lo, hi, has_shortcut, s, r0, r1, c0, c1)
 
 

@@ -17,8 +17,9 @@ by its multiplies, so its time ratio to a standard convolution is worse than its
 
 Read the oracle first (what is computed), then the general loop (the same equation, in float32
 and skipping the padding), then MobileNet's case (3x3, m = 1): each output row split into the
-pixels whose window lies inside x, computed two at a time (stride 1 or 2) or alone, and the
-border around them; rows shared out between numba's threads in blocks.
+pixels whose window lies inside x and the border around them; the inside ones at stride 1 in runs
+of whole pixels, two output rows at once, at stride 2 two pixels at a time; rows shared out
+between numba's threads in blocks.
 """
 
 import numba
@@ -26,7 +27,7 @@ import numpy as np
 from numba import prange
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_bias, as_float32, check_fused_clamp, check_window, inside_range, output
+from ._checks import as_bias, as_float32, check_fused_clamp, check_window, inside_range, output, zeros_aligned
 from ._jit import jit, parallel_jit
 
 
@@ -113,7 +114,7 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
     return run_depthwise_conv2d(*check_depthwise_conv2d(x, w, b, stride=stride, pad=pad, clamp=clamp, out=out))
 
 
-# The pair paths read the weights and the bias from one flat array, `taps`, whose rows (tap
+# The fast paths read the weights and the bias from one flat array, `taps`, whose rows (tap
 # p * 3 + q, then the bias) lie a constant TAPS_STRIDE floats apart. Why: before a vectorised
 # channel loop LLVM checks at run time that y overlaps none of the arrays the loop reads, one
 # check per pair of pointers whose distance it does not know; w[p, q, c] gives nine pointers c
@@ -121,28 +122,39 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
 # a quarter off the 112x112x32 layer, whose channel loops are two vectors long; with taps as a
 # (10, c) array the checks cost more than they did on w. The 16 extra floats keep the ten rows
 # in different L1 cache sets. Wider layers (c > MAX_TAPS) take the single-pixel path on w.
+# Each row holds w[p, q] repeated run_pixels(c) times: the stride-1 runs (below) read a whole
+# run of pixels with one channel loop. taps starts on a page (zeros_aligned): unaligned, each of
+# its 64-byte loads straddled two cache lines (8-15% slower on V2's large layers, one thread).
 MAX_TAPS = 2048
 TAPS_STRIDE = MAX_TAPS + 16
+# Floats per stride-1 run: 10 rows of 512 floats (20 KiB) stay in L1 beside the input rows. Runs
+# of 2048 floats (80 KiB of taps) were 1.2-1.35x slower than pairs of pixels on V2's first
+# depthwise layer inside a model; 1024 already lost 10-50% against 512 (one thread, 12 rows in
+# cache: 1024 / 512 = 1.08-1.43 on 32-192 channels).
+RUN_FLOATS = 512
 # Tried and not kept (time against these paths, one thread): 3 or 4 pixels per pass at stride 1,
 # 1.2-2.9x on 32-192 channels (the overlap checks grow as stores x loads: 4 x 28 pointers); 4 per
 # pass at stride 2, not vectorised at all (3-5x); channel blocks of 16 with a compile-time trip
-# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x); on up to 32
-# channels, runs of whole pixels in one flat channel loop (float k reads x at k, k + c, k + 2c of
-# three rows, w repeated along the run): 0.61-0.88x of the pairs called alone, but 1.2-1.35x on
-# the first layer inside a model (the engine's buffers), so not kept; two output rows per run,
-# 1.3-1.5x on a whole 112x112x32 image though 0.63x on twelve rows in cache.
+# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x).
+
+
+@jit
+def run_pixels(c):
+    """Pixels per stride-1 run: as many whole pixels of c channels as fit RUN_FLOATS, at least one."""
+    return max(1, RUN_FLOATS // c)
 
 
 def taps_3x3(w, b, c_in):
-    """w (3, 3, c) and b laid out once per layer for the pair paths: row p * 3 + q of the flat
-    (10 * TAPS_STRIDE,) array holds w[p, q], row 9 the bias.
+    """w (3, 3, c) and b laid out once per layer for the fast paths: row p * 3 + q of the flat
+    (10 * TAPS_STRIDE,) array holds w[p, q] run_pixels(c) times over, row 9 the bias as often.
     Empty unless the layer is MobileNet's case (3x3, m = 1) with at most MAX_TAPS channels."""
     k_h, k_w, c = w.shape
     if (k_h, k_w) != (3, 3) or c != c_in or c > MAX_TAPS:
         return np.zeros(0, dtype=np.float32)
-    taps = np.zeros((10, TAPS_STRIDE), dtype=np.float32)
-    taps[:9, :c] = w.reshape(9, c)
-    taps[9, :c] = b
+    reps = run_pixels(c)
+    taps = zeros_aligned((10, TAPS_STRIDE))
+    taps[:9, :reps * c] = np.tile(w.reshape(9, c), reps)
+    taps[9, :reps * c] = np.tile(b, reps)
     return taps.reshape(-1)
 
 
@@ -160,34 +172,44 @@ def _depthwise_3x3_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y):
 @jit
 def _rows_per_block(y):
     """Output rows per parallel block: at least 4096 outputs (a few microseconds of work, against
-    about one to hand a block to a thread), and at least 8 blocks to share between threads."""
-    return max(1, min(-(-4096 // (y.shape[2] * y.shape[3])), y.shape[0] * y.shape[1] // 8))
+    about one to hand a block to a thread), and at least 8 blocks to share between threads; an
+    even count, so that the stride-1 runs take the rows of a block two at a time."""
+    rows = max(1, min(-(-4096 // (y.shape[2] * y.shape[3])), y.shape[0] * y.shape[1] // 8))
+    return rows + rows % 2
 
 
 @jit
 def _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, r0, r1):
-    """Output rows r0 .. r1 - 1 (counted over all images). This is where a path is chosen: the
-    outputs whose window lies inside x two at a time (stride 1 or 2) and an odd last one alone
-    (all alone when c > MAX_TAPS); the others, whose window crosses the padding, by the border
-    path."""
+    """Output rows r0 .. r1 - 1 (counted over all images). This is where a path is chosen: rows
+    whose windows cross the top or bottom padding by the border path; in the others the outputs
+    whose window crosses the left or right padding by the border path too, and the inside ones
+    by runs of whole pixels at stride 1 (two rows at once when the next row of the block is
+    inside as well), two at a time at stride 2 with an odd last one alone, or all alone when
+    c > MAX_TAPS."""
     h, width = x.shape[1], x.shape[2]
     h_out, w_out = y.shape[1], y.shape[2]
-    ox0, ox1 = inside_range(width, w_out, 3, stride, left)  # windows whose columns are inside x
-    # The pairs cover ox0 .. ox2 - 1, the single-pixel path the rest of the inside.
-    ox2 = ox0 + (ox1 - ox0) // 2 * 2 if taps.size else ox0
-    for row in range(r0, r1):
+    oy0, oy1 = inside_range(h, h_out, 3, stride, top)  # rows whose windows are inside x
+    ox0, ox1 = inside_range(width, w_out, 3, stride, left)  # the same for columns
+    row = r0
+    while row < r1:
         i, oy = row // h_out, row % h_out
         iy = oy * stride - top
-        if not 0 <= iy <= h - 3:
+        if not oy0 <= oy < oy1:
             _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, w_out)
+            row += 1
             continue
-        _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, 0, ox0)
-        if stride == 1:
-            _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
-        else:
+        runs = stride == 1 and taps.size > 0
+        rows = 2 if runs and row + 1 < r1 and oy + 1 < oy1 else 1
+        for r in range(oy, oy + rows):
+            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, r, 0, ox0)
+            _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, r, ox1, w_out)
+        if runs:
+            _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, rows, ox0, ox1)
+        else:  # stride-2 pairs over ox0 .. ox2 - 1, the rest alone
+            ox2 = ox0 + (ox1 - ox0) // 2 * 2 if stride == 2 and taps.size > 0 else ox0
             _depthwise_3x3_stride2_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox2)
-        _depthwise_3x3_inside_jit(x, w, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox2, ox1)
-        _depthwise_3x3_border_jit(x, w, b, stride, top, left, has_clamp, lo, hi, y, i, oy, ox1, w_out)
+            _depthwise_3x3_inside_jit(x, w, b, stride, left, has_clamp, lo, hi, y, i, oy, iy, ox2, ox1)
+        row += rows
 
 
 @jit
@@ -211,29 +233,65 @@ def _depthwise_3x3_inside_jit(x, w, b, stride, left, has_clamp, lo, hi, y, i, oy
 
 
 @jit
-def _depthwise_3x3_pairs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, ox0, ox1):
-    """Stride 1, windows inside x: outputs ox0 .. ox1 - 1 (an even count) two at a time. Two
-    neighbours share two of their three columns: computed together they load 12 input values
-    instead of 18, and each weight (from `taps`) once for both."""
-    t = TAPS_STRIDE
-    for ox in range(ox0, ox1, 2):
-        ix = ox - left
-        for c in range(y.shape[3]):
-            w00, w01, w02, w10, w11 = taps[c], taps[t + c], taps[2 * t + c], taps[3 * t + c], taps[4 * t + c]
-            w12, w20, w21, w22, bias = taps[5 * t + c], taps[6 * t + c], taps[7 * t + c], taps[8 * t + c], taps[9 * t + c]
-            a1, a2 = x[i, iy, ix + 1, c], x[i, iy, ix + 2, c]
-            b1, b2 = x[i, iy + 1, ix + 1, c], x[i, iy + 1, ix + 2, c]
-            c1, c2 = x[i, iy + 2, ix + 1, c], x[i, iy + 2, ix + 2, c]
-            v0 = (bias + (x[i, iy, ix, c] * w00 + a1 * w01 + a2 * w02)
-                  + (x[i, iy + 1, ix, c] * w10 + b1 * w11 + b2 * w12)
-                  + (x[i, iy + 2, ix, c] * w20 + c1 * w21 + c2 * w22))
-            v1 = (bias + (a1 * w00 + a2 * w01 + x[i, iy, ix + 3, c] * w02)
-                  + (b1 * w10 + b2 * w11 + x[i, iy + 1, ix + 3, c] * w12)
-                  + (c1 * w20 + c2 * w21 + x[i, iy + 2, ix + 3, c] * w22))
-            if has_clamp:
-                v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
-            y[i, oy, ox, c] = v0
-            y[i, oy, ox + 1, c] = v1
+def _depthwise_3x3_runs_jit(x, taps, left, has_clamp, lo, hi, y, i, oy, iy, rows, ox0, ox1):
+    """Stride 1, windows inside x: outputs ox0 .. ox1 - 1 of rows oy .. oy + rows - 1 (1 or 2) as
+    runs of run_pixels(c) whole pixels. Along a row of NHWC data one pixel to the right is c
+    floats further, so float k of a run of outputs reads floats k, k + c, k + 2c of three input
+    rows, times taps rows that repeat w[p, q] along the run: one channel loop per run instead of
+    one per pixel, and LLVM's overlap checks before it as often."""
+    c, width = y.shape[3], x.shape[2]
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    step = run_pixels(c)
+    part = -(-c // -(-c // RUN_FLOATS))  # channels per run: all c, or a share of at most RUN_FLOATS
+    # Unsigned offsets: numba wraps negative signed indexes, a test per index that would turn
+    # the loop's vector loads into gathers; these offsets are never negative.
+    u = np.uint64
+    for c0 in range(0, c, part):
+        t = taps[c0:]
+        for ox in range(ox0, ox1, step):
+            x0 = ((i * x.shape[1] + iy) * width + ox - left) * c + c0
+            y0 = ((i * y.shape[1] + oy) * y.shape[2] + ox) * c + c0
+            n = min(step, ox1 - ox) * min(part, c - c0)
+            if rows == 2:
+                _depthwise_3x3_run2_jit(xf, t, yf, u(n), u(x0), u(c), u(width * c), u(y0), u(y.shape[2] * c),
+                                        has_clamp, lo, hi)
+            else:
+                _depthwise_3x3_run_jit(xf, t, yf, u(n), u(x0), u(c), u(width * c), u(y0), has_clamp, lo, hi)
+
+
+@jit
+def _depthwise_3x3_run_jit(xf, taps, yf, n, x0, c, row, y0, has_clamp, lo, hi):
+    """yf[y0 + k] for k < n: the three input rows start at xf[x0], xf[x0 + row], xf[x0 + 2 row];
+    tap (p, q) reads row p at k + q * c and taps row p * 3 + q at k; the bias is taps row 9."""
+    x1, x2, c2, t = x0 + row, x0 + row + row, c + c, TAPS_STRIDE
+    for k in range(n):
+        v = (taps[9 * t + k]
+             + (xf[x0 + k] * taps[k] + xf[x0 + c + k] * taps[t + k] + xf[x0 + c2 + k] * taps[2 * t + k])
+             + (xf[x1 + k] * taps[3 * t + k] + xf[x1 + c + k] * taps[4 * t + k] + xf[x1 + c2 + k] * taps[5 * t + k])
+             + (xf[x2 + k] * taps[6 * t + k] + xf[x2 + c + k] * taps[7 * t + k] + xf[x2 + c2 + k] * taps[8 * t + k]))
+        yf[y0 + k] = min(max(v, lo), hi) if has_clamp else v
+
+
+@jit
+def _depthwise_3x3_run2_jit(xf, taps, yf, n, x0, c, row, y0, y_row, has_clamp, lo, hi):
+    """Two output rows of a run: yf[y0 + k] as _depthwise_3x3_run_jit, and yf[y0 + y_row + k] from
+    the three input rows one row further down. The two share two input rows (6 loads instead of
+    12) and every weight (10 loads instead of 20): 11 loads per output instead of 19, 0.66-0.84x
+    the one-row runs' time (one thread, 32-384 channels)."""
+    x1, x2, x3, c2, t = x0 + row, x0 + row + row, x0 + row + row + row, c + c, TAPS_STRIDE
+    for k in range(n):
+        w00, w01, w02, w10, w11 = taps[k], taps[t + k], taps[2 * t + k], taps[3 * t + k], taps[4 * t + k]
+        w12, w20, w21, w22, bias = taps[5 * t + k], taps[6 * t + k], taps[7 * t + k], taps[8 * t + k], taps[9 * t + k]
+        r10, r11, r12 = xf[x1 + k], xf[x1 + c + k], xf[x1 + c2 + k]  # input rows 1 and 2: both outputs'
+        r20, r21, r22 = xf[x2 + k], xf[x2 + c + k], xf[x2 + c2 + k]
+        v0 = (bias + (xf[x0 + k] * w00 + xf[x0 + c + k] * w01 + xf[x0 + c2 + k] * w02)
+              + (r10 * w10 + r11 * w11 + r12 * w12) + (r20 * w20 + r21 * w21 + r22 * w22))
+        v1 = (bias + (r10 * w00 + r11 * w01 + r12 * w02) + (r20 * w10 + r21 * w11 + r22 * w12)
+              + (xf[x3 + k] * w20 + xf[x3 + c + k] * w21 + xf[x3 + c2 + k] * w22))
+        if has_clamp:
+            v0, v1 = min(max(v0, lo), hi), min(max(v1, lo), hi)
+        yf[y0 + k] = v0
+        yf[y0 + y_row + k] = v1
 
 
 @jit

@@ -20,9 +20,9 @@ import numpy as np
 
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
-from .._product import BLOCK_FLOATS
 from ._qchecks import check_zero, q_output, requant_args, type_range
-from .fixedpoint import requantize, requantize_params
+from .epilogue import FIXED_POINT, epilogue
+from .fixedpoint import requantize_params
 
 EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
 
@@ -52,44 +52,6 @@ def exact_chunks(ws, bound):
     return bounds + [ws.shape[0]]
 
 
-def row_blocks(x_rows, ws, bound, y_rows):
-    """The blocks an exact product x_rows (r, c_in) @ ws (c_in, c_out) runs in, ws being the
-    weights minus their zero points (float32) and bound = x_bound(...): a list of
-    (x_flat, xf_flat, products, partial, y_block), where xf_flat takes x - x_zero, each product
-    (xf_chunk, w_chunk, out) is one sgemm over a chunk of input channels (exact_chunks) and
-    partial[j] holds chunk j's exact sums for the epilogue to add. Rows go through in blocks
-    whose float32 result fits half of L2 (as the float kernel), so the epilogue reads the sgemm
-    output while it is still in cache. Every view a block needs is made here, once: on a small
-    layer making them per call costs more than the arithmetic."""
-    c_in, c_out = ws.shape
-    chunks = exact_chunks(ws, bound)
-    pairs = list(zip(chunks[:-1], chunks[1:]))
-    w_chunks = [np.ascontiguousarray(ws[k0:k1]) for k0, k1 in pairs]
-    block = max(1, min(x_rows.shape[0], BLOCK_FLOATS // max(c_out, 1)))
-    xf = np.empty((block, c_in), dtype=np.float32)
-    partial = np.empty((len(pairs), block, c_out), dtype=np.float32)
-    blocks = []
-    for r in range(0, x_rows.shape[0], block):
-        rows = min(block, x_rows.shape[0] - r)
-        products = [(xf[:rows, k0:k1], w_chunk, partial[j, :rows])
-                    for j, ((k0, k1), w_chunk) in enumerate(zip(pairs, w_chunks))]
-        blocks.append((x_rows[r:r + rows].reshape(-1), xf[:rows].reshape(-1), products, partial[:, :rows],
-                       y_rows[r:r + rows]))
-    return blocks
-
-
-def run_blocks(epilogue, blocks, x_zero, constants, y):
-    """The exact product of row_blocks: per block of rows, x - x_zero into float32, one sgemm per
-    chunk of input channels, then epilogue(partial, *constants, y_block) turns the exact sums
-    into output integers."""
-    for x_flat, xf_flat, products, partial_rows, y_block in blocks:
-        minus_zero(x_flat, x_zero, xf_flat)
-        for xf_chunk, w_chunk, out in products:
-            np.matmul(xf_chunk, w_chunk, out=out)
-        epilogue(partial_rows, *constants, y_block)
-    return y
-
-
 @jit
 def minus_zero(x, x_zero, xf):
     """xf = x - x_zero as float32 (exact small integers): the float kernel's input. Flat arrays."""
@@ -97,45 +59,28 @@ def minus_zero(x, x_zero, xf):
         xf[i] = np.float32(np.int32(x[i]) - x_zero)
 
 
-@jit
-def row_sums(partial, r, b, acc):
-    """acc[o] = b[o] + sum_j partial[j, r, o]: row r's exact sums (one per chunk of input
-    channels, each an integer held in float32) and the bias, in int64. Every loop runs over the
-    channels, so each compiles to SIMD instructions."""
-    for o in range(acc.shape[0]):
-        acc[o] = np.int64(partial[0, r, o]) + b[o]
-    for j in range(1, partial.shape[0]):
-        for o in range(acc.shape[0]):
-            acc[o] += np.int64(partial[j, r, o])
-
-
-@jit
-def requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y):
-    """y[r, o] = requantize(b[o] + sum_j partial[j, r, o]) (row_sums)."""
-    for r in range(y.shape[0]):
-        row_sums(partial, r, b, acc)
-        for o in range(y.shape[1]):
-            y[r, o] = requantize(acc[o], rq, o, y_zero, lo, hi)
-
-
-def check_on_float32(check_float, run_float, x, x_zero, ws, b, rq, y_zero, lo, hi, y, **attrs):
+def check_on_float32(check_float, run_float, x, x_zero, ws, b, kind, y_zero, lo, hi, y, *, rq=None, real=None,
+                     **attrs):
     """The arguments of run_on_float32: the float kernel (check_float / run_float, e.g. the float
     depthwise convolution) checked once on float32 buffers for x - x_zero and the weights ws
-    (already minus their zero points), plus the epilogue's."""
+    (already minus their zero points), plus the epilogue's (epilogue.py: kind, and rq or real)."""
     xf = np.empty(x.shape, dtype=np.float32)
     yf = np.empty(y.shape, dtype=np.float32)
     float_args = check_float(xf, ws.astype(np.float32), None, **attrs, out=yf)
     c = y.shape[-1]
+    rq = np.zeros((5, c), np.int64) if rq is None else rq
+    real = np.zeros(c, np.float64) if real is None else np.ascontiguousarray(real, dtype=np.float64)
     return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(1, -1, c), b.astype(np.int64),
-            rq, y_zero, lo, hi, np.empty(c, dtype=np.int64), y.reshape(-1, c), y)
+            kind, rq, real, y_zero, lo, hi, y.reshape(-1, c), y)
 
 
-def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, rq, y_zero, lo, hi, acc, y_rows, y):
+def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, kind, rq, real, y_zero, lo, hi,
+                   y_rows, y):
     """x - x_zero into float32, the float kernel (exact: every sum an integer within 2^24), then
     the integer epilogue: bias and requantization."""
     minus_zero(x_flat, x_zero, xf_flat)
     run_float(*float_args)
-    requantize_rows(partial, b, rq, y_zero, lo, hi, acc, y_rows)
+    epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y_rows, 0, 0)
     return y
 
 
@@ -157,8 +102,8 @@ def check_windowed(x, w, c_out, float_kernel, int_loop, *, b, x_zero, w_zero, y_
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
     if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
-        return True, run_on_float32, check_on_float32(*float_kernel, x, x_zero, ws, b, rq, y_zero, lo, hi, y,
-                                                      stride=stride, pad=(top, bottom, left, right))
+        return True, run_on_float32, check_on_float32(*float_kernel, x, x_zero, ws, b, FIXED_POINT, y_zero, lo, hi, y,
+                                                      rq=rq, stride=stride, pad=(top, bottom, left, right))
     acc = np.empty(y.shape[1:], dtype=np.int32)  # one image's int32 accumulators
     return False, int_loop, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
 

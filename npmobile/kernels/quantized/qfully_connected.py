@@ -12,15 +12,15 @@ double product, so the two differ where acc * M lies within about 2^-31 of a hal
 fixed-point route. (The legacy uint8 FULLY_CONNECTED keeps the fixed-point route: qdense.)
 
 Layout: x (n, c_in) int8; w IO (c_in, c_out) int8; b (c_out,) int32; real_multiplier (c_out,)
-float64. Cost: n * c_in * c_out MACs, on exact float32 sgemm as qpointwise (exact.py).
+float64. Cost: n * c_in * c_out MACs, on exact float32 sgemm as qpointwise (qproduct.py, its REAL epilogue).
 """
 
 import numpy as np
 
 from .. import Kernel
-from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import row_blocks, row_sums, run_blocks, x_bound
+from .epilogue import REAL
+from .qproduct import check_product, run_product
 
 
 def real_multipliers(x_scale, w_scales, y_scale):
@@ -46,7 +46,7 @@ def qfully_connected_ref(x, w, b=None, *, x_zero, w_zero, y_zero, real_multiplie
 
 
 def check_qfully_connected(x, w, b=None, *, x_zero, w_zero, y_zero, real_multiplier, clamp=None, out=None):
-    """The arguments of run_qfully_connected (= exact.run_blocks with the double epilogue)."""
+    """The arguments of run_qfully_connected (= qproduct.run_product with the double epilogue)."""
     x, w = as_q8("x", x, ndim=2), as_q8("w", w, ndim=2)
     c_out = w.shape[1]
     if w.shape[0] != x.shape[1]:
@@ -59,31 +59,17 @@ def check_qfully_connected(x, w, b=None, *, x_zero, w_zero, y_zero, real_multipl
     b, w_zero, _, _, y_zero, lo, hi = requant_args(c_out, x.dtype, b=b, w_zero=w_zero, multiplier=0, shift=0,
                                                    y_zero=y_zero, clamp=clamp)
     y = q_output(out, (x.shape[0], c_out), x.dtype)
-    blocks = row_blocks(x, w.astype(np.float32) - w_zero.astype(np.float32), x_bound(x_zero, x.dtype), y)
-    constants = (b.astype(np.int64), np.ascontiguousarray(m), y_zero, lo, hi, np.empty(c_out, dtype=np.int64))
-    return _rescale_rows_jit, blocks, x_zero, constants, y
+    return check_product(np.ascontiguousarray(x), x_zero, w.astype(np.int32) - w_zero, b, REAL, y_zero, lo, hi, y, y,
+                         real=m)
 
 
-run_qfully_connected = run_blocks
+run_qfully_connected = run_product
 
 
 def qfully_connected(x, w, b=None, *, x_zero, w_zero, y_zero, real_multiplier, clamp=None, out=None):
     """The fast kernel: exact integer products on float32 sgemm, then one double rounding each."""
-    return run_blocks(*check_qfully_connected(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
+    return run_product(*check_qfully_connected(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                               real_multiplier=real_multiplier, clamp=clamp, out=out))
-
-
-@jit
-def _rescale_rows_jit(partial, b, m, y_zero, lo, hi, acc, y):
-    """y[r, o] from the exact sums partial[j, r, o] (one per chunk of input channels)."""
-    for r in range(y.shape[0]):
-        row_sums(partial, r, b, acc)
-        for o in range(y.shape[1]):
-            v = np.float64(np.int32(acc[o])) * m[o]
-            t = np.trunc(v)
-            if abs(v - t) >= 0.5:  # C's std::round: halves away from zero
-                t += 1.0 if v > 0 else -1.0
-            y[r, o] = min(max(np.int64(t) + y_zero, lo), hi)
 
 
 # This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).

@@ -34,9 +34,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import Kernel
 from .._checks import check_pad, check_stride, conv_output_size
-from .._jit import jit
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
-from .exact import row_blocks, row_sums, run_blocks, x_bound
+from .epilogue import FLOAT_SCALE
+from .qproduct import check_product, run_product
 
 
 def output_scales(x_scale, w_scales, y_scale):
@@ -59,16 +59,7 @@ def check_scale(name, scale, c):
     return np.ascontiguousarray(scale)
 
 
-# --- the requantization, scalar (for the loops) and array (for the oracles) ------------------
-
-@jit
-def requantize_float(acc, scale, y_zero, lo, hi):
-    """One int32 accumulator -> an output integer, as MLAS: float32(acc) * scale in float32,
-    clamped to [lo - y_zero, hi - y_zero], rounded half to even, plus y_zero."""
-    v = np.float32(np.int32(acc)) * scale  # float32 * float32: one float32 rounding
-    v = min(max(v, np.float32(lo - y_zero)), np.float32(hi - y_zero))
-    return np.int32(np.rint(v)) + y_zero
-
+# --- the requantization's oracle (its scalar form, for the loops: epilogue.requantize_float) ---
 
 def requantize_float_ref(acc, scale, y_zero, dtype):
     """The oracle: acc wrapped to int32 (the runtime's accumulator), converted to float32 by
@@ -78,16 +69,6 @@ def requantize_float_ref(acc, scale, y_zero, dtype):
     product = (acc32.astype(np.float32).astype(np.float64) * np.asarray(scale, np.float64)).astype(np.float32)
     lo, hi = type_range(dtype)
     return np.clip(np.rint(product.astype(np.float64)) + y_zero, lo, hi).astype(dtype)
-
-
-@jit
-def requantize_rows_float(partial, b, scale, y_zero, lo, hi, acc, y):
-    """y[r, o] = requantize_float(b[o] + sum_j partial[j, r, o], scale[o]): each partial an exact
-    integer held in float32 (one per chunk of input channels), summed in int64."""
-    for r in range(y.shape[0]):
-        row_sums(partial, r, b, acc)
-        for o in range(y.shape[1]):
-            y[r, o] = requantize_float(acc[o], scale[o], y_zero, lo, hi)
 
 
 # --- the product on rows: QLinearMatMul and the 1x1 QLinearConv ------------------------------
@@ -113,15 +94,14 @@ def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, scale, y_rows, y):
     w_zero = as_channel_int32("w_zero", w_zero, c_out, *type_range(w.dtype))
     b = np.zeros(c_out, np.int64) if b is None else as_channel_int32("b", b, c_out).astype(np.int64)
     scale = check_scale("scale", scale, c_out)
-    ws = w.astype(np.float32) - w_zero.astype(np.float32)  # exact: |w - w_zero| <= 255
-    blocks = row_blocks(x_rows, ws, x_bound(x_zero, x_rows.dtype), y_rows)
     lo, hi = type_range(x_rows.dtype)
-    return requantize_rows_float, blocks, x_zero, (b, scale, y_zero, lo, hi, np.empty(c_out, dtype=np.int64)), y
+    return check_product(np.ascontiguousarray(x_rows), x_zero, w.astype(np.int32) - w_zero, b, FLOAT_SCALE, y_zero,
+                         lo, hi, y_rows, y, real=scale)
 
 
 # Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the float
-# requantization (requantize_rows_float).
-run_rows = run_blocks
+# requantization (epilogue.py: FLOAT_SCALE, requantize_float).
+run_rows = run_product
 
 
 def check_qlinear_matmul(x, w, b=None, *, x_zero, w_zero, y_zero, scale, out=None):

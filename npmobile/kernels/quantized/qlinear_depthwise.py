@@ -22,8 +22,9 @@ from .. import Kernel
 from .._checks import check_pad, check_stride, conv_output_size
 from ..depthwise import check_depthwise_conv2d, run_depthwise_conv2d
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
-from .exact import check_on_float32, exact_in_float32, minus_zero, x_bound
-from .qlinear import check_scale, requantize_float_ref, requantize_rows_float
+from .epilogue import FLOAT_SCALE
+from .exact import check_on_float32, exact_in_float32, run_on_float32, x_bound
+from .qlinear import check_scale, requantize_float_ref
 
 
 def qlinear_depthwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0)):
@@ -61,8 +62,8 @@ def check_qlinear_depthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scal
     # The float kernel checks stride, pads and the output size; `out` must fit its result.
     y = q_output(out, (x.shape[0], *_out_size(x, w, stride, pad), c_out), x.dtype)
     lo, hi = type_range(x.dtype)
-    return check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, scale, y_zero, lo, hi,
-                            y, stride=stride, pad=pad)
+    return check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, FLOAT_SCALE, y_zero, lo,
+                            hi, y, real=scale, stride=stride, pad=pad)
 
 
 def _out_size(x, w, stride, pad):
@@ -72,13 +73,8 @@ def _out_size(x, w, stride, pad):
             conv_output_size("w (kernel width)", x.shape[2], w.shape[1], stride, left, right))
 
 
-def run_qlinear_depthwise_conv2d(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, scale, y_zero, lo, hi,
-                                 acc, y_rows, y):
-    """x - x_zero into float32, the float depthwise kernel (exact), the float requantization."""
-    minus_zero(x_flat, x_zero, xf_flat)
-    run_float(*float_args)
-    requantize_rows_float(partial, b, scale, y_zero, lo, hi, acc, y_rows)
-    return y
+# x - x_zero into float32, the float depthwise kernel (exact), the float requantization.
+run_qlinear_depthwise_conv2d = run_on_float32
 
 
 def qlinear_depthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0), out=None):

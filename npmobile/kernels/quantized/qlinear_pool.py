@@ -19,7 +19,8 @@ import numpy as np
 from .. import Kernel
 from .._jit import jit
 from ._qchecks import as_q8, check_zero, q_output, type_range
-from .qlinear import requantize_float, requantize_float_ref
+from .epilogue import requantize_float
+from .qlinear import requantize_float_ref
 
 
 def pool_scale(x_scale, y_scale, count):

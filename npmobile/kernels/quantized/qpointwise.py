@@ -11,15 +11,17 @@ b, w_zero, multiplier, shift (c_out,) int32. The output has x's dtype.
 
 Cost: rows * c_in * c_out MACs: most of a MobileNet's work. The fast kernel computes the integer
 sum exactly on float32 BLAS (sgemm), the fastest product a CPU has here: exact.py says why that
-is exact and how the input channels are split into chunks where one float32 sum would not be.
+is exact and how the input channels are split into chunks where one float32 sum would not be;
+qproduct.py runs it (the same loop for every quantized 1x1 layer, with each runtime's epilogue).
 """
 
 import numpy as np
 
 from .. import Kernel
 from ._qchecks import as_q8, check_zero, q_output, requant_args
-from .exact import requantize_rows, row_blocks, run_blocks, x_bound
 from .fixedpoint import output_ref, requantize_params
+from .epilogue import FIXED_POINT
+from .qproduct import check_product, run_product
 
 
 def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None):
@@ -33,21 +35,19 @@ def qpointwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, s
 
 def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y_rows, y):
     """The checks shared by qpointwise_conv2d and qdense, x_rows (r, c_in) -> y_rows (r, c_out):
-    the arguments of run_rows (exact.run_blocks)."""
+    the arguments of run_rows (qproduct.run_product)."""
     c_out = w.shape[1]
     x_zero = check_zero("x_zero", x_zero, x_rows.dtype)
     b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
         c_out, x_rows.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
-    ws = (w.astype(np.float32) - w_zero.astype(np.float32))  # exact: |w - w_zero| <= 255
-    blocks = row_blocks(x_rows, ws, x_bound(x_zero, x_rows.dtype), y_rows)
-    constants = (b.astype(np.int64), requantize_params(multiplier, shift), y_zero, lo, hi,
-                 np.empty(c_out, dtype=np.int64))
-    return requantize_rows, blocks, x_zero, constants, y
+    ws = w.astype(np.int32) - w_zero
+    return check_product(np.ascontiguousarray(x_rows), x_zero, ws, b, FIXED_POINT, y_zero, lo, hi, y_rows, y,
+                         rq=requantize_params(multiplier, shift))
 
 
-# Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the integer
-# epilogue (exact.requantize_rows).
-run_rows = run_blocks
+# Per block of output rows: x - x_zero into float32, one sgemm per chunk of input channels, the
+# integer epilogue (qproduct.py).
+run_rows = run_product
 
 
 def check_qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):

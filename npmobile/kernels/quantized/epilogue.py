@@ -1,0 +1,75 @@
+"""The last step of every quantized convolution: exact integer sums -> output integers, each
+runtime's way (`kind`):
+
+- FIXED_POINT: TFLite's MultiplyByQuantizedMultiplier (fixedpoint.py), with rq its per-channel
+  constants (fixedpoint.requantize_params);
+- REAL: LiteRT's int8 FULLY_CONNECTED (qfully_connected.py), a double multiplier real[o] and C's
+  std::round;
+- FLOAT_SCALE: ONNX Runtime's (qlinear.py), float32(acc) * scale[o] in float32, halves to even.
+
+    y[r, o] = clamp(requantize(b[o] + acc[r, o]) + y_zero, lo, hi)
+
+The sums arrive as the float32 kernels left them (exact.py: integers within 2^24, one array per
+chunk of input channels); they are added to the int32 bias in int64, as the runtime's int32
+accumulator would hold them.
+
+Cost: one pass over the outputs; the arithmetic is the same as fixedpoint.requantize (whose
+scalar form the integer loops call), reordered so that the loops compile to SIMD instructions.
+"""
+
+import numpy as np
+
+from .._jit import jit
+from .fixedpoint import requantize
+
+FIXED_POINT, REAL, FLOAT_SCALE = 0, 1, 2
+
+
+@jit
+def requantize_real(acc, m, y_zero, lo, hi):
+    """REAL: an int32 accumulator times the double m, rounded as C's std::round (halves away from
+    zero), plus y_zero, clamped (branch-free: the loops over channels compile to SIMD)."""
+    v = np.float64(np.int32(acc)) * m
+    t = np.trunc(v)
+    t += np.float64(abs(v - t) >= 0.5) * (1.0 if v > 0 else -1.0)
+    return min(max(np.int64(t) + y_zero, lo), hi)
+
+
+@jit
+def requantize_float(acc, scale, y_zero, lo, hi):
+    """FLOAT_SCALE: an int32 accumulator -> an output integer, as MLAS: float32(acc) * scale in
+    float32, clamped to [lo - y_zero, hi - y_zero], rounded half to even, plus y_zero."""
+    v = np.float32(np.int32(acc)) * scale  # float32 * float32: one float32 rounding
+    v = min(max(v, np.float32(lo - y_zero)), np.float32(hi - y_zero))
+    return np.int32(np.rint(v)) + y_zero
+
+
+@jit
+def epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y, r0, c0):
+    """y[r0 + r, c0 + o] = the runtime's requantization of acc = b[c0 + o] + sum_j partial[j, r, o]
+    (the block's exact sums, one per chunk of input channels, each an integer held in float32),
+    summed in int64. Each kind has its own loop over the columns, written without branches, so
+    that it compiles to SIMD instructions. (Its constants are copied for the block's columns: a
+    view, rq[:, c0:c1], or an index c0 + o that LLVM cannot prove >= 0 made it 4x slower.)"""
+    chunks, rows, cols = partial.shape
+    c1 = c0 + cols
+    extra, acc = b[c0:c1], np.empty(cols, np.int64)
+    rq, real = np.ascontiguousarray(rq[:, c0:c1]), real[c0:c1]  # the block's columns, as arrays indexed from 0
+    for r in range(rows):
+        if chunks > 1:  # the bias and every chunk's sum but the first, then added in the loop below
+            for o in range(cols):
+                acc[o] = b[c0 + o]
+            for j in range(1, chunks):
+                for o in range(cols):
+                    acc[o] += np.int64(partial[j, r, o])
+            extra = acc
+        p, out = partial[0, r], y[r0 + r, c0:c1]
+        if kind == FIXED_POINT:
+            for o in range(cols):
+                out[o] = requantize(np.int64(p[o]) + extra[o], rq, o, y_zero, lo, hi)
+        elif kind == REAL:
+            for o in range(cols):
+                out[o] = requantize_real(np.int64(p[o]) + extra[o], real[o], y_zero, lo, hi)
+        else:
+            for o in range(cols):
+                out[o] = requantize_float(np.int64(p[o]) + extra[o], np.float32(real[o]), y_zero, lo, hi)

@@ -1,0 +1,96 @@
+"""The product of every quantized 1x1 layer (pointwise convolution, fully connected, QLinearMatMul),
+exact, on float32 sgemm, compiled and shared across numba's threads:
+
+    acc[r, o] = b[o] + sum_c (x[r, c] - x_zero) * ws[c, o]         (ws = w - w_zero, int64, exact)
+    y[r, o]   = clamp(requantize(acc[r, o]) + y_zero, lo, hi)        (the layer's runtime's epilogue)
+
+exact.py says why float32 sgemm computes each sum exactly: every product and partial sum within
+a chunk of input channels (`chunks`: usually one) is an integer within 2^24.
+
+y is cut into blocks as the float product cuts it (`_product.blocks`), each block computed by one
+thread while it stays in that thread's cache: its rows of x minus x_zero into float32, one sgemm
+per chunk, then the epilogue: the chunk sums and the bias added in int64, requantized and stored
+as 8-bit integers. The blocks are a function of the shape only, so the bits never depend on the
+thread count. One parallel loop per layer; on one thread the same blocks in turn.
+
+The epilogue (`kind`) is the layer's runtime's (epilogue.py).
+
+Cost: rows * c_in * c_out MACs in sgemm; the conversion one pass over x and the epilogue one over
+y, both in cache.
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+from .._jit import jit, parallel_jit
+from .._product import BLOCK_FLOATS, PARTS, block_bounds, gemm
+from .epilogue import epilogue
+from .exact import exact_chunks, minus_zero, x_bound
+
+
+
+def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=None, real=None):
+    """The arguments of run_product, from checked values: x_rows (r, c_in) 8-bit and C-contiguous,
+    ws (c_in, c_out) the weights minus their zero points (|.| <= 255), b (c_out,) integers, the
+    epilogue's constants (rq: fixedpoint.requantize_params, for FIXED_POINT; real: (c_out,)
+    multipliers or scales, for REAL and FLOAT_SCALE), y_rows the (r, c_out) view of the output y."""
+    c_out = ws.shape[1]
+    ws = np.ascontiguousarray(ws, dtype=np.float32)  # exact: small integers
+    kb = np.array(exact_chunks(ws, x_bound(x_zero, x_rows.dtype)), dtype=np.int64)
+    rq = np.zeros((5, c_out), np.int64) if rq is None else rq
+    real = np.zeros(c_out, np.float64) if real is None else np.ascontiguousarray(real, dtype=np.float64)
+    return (x_rows, x_zero, ws, kb, np.asarray(b, dtype=np.int64), kind, rq, real, y_zero, lo, hi, y_rows, y)
+
+
+def run_product(x_rows, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y_rows, y):
+    """The product and its epilogue; returns y."""
+    run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
+    run(x_rows, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y_rows)
+    return y
+
+
+@jit
+def blocks(m, k, n):
+    """(row_blocks, col_blocks) of y (m, n), as _product.blocks but with the block's float32 copy
+    of x counted: each block's x rows (k floats each) and outputs (n each) together fit half the
+    L2, so the sgemm reads x from the cache the conversion left it in."""
+    if m < n:
+        return 1, PARTS
+    rows = max(1, BLOCK_FLOATS // (k + n))
+    return -(-max(PARTS, -(-m // rows)) // PARTS) * PARTS, 1
+
+
+@jit
+def _block_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y, j, row_blocks, col_blocks):
+    """Block j of y: its x rows into float32, one sgemm per chunk kb[i] .. kb[i + 1] of input
+    channels, the epilogue. The block's buffers are allocated here, by the thread that uses them
+    (a few us against tens of work; no buffer is shared between threads or calls)."""
+    m, n = y.shape
+    c_in = x.shape[1]
+    r0, r1, c0, c1 = block_bounds(m, n, j, row_blocks, col_blocks)
+    if r1 <= r0 or c1 <= c0:
+        return
+    rows, cols = r1 - r0, c1 - c0
+    xf = np.empty((rows, c_in), np.float32)
+    minus_zero(x[r0:r1].reshape(-1), x_zero, xf.reshape(-1))
+    partial = np.empty((kb.shape[0] - 1, rows, cols), np.float32)
+    for i in range(kb.shape[0] - 1):
+        gemm(xf.ctypes.data + 4 * kb[i], c_in, rows, ws, kb[i], kb[i + 1], c0, c1, partial[i].ctypes.data, cols)
+    epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y, r0, c0)
+
+
+@parallel_jit
+def _product_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y):
+    """The blocks shared out across numba's threads."""
+    row_blocks, col_blocks = blocks(y.shape[0], x.shape[1], y.shape[1])
+    for j in prange(row_blocks * col_blocks):
+        _block_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y, j, row_blocks, col_blocks)
+
+
+@jit
+def _product_serial_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y):
+    """The same blocks in the same order on the calling thread (no parallel loop's launch)."""
+    row_blocks, col_blocks = blocks(y.shape[0], x.shape[1], y.shape[1])
+    for j in range(row_blocks * col_blocks):
+        _block_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y, j, row_blocks, col_blocks)
