@@ -3,6 +3,8 @@ against npmobile before timing, so a run that completes is itself a correctness 
 speed figures they print are reported, never asserted here."""
 
 import json
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +39,12 @@ def test_end_to_end_benchmark_quick(tmp_path, assets):
         assert {"npmobile_ms", "onnxruntime_ms", "pytorch_ms"} <= set(r), r
     assert "onnx_reference_ms" in rows[("mobilenet_v2", 1)] and "oracle_ms" in rows[("mobilenet_v2", 1)]
     assert png.stat().st_size > 10_000
-    assert all(0 < r["npmobile_fraction_of_peak"] < 1 for r in rows.values()), rows
+    # the roofline line: the model's GFLOP/s over the sgemm peak probed in the same process. Both
+    # are measurements, so on a busy machine the ratio can pass 1 (a slow probe, a fast model run:
+    # seen once at load 4); the test holds the arithmetic, not the machine's mood.
+    peak = result["probes"][0]["sgemm_peak_gflops"]
+    for r in rows.values():
+        assert r["npmobile_gflops"] > 0 and r["npmobile_fraction_of_peak"] == pytest.approx(r["npmobile_gflops"] / peak)
     assert "npm/ort" in run.stdout and "LiteRT" in run.stdout and "% of peak" in run.stdout
     assert "DeprecationWarning" not in run.stderr and "not timed" not in run.stderr  # issue 17, case 7
 
