@@ -368,3 +368,29 @@ def test_a_call_runs_no_check(small_model, monkeypatch):
     np.testing.assert_array_equal(small_model(x, threads=1), before)
     with pytest.raises(AssertionError, match="a check ran"):  # the patches are live: binding a plan checks
         engine.Plan(*engine.fuse(small_model.graph, small_model.params), 1)
+
+
+def test_the_kernels_thread_count_is_numbas_for_the_calling_thread():
+    # the kernels read numba's thread count through the function behind numba.get_num_threads
+    # (_jit.num_threads): it must follow numba.set_num_threads, per calling thread
+    import threading
+
+    import numba
+
+    from npmobile.kernels._jit import num_threads
+    saved = numba.get_num_threads()
+    seen = {}
+
+    def other():
+        numba.set_num_threads(1)
+        seen["other"] = num_threads()
+    try:
+        for n in (1, saved):
+            numba.set_num_threads(n)
+            assert num_threads() == numba.get_num_threads() == n
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join()
+        assert seen["other"] == 1 and num_threads() == saved
+    finally:
+        numba.set_num_threads(saved)
