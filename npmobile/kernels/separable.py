@@ -27,13 +27,12 @@ kernels one after the other, y may differ in its last bits (sgemm on other block
 round differently); both agree with the oracle within the float32 bound of their dot products.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
 from ._blas import HAVE_SGEMM
 from ._checks import check_fused_clamp
-from ._jit import jit, parallel_jit
+from ._jit import jit, num_threads, parallel_jit
 from ._product import PARTS, _block_jit, blocks, product
 from .depthwise import _depthwise_3x3_rows_jit, check_depthwise_conv2d, depthwise_conv2d_ref, run_depthwise_conv2d
 from .pointwise import check_rows, pointwise_conv2d_ref
@@ -143,7 +142,7 @@ def run_separable_conv2d(x, w_dw, b_dw, taps, stride, top, left, has_clamp_dw, l
         product(t.reshape(-1, x.shape[3]), False, w, b, has_clamp, lo, hi, y.reshape(-1, c_out),
                 s.reshape(-1, c_out) if has_shortcut else None)
         return y
-    run = _separable_jit if numba.get_num_threads() > 1 else _separable_serial_jit
+    run = _separable_jit if num_threads() > 1 else _separable_serial_jit
     run(x, w_dw, b_dw, taps, stride, top, left, has_clamp_dw, lo_dw, hi_dw, w, b, has_clamp, lo, hi,
         has_shortcut, s, y, rows)
     return y
