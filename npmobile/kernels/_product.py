@@ -19,12 +19,11 @@ Cost: m * n * k MACs; the epilogue one pass over y, in cache.
 
 import glob
 
-import numba
 import numpy as np
 from numba import prange
 
 from ._blas import HAVE_SGEMM, NO_TRANS, ROW_MAJOR, sgemm, sgemv
-from ._jit import jit, parallel_jit
+from ._jit import jit, num_threads, parallel_jit
 
 TRANS = 112
 
@@ -170,7 +169,7 @@ def product(a, a_transposed, w, b, has_clamp, lo, hi, y, shortcut=None):
     all C-contiguous but w, of which only each row is (padded_rows)."""
     has_shortcut, s = shortcut is not None, y if shortcut is None else shortcut
     if HAVE_SGEMM:
-        run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
+        run = _product_jit if num_threads() > 1 else _product_serial_jit
         run(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y)
         return
     # NumPy built on another BLAS: np.matmul block by block, on the calling thread.

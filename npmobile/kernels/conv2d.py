@@ -13,7 +13,6 @@ MobileNet only the first layer (3x3, stride 2, 3 -> 32 channels) is a standard c
 every other one is split into a depthwise and a pointwise convolution.
 """
 
-import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -21,7 +20,7 @@ from ._checks import as_bias, as_float32, check_fused_clamp, check_window, insid
 from ._product import product
 from numba import prange
 
-from ._jit import jit, parallel_jit
+from ._jit import jit, num_threads, parallel_jit
 
 # The direct kernel of MobileNet's first layer reads its weights as 27 rows of ROW floats
 # (`pack_first_layer`): it takes layers of up to ROW output channels (48 at alpha 1.4), in whole
@@ -198,7 +197,7 @@ def run_first_layer(x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi
     plain loop (a parallel loop costs 1-2 us to start even on one thread). Each row's result
     does not depend on which thread computed it: the same bits on any number of threads."""
     args = (x, w_rows, w_packed, b, stride, top, left, has_clamp, lo, hi, y)
-    if numba.get_num_threads() == 1:
+    if num_threads() == 1:
         _first_layer_rows_jit(*args, 0, y.shape[0] * y.shape[1])
     else:
         _first_layer_jit(*args)

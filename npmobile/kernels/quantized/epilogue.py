@@ -18,8 +18,9 @@ scalar form the integer loops call), reordered so that the loops compile to SIMD
 """
 
 import numpy as np
+from numba import prange
 
-from .._jit import jit
+from .._jit import jit, parallel_jit
 from .fixedpoint import requantize
 
 FIXED_POINT, REAL, FLOAT_SCALE = 0, 1, 2
@@ -73,3 +74,15 @@ def epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y, r0, c0):
         else:
             for o in range(cols):
                 out[o] = requantize_float(np.int64(p[o]) + extra[o], np.float32(real[o]), y_zero, lo, hi)
+
+
+@parallel_jit
+def epilogue_rows(kind, sums, b, rq, real, y_zero, lo, hi, y):
+    """epilogue on a whole layer's sums (rows, c): one chunk, as the windowed kernels leave them
+    (exact.run_on_float32), in blocks of rows shared out across numba's threads. A block is at
+    least 16384 outputs (tens of microseconds), against about one to hand it to a thread."""
+    rows, c = sums.shape
+    step = max(1, -(-16384 // max(c, 1)))
+    for j in prange(-(-rows // step)):
+        r0, r1 = j * step, min(rows, j * step + step)
+        epilogue(kind, sums[r0:r1].reshape(1, r1 - r0, c), b, rq, real, y_zero, lo, hi, y, r0, 0)

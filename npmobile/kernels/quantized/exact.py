@@ -21,7 +21,7 @@ import numpy as np
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
 from ._qchecks import check_zero, q_output, requant_args, type_range
-from .epilogue import FIXED_POINT, epilogue
+from .epilogue import FIXED_POINT, epilogue_rows
 from .fixedpoint import requantize_params
 
 EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -70,17 +70,17 @@ def check_on_float32(check_float, run_float, x, x_zero, ws, b, kind, y_zero, lo,
     c = y.shape[-1]
     rq = np.zeros((5, c), np.int64) if rq is None else rq
     real = np.zeros(c, np.float64) if real is None else np.ascontiguousarray(real, dtype=np.float64)
-    return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(1, -1, c), b.astype(np.int64),
+    return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(-1, c), b.astype(np.int64),
             kind, rq, real, y_zero, lo, hi, y.reshape(-1, c), y)
 
 
-def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, partial, b, kind, rq, real, y_zero, lo, hi,
+def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, sums, b, kind, rq, real, y_zero, lo, hi,
                    y_rows, y):
     """x - x_zero into float32, the float kernel (exact: every sum an integer within 2^24), then
-    the integer epilogue: bias and requantization."""
+    the integer epilogue: bias and requantization (on numba's threads, as the float kernel)."""
     minus_zero(x_flat, x_zero, xf_flat)
     run_float(*float_args)
-    epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y_rows, 0, 0)
+    epilogue_rows(kind, sums, b, rq, real, y_zero, lo, hi, y_rows)
     return y
 
 

@@ -19,11 +19,10 @@ Cost: rows * c_in * c_out MACs in sgemm; the conversion one pass over x and the 
 y, both in cache.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
-from .._jit import jit, parallel_jit
+from .._jit import jit, num_threads, parallel_jit
 from .._product import BLOCK_FLOATS, PARTS, block_bounds, gemm
 from .epilogue import epilogue
 from .exact import exact_chunks, minus_zero, x_bound
@@ -45,7 +44,7 @@ def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=
 
 def run_product(x_rows, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y_rows, y):
     """The product and its epilogue; returns y."""
-    run = _product_jit if numba.get_num_threads() > 1 else _product_serial_jit
+    run = _product_jit if num_threads() > 1 else _product_serial_jit
     run(x_rows, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y_rows)
     return y
 
