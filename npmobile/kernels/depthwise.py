@@ -127,11 +127,11 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
 # its 64-byte loads straddled two cache lines (8-15% slower on V2's large layers, one thread).
 MAX_TAPS = 2048
 TAPS_STRIDE = MAX_TAPS + 16
-# Floats per stride-1 run: 10 rows of 512 floats (20 KiB) stay in L1 beside the input rows. Runs
-# of 2048 floats (80 KiB of taps) were 1.2-1.35x slower than pairs of pixels on V2's first
-# depthwise layer inside a model; 1024 already lost 10-50% against 512 (one thread, 12 rows in
-# cache: 1024 / 512 = 1.08-1.43 on 32-192 channels).
-RUN_FLOATS = 512
+# Floats per stride-1 run: 10 rows of 256 floats (10 KiB) stay in L1 beside the input rows. Two
+# rows at once, one thread, against runs of 512: 0.84-0.91x on 32-960 channels; 1024 took
+# 1.12-1.31x, 128 up to 1.47x (144 channels in shares of 72, not whole vectors); runs of 2048
+# floats (80 KiB of taps) were 1.2-1.35x slower than pairs of pixels on V2's first layer.
+RUN_FLOATS = 256
 # Tried and not kept (time against these paths, one thread): 3 or 4 pixels per pass at stride 1,
 # 1.2-2.9x on 32-192 channels (the overlap checks grow as stores x loads: 4 x 28 pointers); 4 per
 # pass at stride 2, not vectorised at all (3-5x), nor 2x2 per pass at stride 2 (two rows of
