@@ -8,7 +8,9 @@ medians over repeated runs. The layers are summed by kind: first conv, depthwise
 rest; then listed one by one, each with ONNX Runtime's time for the same layer (its nodes whose
 names carry the layer's name; a batch norm or clamp counts with the convolution before it).
 Both fold each residual add into the pointwise convolution before it, so the adds are counted
-under pointwise (and under that layer).
+under pointwise (and under that layer). npmobile runs a depthwise convolution and the pointwise
+one after it as one step (kernels/separable.py): such a step is one line, of kind "separable",
+beside ONNX Runtime's time for both layers.
 
     python benchmarks/layers.py [--arch mobilenet_v2] [--threads 1] [--runs 200] [--save | --out FILE]
 
@@ -33,7 +35,8 @@ from npmobile.measure import check_agrees, pin_threads, torch_twin
 from npmobile.architectures import ARCHITECTURES, random_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise"}
+KIND = {"conv2d": "first conv", "depthwise_conv2d": "depthwise", "pointwise_conv2d": "pointwise",
+        "separable_conv2d": "separable"}
 
 
 def layer_groups(graph):
@@ -47,18 +50,15 @@ def layer_groups(graph):
     return groups
 
 
-def layer_kinds(graph):
-    """Every node name of the unfused graph -> the kind of the linear layer it belongs to."""
-    ops = {node.name: node.op for node in graph.nodes}
-    return {name: KIND.get(ops[group], "other") for name, group in layer_groups(graph).items()}
-
-
 def npmobile_layers(model, x, runs):
-    """(name, op, ms) for every step of the batch-1 plan, each timed on its own, named by its
-    linear node as built (timing.rows): a fused node carries the name of the last node it
-    absorbed, which after a projection is the residual add."""
+    """(name, op, ms, layers) for every step of the batch-1 plan, each timed on its own, named by
+    its first linear node as built (timing.rows: a fused node carries the name of the last node it
+    absorbed, which after a projection is the residual add); `layers` are the layers
+    (layer_groups) the step computes: two for a separable step."""
     seconds = timing.time_steps(model, runs, warmup=10, x=x)  # one bound step per fused node, in order
-    return [(row.name, row.op, 1e3 * s) for row, s in zip(timing.rows(model), seconds)]
+    groups = layer_groups(model.graph)
+    return [(row.name, row.op, 1e3 * s, {groups[n] for n in (row.name, *row.fuses)})
+            for row, s in zip(timing.rows(model), seconds)]
 
 
 def onnxruntime_layers(graph, params, x, runs, expected, threads=1):
@@ -117,26 +117,26 @@ def main(argv=None):
     model = Model(graph, params)
     ours = npmobile_layers(model, x, args.runs)
     theirs = onnxruntime_layers(graph, params, x, args.runs, model(x), args.threads)
-    groups, kinds = layer_groups(graph), layer_kinds(graph)
-    per_layer = {}  # layer name -> [npmobile ms, ONNX Runtime ms]
-    for name, _, ms in ours:
-        per_layer.setdefault(groups[name], [0.0, 0.0])[0] += ms
+    groups = layer_groups(graph)
+    step_of = {layer: name for name, _, _, layers in ours for layer in layers}  # layer -> npmobile's step
+    per_step = {name: [ms, 0.0] for name, _, ms, _ in ours}  # step name -> [npmobile ms, ONNX Runtime ms]
     for name, ms in theirs:
-        per_layer.setdefault(ort_layer(name, groups), [0.0, 0.0])[1] += ms
+        per_step.setdefault(step_of.get(ort_layer(name, groups)), [0.0, 0.0])[1] += ms
+    kinds = {name: KIND.get(op, "other") for name, op, _, _ in ours}
     totals = {}
-    for layer, (a, b) in per_layer.items():
-        total = totals.setdefault(kinds.get(layer, "other"), [0.0, 0.0])
+    for step, (a, b) in per_step.items():
+        total = totals.setdefault(kinds.get(step, "other"), [0.0, 0.0])
         total[0] += a
         total[1] += b
     lines = [f"# {args.arch}-1.0-224, batch 1, {args.threads} thread(s); ms per layer kind (median of {args.runs} runs)",
              f"{'kind':12s} {'npmobile':>9s} {'onnxrt':>8s} {'ratio':>6s}"]
-    for kind in ("first conv", "depthwise", "pointwise", "other"):
-        a, b = totals.get(kind, (0.0, 0.0))
+    for kind in [k for k in ("first conv", "separable", "depthwise", "pointwise", "other") if k in totals]:
+        a, b = totals[kind]
         lines.append(f"{kind:12s} {a:9.2f} {b:8.2f} {a / b if b else float('nan'):6.2f}")
     a, b = (sum(t[i] for t in totals.values()) for i in (0, 1))
     lines.append(f"{'total':12s} {a:9.2f} {b:8.2f} {a / b:6.2f}")
     lines += ["", f"{'npmobile layer':36s} {'op':18s} {'ms':>6s} {'onnxrt':>7s}"]
-    lines += [f"{name:36s} {op:18s} {ms:6.3f} {per_layer[groups[name]][1]:7.3f}" for name, op, ms in ours]
+    lines += [f"{name:36s} {op:18s} {ms:6.3f} {per_step[name][1]:7.3f}" for name, op, ms, _ in ours]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out) if args.out else (RESULTS / f"layers-{args.arch}.md" if args.save else None)

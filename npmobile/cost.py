@@ -29,7 +29,7 @@ from .graph import LINEAR_OPS
 
 PARAM_KINDS = ("weights", "biases", "bn_scale", "bn_shift", "bn_stats")
 _KIND = {"w": "weights", "b": "biases", "gamma": "bn_scale", "beta": "bn_shift",
-         "mean": "bn_stats", "var": "bn_stats"}
+         "mean": "bn_stats", "var": "bn_stats", "w_dw": "weights", "b_dw": "biases"}
 
 
 # --- the counting rules, one per linear op (the separable benchmark uses these too) ----------
@@ -56,6 +56,11 @@ def dense_macs(c_in, c_out):
 def node_macs(node, input_shape):
     """MACs of one node for one sample, from its weight shapes and its input and output shapes."""
     op, shape = node.op, tuple(node.shape)
+    if op == "separable_conv2d":  # the fused graph's depthwise + pointwise pair (engine.fuse): both counts
+        t_shape = shape[:2] + tuple(node.params.get("w_dw", (0,)))[-1:]
+        return (node_macs(node._replace(op="depthwise_conv2d", params={"w": node.params.get("w_dw", ())},
+                                        shape=t_shape), input_shape)
+                + node_macs(node._replace(op="pointwise_conv2d"), t_shape))
     if op not in LINEAR_OPS:
         return 0
     w = tuple(node.params.get("w", ()))

@@ -7,11 +7,14 @@ when the plan is built:
 - fast: the numba kernels on the *fused* graph (`fuse`): zero padding folded into the
   convolution after it, every batch norm into the linear layer before it, every clamp (ReLU6)
   into the kernel that produces its input, a residual add into the pointwise convolution that
-  produces one of its inputs; every value a view into a few float32 buffers allocated once
-  (`_lay_out`);
+  produces one of its inputs, a 3x3 depthwise convolution and the pointwise one that reads it
+  into one separable convolution (`_fuse_separable`); every value a view into a few float32
+  buffers allocated once (`_lay_out`);
 - oracle: the float64 NumPy oracles on the graph exactly as built, one node per layer.
 A fused node carries the name of the last node it absorbed, so its value is comparable with
-the oracle's value of that name.
+the oracle's value of that name. The values it absorbed are not computed as such (a convolution
+before its BN, a depthwise output inside a separable step): the fast plan's intermediates hold
+the fused graph's values only, the oracle's every node's.
 """
 
 import contextlib
@@ -23,11 +26,12 @@ from .graph import LINEAR_OPS, Graph, Node
 from .kernels import KERNELS, fold_batchnorm
 from .kernels._blas import one_thread
 from .kernels._checks import PAGE, page_buffer
+from .kernels import separable
 from .kernels._product import padded_rows
 _PADDED = ("conv2d", "depthwise_conv2d")
 # The ops whose kernel adds a residual's shortcut in its epilogue (keyword `shortcut`). A fused
 # node of one reads the shortcut as its second input.
-_RESIDUAL = ("pointwise_conv2d",)
+_RESIDUAL = ("pointwise_conv2d", "separable_conv2d")
 _ROWS = ("pointwise_conv2d", "dense")  # the ops whose w is the (c_in, c_out) matrix of one product
 
 
@@ -204,9 +208,10 @@ def _fold_pads(nodes, output):
 
 def fuse(graph, params):
     """The fast engine's graph: zero padding folded into the convolution after it, BN folded into
-    the linear layer before it, a clamp (ReLU6) fused into the kernel, and a residual add into a
-    pointwise convolution (`_fuse_residual`). Returns the pair (fused graph, its params); neither
-    input is modified."""
+    the linear layer before it, a clamp (ReLU6) fused into the kernel, a residual add into a
+    pointwise convolution (`_fuse_residual`), then a depthwise and a pointwise convolution into
+    one separable convolution (`_fuse_separable`). Returns the pair (fused graph, its params);
+    neither input is modified."""
     nodes = _fold_pads(graph.nodes, graph.output)
     users = _readers(nodes)
 
@@ -240,7 +245,47 @@ def fuse(graph, params):
             absorbed.add(add.name)
             inputs, tail = node.inputs + tuple(n for n in add.inputs if n != tail.name), add
         fused.append(_linear_node(node._replace(inputs=inputs), tail.name, attrs, w, b, new_params, tail.shape))
-    return Graph(fused, graph.input_shape, graph.config), new_params
+    return Graph(_fuse_separable(fused, new_params, graph), graph.input_shape, graph.config), new_params
+
+
+def _separable_pairs(nodes, params, graph):
+    """{pointwise node name: the depthwise node before it} for each fused 3x3 depthwise node (one
+    filter per channel) whose only reader is a pointwise node, which reads it as its first input,
+    where the fused kernel pays (`separable.pays`, for one image)."""
+    users, shapes = _readers(nodes), {"input": graph.input_shape, **{n.name: n.shape for n in nodes}}
+    pairs = {}
+    for node in nodes:
+        readers = users.get(node.name, [])
+        if (node.op == "depthwise_conv2d" and node.name != graph.output and len(readers) == 1
+                and readers[0].op == "pointwise_conv2d" and readers[0].inputs[0] == node.name
+                and params[f"{node.name}.w"].shape == (3, 3, shapes[node.inputs[0]][-1])
+                and separable.pays(node.shape[0] * node.shape[1], node.shape[2], readers[0].shape[2])):
+            pairs[readers[0].name] = node
+    return pairs
+
+
+def _fuse_separable(nodes, params, graph):
+    """Each depthwise + pointwise pair (`_separable_pairs`) as one separable_conv2d node, in the
+    pointwise node's place and with its name (kernels/separable.py: the depthwise output never
+    goes to memory, so it is no longer a value of the plan). Updates params in place."""
+    pairs = _separable_pairs(nodes, params, graph)
+    absorbed = {dw.name for dw in pairs.values()}
+    out = []
+    for node in nodes:
+        if node.name in absorbed:
+            continue
+        dw = pairs.get(node.name)
+        if dw is None:
+            out.append(node)
+            continue
+        w_dw, b_dw = params.pop(f"{dw.name}.w"), params.pop(f"{dw.name}.b", None)
+        params[f"{node.name}.w_dw"] = w_dw
+        params[f"{node.name}.b_dw"] = np.zeros(w_dw.shape[-1], np.float32) if b_dw is None else b_dw
+        attrs = {"stride": dw.attrs.get("stride", 1), "pad": dw.attrs.get("pad", (0, 0, 0, 0)),
+                 "clamp_dw": dw.attrs.get("clamp"), "clamp": node.attrs.get("clamp")}
+        node_params = {"w_dw": w_dw.shape, "b_dw": (w_dw.shape[-1],), **node.params}
+        out.append(Node("separable_conv2d", node.name, dw.inputs + node.inputs[1:], attrs, node_params, node.shape))
+    return out
 
 
 def _fuse_residual(add, tail, nodes, node):

@@ -5,7 +5,9 @@ next to its measured time and the GFLOP/s that makes (`npmobile summary --time`,
 The fast engine runs the fused graph (engine.fuse): a zero padding, a batch norm and a ReLU6 are
 folded into the convolution they pad or follow, so one timed step computes several nodes of the
 graph as built. Each row is one such step, named by the graph's own nodes: the linear node first
-(`conv_pw_1 (pointwise_conv2d)`), then the nodes it absorbs (`+ conv_pw_1_bn, conv_pw_1_relu`).
+(`conv_pw_1 (pointwise_conv2d)`), then the nodes it absorbs (`+ conv_pw_1_bn, conv_pw_1_relu`);
+a depthwise convolution and the pointwise one after it run as one step (`conv_dw_1
+(separable_conv2d) + conv_dw_1_bn, conv_dw_1_relu, conv_pw_1, ...`).
 Its MACs and parameters are those of its nodes as built (cost.count: a folded BN's gamma, beta,
 mean and variance are still counted as Keras counts them), so the totals equal `npmobile summary`.
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cost, engine
+from .graph import LINEAR_OPS
 from .bench import _blas_threads
 
 
@@ -64,7 +67,8 @@ def rows(model):
     layers = {layer.name: layer for layer in cost.count(model.graph).layers}
     out = []
     for node, names in zip(fused.nodes, steps(model.graph, fused)):
-        head = next((n for n in names if layers[n].op == node.op), names[-1])  # the conv, not its pad or BN
+        # the first convolution (a separable step's depthwise), not its pad or BN
+        head = next((n for n in names if layers[n].op in LINEAR_OPS), names[-1])
         out.append(Row(head, node.op, [n for n in names if n != head], tuple(node.shape),
                        sum(layers[n].macs for n in names), sum(layers[n].n_params for n in names)))
     return out

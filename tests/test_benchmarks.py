@@ -53,12 +53,16 @@ def test_layer_benchmark_quick(tmp_path):
     out = tmp_path / "layers.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers.py"), "--runs", "3", "--out", str(out)],
                    check=True, capture_output=True, timeout=900)
-    rows = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()[2:8] if line.strip()}
-    for kind in ("first", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
+    table = out.read_text().split("\n\n")[0].splitlines()[3:]  # after ```, the title and the header
+    rows = {line.split()[0]: line.split()[1:] for line in table}
+    for kind in ("first", "separable", "depthwise", "pointwise", "total"):  # ms for npmobile, ONNX Runtime, ratio
         assert float(rows[kind][-3]) > 0 and float(rows[kind][-2]) > 0, rows
-    # each convolution's own line: npmobile's ms and ONNX Runtime's for the same layer
+    # each step's own line: npmobile's ms and ONNX Runtime's for the same layers
     layers = [line.split() for line in out.read_text().splitlines() if "_conv2d " in line or " conv2d " in line]
-    assert len(layers) == 52, layers  # MobileNetV2: the first conv, 17 depthwise, 34 pointwise
+    # MobileNetV2: the first conv; 13 depthwise layers fused with their projection, and the 4 of
+    # 7x7 (fewer pixels than output channels) apart; 17 other pointwise layers
+    assert len(layers) == 1 + 13 + 4 + 4 + 17, layers
+    assert sum(op == "separable_conv2d" for _, op, *_ in layers) == 13, layers
     assert all(float(ms) > 0 and float(ort) > 0 for *_, ms, ort in layers), layers
 
 

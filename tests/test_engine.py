@@ -50,8 +50,9 @@ def test_residual_add_fused_into_the_projection_gives_the_same_bits(small_model,
     adds = [n for n in small_model.graph.nodes if n.op == "add"]
     assert all(n.op != "add" for n in graph.nodes)
     for add in adds:
-        fused = graph.node(add.name)
-        assert fused.op == "pointwise_conv2d" and len(fused.inputs) == 2 and fused.inputs[1] in add.inputs
+        fused = graph.node(add.name)  # the projection, or the depthwise + projection pair
+        assert fused.op in ("pointwise_conv2d", "separable_conv2d") and len(fused.inputs) == 2
+        assert fused.inputs[1] in add.inputs
     y = engine.Plan(graph, params, 2).run(x, intermediates=True)
     monkeypatch.setattr(engine, "_RESIDUAL", ())
     unfused = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 2).run(x, intermediates=True)
@@ -60,6 +61,39 @@ def test_residual_add_fused_into_the_projection_gives_the_same_bits(small_model,
     if adds:
         oracle = small_model.run(x, oracle=True, intermediates=True)[adds[-1].name]
         assert np.abs(y[adds[-1].name] - oracle).max() <= 1e-4 * max(1.0, np.abs(oracle).max())
+
+
+def test_depthwise_and_pointwise_fused_where_it_pays(small_model, monkeypatch):
+    """engine.fuse runs each 3x3 depthwise convolution and the pointwise one that reads it as one
+    separable_conv2d node, named as the pointwise (with its BN, clamp and add) was, wherever the
+    fused kernel pays (separable.pays: at least as many pixels as output channels); the depthwise
+    value is then no longer one of the plan's values (like a folded BN's). The fast plan agrees
+    with the oracle, and with the plan of the two kernels within the float32 bound (its sgemm runs
+    on other blocks of rows)."""
+    from npmobile import timing
+    from npmobile.kernels import separable
+    x = np.random.default_rng(6).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    graph, params = engine.fuse(small_model.graph, small_model.params)
+    built = small_model.graph.nodes
+    depthwise = [n for n in built if n.op == "depthwise_conv2d"]
+    expected = [dw.name for i, dw in enumerate(built) if dw.op == "depthwise_conv2d" and separable.pays(
+        dw.shape[0] * dw.shape[1], dw.shape[2], next(n for n in built[i:] if n.op == "pointwise_conv2d").shape[2])]
+    assert 0 < len(expected) < len(depthwise)  # (at 64x64, the 2x2 layers have fewer pixels than channels)
+    fused = [n for n in graph.nodes if n.op == "separable_conv2d"]
+    computes = dict(zip((n.name for n in graph.nodes), timing.steps(small_model.graph, graph)))
+    assert [next(name for name in computes[n.name] if name in expected) for n in fused] == expected
+    for node in fused:
+        assert set(params) >= {f"{node.name}.{p}" for p in ("w_dw", "b_dw", "w", "b")}
+        assert params[f"{node.name}.w_dw"].shape[:2] == (3, 3)
+    y = engine.Plan(graph, params, 2).run(x, intermediates=True)
+    assert not any(n.name in y for n in depthwise) and all(n.name in y for n in fused)
+    monkeypatch.setattr(engine, "_fuse_separable", lambda nodes, params, graph: nodes)
+    pairs = engine.Plan(*engine.fuse(small_model.graph, small_model.params), 2).run(x, intermediates=True)
+    oracle = small_model.run(x, oracle=True, intermediates=True)
+    for name in [n.name for n in fused] + [graph.output]:
+        scale = max(1.0, np.abs(oracle[name]).max())
+        assert np.abs(y[name] - oracle[name]).max() <= 1e-4 * scale
+        assert np.abs(y[name] - pairs[name]).max() <= 1e-5 * scale
 
 
 def test_an_add_is_fused_only_where_its_shortcut_already_exists():

@@ -74,6 +74,49 @@ def test_dense(case):
 
 
 @st.composite
+def separable_case(draw):
+    """A depthwise-separable layer (kernels/separable.py): a 3x3 depthwise convolution, one filter
+    per channel, then a pointwise one, each with its own bias and optional clamp, and optionally
+    a shortcut. Sizes past a few blocks of rows (blocks hold whole rows, across images), channel
+    counts that are not multiples of 16, strides 1 and 2, each pad side 0..2."""
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    top, bottom, left, right = pad
+    n = draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, 3 - top - bottom), 19))
+    w = draw(st.integers(max(1, 3 - left - right), 19))
+    c_in, c_out = draw(CHANNELS), draw(CHANNELS)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, h, w, c_in)).astype(np.float32)
+    tensors = [rng.standard_normal(s).astype(np.float32) for s in ((3, 3, c_in), (c_in,), (c_in, c_out), (c_out,))]
+    clamps = st.sampled_from([None, (0.0, 6.0), (-0.5, 0.5)])
+    attrs = dict(stride=draw(st.sampled_from([1, 2])), pad=pad, clamp_dw=draw(clamps), clamp=draw(clamps))
+    if draw(st.booleans()):
+        attrs["shortcut"] = None  # drawn below, once the output's shape is known
+    return x, tensors, attrs, rng
+
+
+def check_separable(x, tensors, attrs, rng):
+    """separable_conv2d against its oracle. The bound composes the two dot products': 9 taps
+    and a bias, then c_in terms and a bias (and the shortcut); its magnitude is the oracle on the
+    absolute values without the clamps (a clamp only shrinks an error)."""
+    kernel = KERNELS["separable_conv2d"]
+    if "shortcut" in attrs:
+        shape = kernel.ref(x, *tensors, **{**attrs, "shortcut": None}).shape
+        attrs = {**attrs, "shortcut": rng.standard_normal(shape).astype(np.float32)}
+    y = kernel.fast(x, *tensors, **attrs)
+    magnitude = kernel.ref(np.abs(x), *map(np.abs, tensors), **{**attrs, "clamp_dw": None, "clamp": None,
+                                                                "shortcut": None if attrs.get("shortcut") is None
+                                                                else np.abs(attrs["shortcut"])})
+    assert_within(y, kernel.ref(x, *tensors, **attrs), magnitude, 9 + 2 + x.shape[3] + 3)
+    return y
+
+
+@given(separable_case())
+def test_separable_conv2d(case):
+    check_separable(*case)
+
+
+@st.composite
 def activations(draw, min_rank=4):
     rank = draw(st.integers(min_rank, 4))
     shape = tuple(draw(st.integers(1, 9)) for _ in range(rank - 1)) + (draw(CHANNELS),)
@@ -275,6 +318,50 @@ def test_depthwise_3x3_same_bits_on_one_and_two_threads(shape, stride, pad):
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("shape, c_out, stride, pad", [
+    ((1, 56, 56, 144), 24, 1, (1, 1, 1, 1)),  # V2's block_2: blocks of L1-sized products
+    ((2, 28, 28, 256), 256, 1, (1, 1, 1, 1)),  # V1's conv_dw_5 at batch 2: blocks of L2-sized products
+    ((2, 57, 31, 40), 17, 2, (0, 1, 0, 1)),    # stride 2, odd sizes, blocks across the two images
+    ((3, 5, 4, 7), 20, 2, (1, 1, 1, 1)),        # fewer pixels than output channels: PARTS blocks all the same
+])
+def test_separable_same_bits_on_one_and_two_threads_and_against_the_oracle(shape, c_out, stride, pad):
+    """The fused kernel's blocks depend on the shape only, and each runs the depthwise rows and
+    the product the same way: one thread (the serial driver) and two give the same bits, with and
+    without a shortcut. Its depthwise values are the depthwise kernel's own (the rows function on
+    a view of x), so with a 1x1 identity pointwise it returns the depthwise kernel's bits."""
+    rng = np.random.default_rng(sum(shape) + c_out)
+    x = rng.standard_normal(shape).astype(np.float32)
+    c_in = shape[3]
+    tensors = [rng.standard_normal(s).astype(np.float32) for s in ((3, 3, c_in), (c_in,), (c_in, c_out), (c_out,))]
+    attrs = dict(stride=stride, pad=pad, clamp_dw=(0.0, 6.0), clamp=(-1.0, 1.0))
+    separable = KERNELS["separable_conv2d"].fast
+    threads = numba.get_num_threads()
+    for shortcut in (False, True):
+        if shortcut:
+            attrs["shortcut"] = rng.standard_normal(separable(x, *tensors, **attrs).shape).astype(np.float32)
+        try:
+            numba.set_num_threads(1)
+            one = separable(x, *tensors, **attrs)
+            numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+            two = separable(x, *tensors, **attrs)
+        finally:
+            numba.set_num_threads(threads)
+        np.testing.assert_array_equal(one, two)
+    check_separable(x, tensors, attrs, rng)
+    depthwise = KERNELS["depthwise_conv2d"].fast(x, tensors[0], tensors[1], stride=stride, pad=pad, clamp=(0.0, 6.0))
+    identity = separable(x, tensors[0], tensors[1], np.eye(c_in, dtype=np.float32), stride=stride, pad=pad,
+                         clamp_dw=(0.0, 6.0))
+    np.testing.assert_array_equal(identity, depthwise)
+
+
+def test_separable_refuses_other_depthwise_windows():
+    """The fused kernel runs MobileNet's depthwise layers (3x3, one filter per channel): other
+    windows are refused with a message naming the two kernels to use instead."""
+    x = np.ones((1, 6, 6, 4), np.float32)
+    with pytest.raises(ValueError, match=r"w_dw: expected .*\(3, 3, 4\).*depthwise_conv2d, then pointwise_conv2d.*\(5, 5, 4\)"):
+        KERNELS["separable_conv2d"].fast(x, np.ones((5, 5, 4), np.float32), None, np.ones((4, 2), np.float32))
 
 
 @pytest.mark.parametrize("k_h, k_w, c_in", [(3, 3, 5), (3, 3, 6), (1, 1, 16), (1, 1, 17), (2, 8, 2), (2, 8, 3)])

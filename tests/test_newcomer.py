@@ -312,8 +312,10 @@ def test_case12_model_summary_keras_style():
     model.summary(print_fn=printed.append)
     assert "conv_pw_1_bn (batchnorm)" in printed[0] and "Total MACs:" in printed[0]
     model.summary(time=True, runs=2, print_fn=printed.append)
-    line = next(s for s in printed[1].splitlines() if s.startswith("conv_pw_1 "))
-    assert "conv_pw_1 (pointwise_conv2d) + conv_pw_1_bn, conv_pw_1_relu" in line and float(line.split()[-2]) > 0
+    line = next(s for s in printed[1].splitlines() if s.startswith("conv_pw_7 "))
+    assert "conv_pw_7 (pointwise_conv2d) + conv_pw_7_bn, conv_pw_7_relu" in line and float(line.split()[-2]) > 0
+    line = next(s for s in printed[1].splitlines() if s.startswith("conv_dw_1 "))  # a depthwise-separable step
+    assert "conv_dw_1 (separable_conv2d) + conv_dw_1_bn, conv_dw_1_relu, conv_pw_1, conv_pw_1_bn, conv_pw_1_relu" in line
 
 
 # --- 13: README figures from the preprocessing the CLI uses ----------------------------------------

@@ -1,7 +1,8 @@
 """npmobile's kernels: each op as a fast numba kernel beside its plain-NumPy oracle.
 
 Start reading at `depthwise.py`, then `pointwise.py`: together they are the depthwise-separable
-convolution that MobileNet is built from. `conv2d.py` is the standard convolution they replace.
+convolution that MobileNet is built from, and `separable.py` runs the pair as one kernel, block by
+block. `conv2d.py` is the standard convolution they replace.
 
 `KERNELS` lists every op once: tests check each fast kernel against its oracle by iterating over
 it, and benchmarks time them from it. Oracle and fast kernel share one signature: tensors
@@ -23,6 +24,7 @@ from .padding import check_zero_pad, run_zero_pad, zero_pad, zero_pad_ref
 from .pointwise import check_pointwise_conv2d, pointwise_conv2d, pointwise_conv2d_ref, run_pointwise_conv2d
 from .pooling import (check_global_avg_pool, check_global_max_pool, global_avg_pool, global_avg_pool_ref,
                       global_max_pool, global_max_pool_ref, run_global_pool)
+from .separable import check_separable_conv2d, run_separable_conv2d, separable_conv2d, separable_conv2d_ref
 
 
 class Kernel(NamedTuple):
@@ -37,6 +39,7 @@ KERNELS = {k.name: k for k in (
     Kernel("conv2d", conv2d, conv2d_ref, check_conv2d, run_conv2d),
     Kernel("depthwise_conv2d", depthwise_conv2d, depthwise_conv2d_ref, check_depthwise_conv2d, run_depthwise_conv2d),
     Kernel("pointwise_conv2d", pointwise_conv2d, pointwise_conv2d_ref, check_pointwise_conv2d, run_pointwise_conv2d),
+    Kernel("separable_conv2d", separable_conv2d, separable_conv2d_ref, check_separable_conv2d, run_separable_conv2d),
     Kernel("batchnorm", batchnorm, batchnorm_ref, check_batchnorm, run_batchnorm),
     Kernel("clamp", clamp, clamp_ref, check_clamp, run_clamp),
     Kernel("zero_pad", zero_pad, zero_pad_ref, check_zero_pad, run_zero_pad),

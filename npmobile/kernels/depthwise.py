@@ -134,8 +134,11 @@ TAPS_STRIDE = MAX_TAPS + 16
 RUN_FLOATS = 512
 # Tried and not kept (time against these paths, one thread): 3 or 4 pixels per pass at stride 1,
 # 1.2-2.9x on 32-192 channels (the overlap checks grow as stores x loads: 4 x 28 pointers); 4 per
-# pass at stride 2, not vectorised at all (3-5x); channel blocks of 16 with a compile-time trip
-# count, not vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x).
+# pass at stride 2, not vectorised at all (3-5x), nor 2x2 per pass at stride 2 (two rows of
+# pairs sharing an input row: 3-3.8x); channel blocks of 16 with a compile-time trip count, not
+# vectorised either (LLVM will not pay the checks for 16 iterations; 3.7x); the left and right
+# border pixels of inside rows in one pass of six taps (w[p, q0 + q] for a q0 known at run
+# time) instead of the border path's five passes: 1.02-1.07x.
 
 
 @jit
@@ -173,9 +176,11 @@ def _depthwise_3x3_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y):
 def _rows_per_block(y):
     """Output rows per parallel block: at least 4096 outputs (a few microseconds of work, against
     about one to hand a block to a thread), and at least 8 blocks to share between threads; an
-    even count, so that the stride-1 runs take the rows of a block two at a time."""
-    rows = max(1, min(-(-4096 // (y.shape[2] * y.shape[3])), y.shape[0] * y.shape[1] // 8))
-    return rows + rows % 2
+    even count where that still leaves 8 blocks, so that the stride-1 runs take the rows of a
+    block two at a time (14 rows in 7 blocks of 2 were 4 against 3 on two threads: no faster)."""
+    total = y.shape[0] * y.shape[1]
+    rows = max(1, min(-(-4096 // (y.shape[2] * y.shape[3])), total // 8))
+    return rows + 1 if rows % 2 and total // (rows + 1) >= 8 else rows
 
 
 @jit
