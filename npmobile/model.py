@@ -142,7 +142,9 @@ class Model:
         """Run on a float batch (NHWC, or NCHW with layout="NCHW") with the fast kernels on the
         fused graph, or (oracle=True) the float64 oracles on the graph as built. Returns the
         output (model.outputs says what it is), or with intermediates {name: value} for "input"
-        and every node. A batch is split across `threads` threads (default: set_num_threads;
+        and every node (of the fused graph on the fast engine: a value folded into the step after
+        it, such as a convolution before its BN or a depthwise output inside a separable step, is
+        returned by the oracle only). A batch is split across `threads` threads (default: set_num_threads;
         threads=1 keeps it on the calling thread, as a pipeline that runs one batch per core
         does); each thread runs its part PLAN_BATCH images at a time."""
         x = engine.check_input(self.graph, as_nhwc(self.graph, x, layout))

@@ -1,9 +1,11 @@
 """The fast engine's machinery: fused graph, reused buffers, threads, memory, numba's cache."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,3 +396,35 @@ def test_the_kernels_thread_count_is_numbas_for_the_calling_thread():
         assert seen["other"] == 1 and num_threads() == saved
     finally:
         numba.set_num_threads(saved)
+
+
+EDITED_CALLEE_CHECK = """
+import json, numpy as np
+from npmobile.kernels import depthwise
+depthwise.depthwise_conv2d(np.ones((1, 8, 8, 4), np.float32), np.ones((3, 3, 4), np.float32), pad=(1, 1, 1, 1))
+f = depthwise._depthwise_3x3_rows_jit
+print(json.dumps([sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]))
+"""
+
+
+def test_an_edit_to_a_called_kernel_compiles_its_callers_again(tmp_path):
+    # numba's cache drops a function when its own file changes, not when a function it calls
+    # (compiled into it) changes in another file: depthwise's rows function calls _checks.py's
+    # inside_range. The kernels' cache is keyed by the hash of all their sources (_jit.py), so an
+    # edit anywhere under kernels/ compiles the callers again instead of running stale code.
+    import shutil
+    package = tmp_path / "npmobile"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "npmobile", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), NUMBA_NUM_THREADS="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", EDITED_CALLEE_CHECK], cwd=tmp_path, env=env, check=True,
+                             capture_output=True, text=True, timeout=600)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    assert run()[1] > 0  # compiled, and cached
+    assert run() == [1, 0]  # loaded from the cache
+    with open(package / "kernels" / "_checks.py", "a") as f:
+        f.write("\n# an edit to a file whose function depthwise's rows call\n")
+    assert run()[1] > 0  # compiled again

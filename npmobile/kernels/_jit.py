@@ -1,7 +1,8 @@
 """numba's flags for every kernel loop, and the threads its parallel loops run on, in one place.
 
 - cache=True: the compiled machine code is written next to the source (or, when that folder is
-  read-only, to numba's per-user cache), so a new process skips the compile.
+  read-only, to numba's per-user cache), so a new process skips the compile; each entry is keyed
+  by the hash of all the kernels' sources too (`_keyed_by_all_kernels` says why).
 - nogil=True: a loop releases the GIL, so several Python threads can run inferences at once.
 - fastmath stays off: the loops are checked against float64 oracles with a rounding-error bound
   that assumes IEEE arithmetic; reassociation would void it.
@@ -20,12 +21,48 @@ costs about as much as computing the result.
 """
 
 import ctypes
+import hashlib
 import os
+import pathlib
 import sys
 
 import numba
 
-jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+def _kernels_source_hash():
+    """sha256 over every source file of npmobile/kernels (their paths and bytes)."""
+    root = pathlib.Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _keyed_by_all_kernels(njit):
+    """njit, with each function's cache entries also keyed by the hash of all the kernels'
+    sources. numba drops a cached function when its own file changes, but not when a function it
+    calls, whose code it compiled in, changes in another file: edit depthwise.py and separable.py's
+    cached loop kept running the old depthwise rows on the new weight layout (wrong outputs, seen
+    while writing them). With the hash in the key any edit under npmobile/kernels compiles every
+    kernel again, once. (numba's FunctionCache is not public API: where it is missing, plain njit.)"""
+    try:
+        from numba.core.caching import FunctionCache
+    except ImportError:
+        return njit
+    source_hash = _kernels_source_hash()
+
+    class KernelsCache(FunctionCache):
+        def _index_key(self, sig, codegen):
+            return super()._index_key(sig, codegen) + (source_hash,)
+
+    def decorate(function):
+        dispatcher = njit(function)
+        dispatcher._cache = KernelsCache(dispatcher.py_func)
+        return dispatcher
+    return decorate
+
+
+jit = _keyed_by_all_kernels(numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy"))
 
 
 def _threading_layer():
@@ -55,8 +92,8 @@ def _threading_layer():
 THREADING_LAYER = _threading_layer()
 if THREADING_LAYER:
     numba.config.THREADING_LAYER = THREADING_LAYER
-parallel_jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy",
-                          parallel=THREADING_LAYER is not None)
+parallel_jit = _keyed_by_all_kernels(numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy",
+                                                parallel=THREADING_LAYER is not None))
 
 
 def _thread_count_function():

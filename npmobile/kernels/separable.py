@@ -12,7 +12,8 @@ computes its rows of t into a buffer of its own, which stays in the core's L2 ca
 blocks: at most 450 KB), then multiplies them by w (OpenBLAS's sgemm) and applies the epilogue.
 Against the two kernels one after the other: t is never written to memory and read back, and the
 layer is one parallel loop instead of two (one launch and one barrier fewer, ~3 us each on two
-threads).
+threads). Measured against the two kernels (interleaved, V2-224's fused layers at batch 1): 0.72-0.98x
+their time on two threads, 0.93-1.06x on one.
 
 Cost: n * h_out * w_out * c_in * (9 + c_out) MACs, the paper's D_K^2 M D_F^2 + M N D_F^2; memory:
 x read once (plus a row or two again at each block's edge), y written once, w read (and packed by
@@ -61,8 +62,8 @@ def pays(pixels, c_in, c_out):
     the product alone would be cut into blocks of rows (`_product.blocks`), as the blocks here
     are. With fewer pixels than output channels (MobileNet's 7x7 layers, and V1's 14x14 ones) it
     is cut into blocks of w's columns instead: row blocks would each read all of w, and a layer
-    has too few rows to share out otherwise (measured on one thread, blocks of rows against the
-    two kernels: V2's 7x7 layers 1.15-1.27x, V1's 14x14 1.06-1.09x)."""
+    has too few rows to share out otherwise (measured, blocks of rows against the two kernels:
+    V2's 7x7 layers 1.15-1.27x on one thread, 1.04-1.24x on two; V1's 14x14 1.06-1.09x on one)."""
     return blocks(pixels, c_in, c_out)[1] == 1
 
 
