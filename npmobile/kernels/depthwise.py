@@ -122,8 +122,8 @@ def depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None, ou
 # a quarter off the 112x112x32 layer, whose channel loops are two vectors long; with taps as a
 # (10, c) array the checks cost more than they did on w. The 16 extra floats keep the ten rows
 # in different L1 cache sets. Wider layers (c > MAX_TAPS) take the single-pixel path on w.
-# Each row holds w[p, q] repeated run_pixels(c) times: the stride-1 runs (below) read a whole
-# run of pixels with one channel loop. taps starts on a page (zeros_aligned): unaligned, each of
+# Each row holds w[p, q] repeated along the row: the stride-1 runs (below) read a whole run of
+# pixels with one channel loop. taps starts on a page (zeros_aligned): unaligned, each of
 # its 64-byte loads straddled two cache lines (8-15% slower on V2's large layers, one thread).
 MAX_TAPS = 2048
 TAPS_STRIDE = MAX_TAPS + 16
@@ -149,12 +149,14 @@ def run_pixels(c):
 
 def taps_3x3(w, b, c_in):
     """w (3, 3, c) and b laid out once per layer for the fast paths: row p * 3 + q of the flat
-    (10 * TAPS_STRIDE,) array holds w[p, q] run_pixels(c) times over, row 9 the bias as often.
-    Empty unless the layer is MobileNet's case (3x3, m = 1) with at most MAX_TAPS channels."""
+    (10 * TAPS_STRIDE,) array holds w[p, q] as often as it fits MAX_TAPS floats, row 9 the bias.
+    Empty unless the layer is MobileNet's case (3x3, m = 1) with at most MAX_TAPS channels.
+    (The runs read only RUN_FLOATS floats of each row: the layout serves any run length, so the
+    run length is the loops' choice alone, never a contract between this and the loops.)"""
     k_h, k_w, c = w.shape
     if (k_h, k_w) != (3, 3) or c != c_in or c > MAX_TAPS:
         return np.zeros(0, dtype=np.float32)
-    reps = run_pixels(c)
+    reps = MAX_TAPS // c
     taps = zeros_aligned((10, TAPS_STRIDE))
     taps[:9, :reps * c] = np.tile(w.reshape(9, c), reps)
     taps[9, :reps * c] = np.tile(b, reps)
