@@ -117,13 +117,15 @@ def block_bounds(m, n, j, row_blocks, col_blocks):
 
 
 @jit
-def gemm(a, lda, rows, w, k0, k1, c0, c1, c, ldc):
+def gemm(a, lda, rows, w, k0, k1, c0, c1, c, ldc, one_row):
     """c[:rows, :c1 - c0] = a[:rows, :k1 - k0] @ w[k0:k1, c0:c1], a and c addresses (row strides
-    lda and ldc floats): OpenBLAS's sgemm, or for one row its sgemv (a batch-1 classifier: about
-    4x faster than sgemm on one row)."""
+    lda and ldc floats): OpenBLAS's sgemm, or its sgemv when the whole product is one row
+    (one_row: a batch-1 classifier, about 4x faster than sgemm). Only then: a one-row block of a
+    larger product stays on sgemm, whose kernels may round otherwise than sgemv's (they do with
+    OpenBLAS's Haswell kernels), so that the blocks' bits never depend on how rows were cut."""
     ldw = w.strides[0] // 4  # w's row length, or more when its rows are padded (padded_rows)
     w_at = w.ctypes.data + 4 * (k0 * ldw + c0)
-    if rows == 1:
+    if one_row:
         sgemv(ROW_MAJOR, TRANS, k1 - k0, c1 - c0, np.float32(1), w_at, ldw, a, 1, np.float32(0), c, 1)
     else:
         sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, rows, c1 - c0, k1 - k0, np.float32(1), a, lda, w_at, ldw,
@@ -143,7 +145,7 @@ def _block_jit(a, a_transposed, w, b, has_clamp, lo, hi, has_shortcut, s, y, j, 
         sgemm(ROW_MAJOR, TRANS, NO_TRANS, r1 - r0, c1 - c0, k, np.float32(1), a.ctypes.data + 4 * r0, m,
               w.ctypes.data + 4 * c0, w.strides[0] // 4, np.float32(0), y.ctypes.data + 4 * (r0 * n + c0), n)
     else:
-        gemm(a.ctypes.data + 4 * r0 * k, k, r1 - r0, w, 0, k, c0, c1, y.ctypes.data + 4 * (r0 * n + c0), n)
+        gemm(a.ctypes.data + 4 * r0 * k, k, r1 - r0, w, 0, k, c0, c1, y.ctypes.data + 4 * (r0 * n + c0), n, m == 1)
     bias_clamp_jit(y, b, has_clamp, lo, hi, has_shortcut, s, r0, r1, c0, c1)
 
 

@@ -75,7 +75,8 @@ def _block_jit(x, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y, j, row_b
     minus_zero(x[r0:r1].reshape(-1), x_zero, xf.reshape(-1))
     partial = np.empty((kb.shape[0] - 1, rows, cols), np.float32)
     for i in range(kb.shape[0] - 1):
-        gemm(xf.ctypes.data + 4 * kb[i], c_in, rows, ws, kb[i], kb[i + 1], c0, c1, partial[i].ctypes.data, cols)
+        gemm(xf.ctypes.data + 4 * kb[i], c_in, rows, ws, kb[i], kb[i + 1], c0, c1, partial[i].ctypes.data, cols,
+             m == 1)
     epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y, r0, c0)
 
 
