@@ -22,13 +22,12 @@ of whole pixels, two output rows at once, at stride 2 two pixels at a time; rows
 between numba's threads in blocks.
 """
 
-import numba
 import numpy as np
 from numba import prange
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_bias, as_float32, check_fused_clamp, check_window, inside_range, output, zeros_aligned
-from ._jit import jit, parallel_jit
+from ._jit import jit, num_threads, parallel_jit
 
 
 def depthwise_conv2d_ref(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=None):
@@ -99,7 +98,7 @@ def check_depthwise_conv2d(x, w, b=None, *, stride=1, pad=(0, 0, 0, 0), clamp=No
 def run_depthwise_conv2d(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y):
     """The loop for this layer: MobileNet's (3x3, one filter per channel) or the general one."""
     if w.shape[0] == 3 and w.shape[1] == 3 and w.shape[2] == x.shape[3]:
-        if numba.get_num_threads() == 1:  # the same rows in the same order, without a parallel launch
+        if num_threads() == 1:  # the same rows in the same order, without a parallel launch
             _depthwise_3x3_rows_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y, 0, y.shape[0] * y.shape[1])
         else:
             _depthwise_3x3_jit(x, w, b, taps, stride, top, left, has_clamp, lo, hi, y)
