@@ -23,10 +23,9 @@ import functools
 import numpy as np
 
 from .graph import LINEAR_OPS, Graph, Node
-from .kernels import KERNELS, fold_batchnorm
+from .kernels import KERNELS, fold_batchnorm, separable
 from .kernels._blas import one_thread
 from .kernels._checks import PAGE, page_buffer
-from .kernels import separable
 from .kernels._product import padded_rows
 _PADDED = ("conv2d", "depthwise_conv2d")
 # The ops whose kernel adds a residual's shortcut in its epilogue (keyword `shortcut`). A fused

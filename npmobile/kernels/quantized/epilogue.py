@@ -13,8 +13,10 @@ The sums arrive as the float32 kernels left them (exact.py: integers within 2^24
 chunk of input channels); they are added to the int32 bias in int64, as the runtime's int32
 accumulator would hold them.
 
-Cost: one pass over the outputs; the arithmetic is the same as fixedpoint.requantize (whose
-scalar form the integer loops call), reordered so that the loops compile to SIMD instructions.
+Cost: one pass over the outputs, 0.2-0.3 ns each on one core here (FIXED_POINT's 64-bit
+products): a third of the float engine's whole run on a V2 image. Each kind's scalar function
+(fixedpoint.requantize, requantize_real, requantize_float) is written without branches, so that
+the loops over channels compile to SIMD instructions.
 """
 
 import numpy as np

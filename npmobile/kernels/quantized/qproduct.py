@@ -7,8 +7,8 @@ exact, on float32 sgemm, compiled and shared across numba's threads:
 exact.py says why float32 sgemm computes each sum exactly: every product and partial sum within
 a chunk of input channels (`chunks`: usually one) is an integer within 2^24.
 
-y is cut into blocks as the float product cuts it (`_product.blocks`), each block computed by one
-thread while it stays in that thread's cache: its rows of x minus x_zero into float32, one sgemm
+y is cut into blocks much as the float product cuts it (`blocks`: a block's float32 copy of x
+counts too), each block computed by one thread while it stays in that thread's cache: its rows of x minus x_zero into float32, one sgemm
 per chunk, then the epilogue: the chunk sums and the bias added in int64, requantized and stored
 as 8-bit integers. The blocks are a function of the shape only, so the bits never depend on the
 thread count. One parallel loop per layer; on one thread the same blocks in turn.
@@ -26,7 +26,6 @@ from .._jit import jit, num_threads, parallel_jit
 from .._product import BLOCK_FLOATS, PARTS, block_bounds, gemm
 from .epilogue import epilogue
 from .exact import exact_chunks, minus_zero, x_bound
-
 
 
 def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=None, real=None):
