@@ -28,6 +28,15 @@ from .fixedpoint import requantize
 FIXED_POINT, REAL, FLOAT_SCALE = 0, 1, 2
 
 
+def constants(c, rq=None, real=None):
+    """The epilogue's two constant arrays for c output channels, the one its kind does not read
+    as zeros: rq (5, c) int64 (fixedpoint.requantize_params, FIXED_POINT) and real (c,) float64
+    (REAL's multipliers or FLOAT_SCALE's float32 scales, exact in float64)."""
+    rq = np.zeros((5, c), np.int64) if rq is None else rq
+    real = np.zeros(c, np.float64) if real is None else np.ascontiguousarray(real, dtype=np.float64)
+    return rq, real
+
+
 @jit
 def requantize_real(acc, m, y_zero, lo, hi):
     """REAL: an int32 accumulator times the double m, rounded as C's std::round (halves away from

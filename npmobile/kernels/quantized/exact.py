@@ -21,7 +21,7 @@ import numpy as np
 from .._checks import check_pad, check_stride, conv_output_size
 from .._jit import jit
 from ._qchecks import check_zero, q_output, requant_args, type_range
-from .epilogue import FIXED_POINT, epilogue_rows
+from .epilogue import FIXED_POINT, constants, epilogue_rows
 from .fixedpoint import requantize_params
 
 EXACT_FLOAT32 = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -68,8 +68,7 @@ def check_on_float32(check_float, run_float, x, x_zero, ws, b, kind, y_zero, lo,
     yf = np.empty(y.shape, dtype=np.float32)
     float_args = check_float(xf, ws.astype(np.float32), None, **attrs, out=yf)
     c = y.shape[-1]
-    rq = np.zeros((5, c), np.int64) if rq is None else rq
-    real = np.zeros(c, np.float64) if real is None else np.ascontiguousarray(real, dtype=np.float64)
+    rq, real = constants(c, rq, real)
     return (run_float, float_args, x.reshape(-1), x_zero, xf.reshape(-1), yf.reshape(-1, c), b.astype(np.int64),
             kind, rq, real, y_zero, lo, hi, y.reshape(-1, c), y)
 
