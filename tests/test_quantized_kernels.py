@@ -6,11 +6,13 @@ int32s and on the edges where rounding and saturation happen."""
 
 import math
 
+import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from npmobile.kernels import _simd as simd
 from npmobile.kernels.quantized import QKERNELS, add_multipliers, softmax_params
 from npmobile.kernels.quantized import fixedpoint as fp
 from npmobile.kernels.quantized import exact
@@ -115,11 +117,21 @@ def test_qdense(case):
     _assert_exact("qdense", x[:, 0, 0, :], w[0, 0], b, **attrs)
 
 
+@pytest.fixture(params=["sgemm", "vnni"])
+def product_path(request, monkeypatch):
+    """Each quantized 1x1 product's two ways (qproduct.py): on float32 sgemm, and on VNNI where
+    this CPU has it (where it does not, check_product must choose sgemm: the test asserts which)."""
+    from npmobile.kernels.quantized import qproduct
+    monkeypatch.setattr(qproduct, "USE_VNNI", request.param == "vnni" and qproduct.HAVE_VNNI)
+    return request.param == "vnni" and qproduct.HAVE_VNNI
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
-def test_qpointwise_splits_long_sums_and_stays_exact(dtype):
+def test_qpointwise_splits_long_sums_and_stays_exact(dtype, product_path):
     # The worst case for float32: every product at its largest magnitude (255 * 255 for uint8
-    # zero points at the ends of the range), 1000 of them: 65 million, far past 2^24. The
-    # kernel must split the sum into chunks that each stay exact.
+    # zero points at the ends of the range), 1000 of them: 65 million, far past 2^24. On sgemm
+    # the kernel must split the sum into chunks that each stay exact; on VNNI the weights are
+    # shifted into int8 (e = -127 for every column) and the row sums taken back out.
     info = np.iinfo(dtype)
     x = np.full((1, 2, 3, 1000), info.max, dtype=dtype)
     w = np.full((1000, 4), info.min, dtype=dtype)
@@ -127,6 +139,7 @@ def test_qpointwise_splits_long_sums_and_stays_exact(dtype):
     attrs = dict(x_zero=int(info.min), w_zero=w_zero, y_zero=0, multiplier=np.full(4, 1 << 30, np.int32),
                  shift=np.full(4, -31, np.int32), clamp=None)
     assert len(exact_chunks(np.full((1000, 4), 255.0, np.float32), 255)) - 1 == 4  # 258 terms per chunk
+    assert QKERNELS["qpointwise_conv2d"].check(x, w, None, **attrs)[0] == product_path
     _assert_exact("qpointwise_conv2d", x, w, None, **attrs)
 
 
@@ -346,11 +359,13 @@ def test_qfully_connected_rounds_once_where_the_fixed_point_route_rounds_twice()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows, c_in, c_out", [(1, 40, 300), (3, 20, 50), (5000, 24, 144), (700, 600, 40)])
-def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads):
+@pytest.mark.parametrize("rows, c_in, c_out", [(1, 40, 300), (3, 20, 50), (5000, 24, 144), (700, 600, 40),
+                                               (9, 8, 5), (61, 96, 1001)])
+def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads, product_path):
     # qproduct.py's shapes the drawn layers above are too small to reach: a one-row product
     # (sgemv, in column blocks), fewer rows than columns, many row blocks, and sums long and
     # large enough to be split into chunks (weights at the ends of the int8 range, 600 taps);
+    # on VNNI (vnni.py) blocks of columns, rows past a multiple of 4, columns padded to 48;
     # each runtime's epilogue, on the serial loop (1 thread) and the parallel one (2).
     import numba
 
@@ -361,8 +376,11 @@ def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads):
     x = rng.integers(0, 256, (rows, c_in)).astype(np.uint8)
     w = rng.choice(np.array([-128, 127], np.int8), (c_in, c_out))
     b = rng.integers(-(1 << 20), 1 << 20, c_out).astype(np.int32)
-    chunks = qproduct.check_product(x, 0, w.astype(np.int32), b, 0, 0, 0, 255, None, None)[3]
-    assert (len(chunks) > 2) == (c_in == 600)
+    y = np.empty((rows, c_out), np.uint8)
+    on_vnni, args, _ = qproduct.check_product(x, 0, w.astype(np.int32), b, 0, 0, 0, 255, y, y)
+    assert on_vnni == product_path
+    if not on_vnni:
+        assert (len(args[3]) > 2) == (c_in == 600)  # the chunks of input channels
     scales = rng.uniform(2.0 ** -20, 2.0 ** -12, c_out).astype(np.float32)
     multiplier, shift = fp.conv_multipliers(0.02, scales, 0.5, double_product=True)
     saved = numba.get_num_threads()
@@ -378,3 +396,59 @@ def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads):
     finally:
         numba.set_num_threads(saved)
 
+
+
+@numba.njit
+def _requantize_16_lanes(acc, params):
+    """fixedpoint.requantize_lanes on 16 accumulators, params (5, 16) int32 (lane_params)."""
+    p, out = params.ctypes.data, np.empty(16, np.int32)
+    v = fp.requantize_lanes(simd.load(acc.ctypes.data), simd.load(p), simd.load(p + 64), simd.load(p + 128),
+                            simd.load(p + 192), simd.load(p + 256))
+    simd.store(out.ctypes.data, v)
+    return out
+
+
+@given(st.lists(INT32, min_size=16, max_size=16), st.lists(st.integers(1 << 30, fp.INT32_MAX), min_size=16,
+       max_size=16), st.lists(st.integers(-31, 30), min_size=16, max_size=16))
+def test_requantize_on_16_lanes_equals_the_runtime_rounding(acc, multipliers, shifts):
+    # the VNNI product's epilogue (16 lanes, 64-bit products of the even and odd lanes, gemmlowp's
+    # mask and threshold) against the oracle, lane by lane, over the whole int32 range and every
+    # shift, and on the values where each rounding step turns
+    rq = fp.requantize_params(np.array(multipliers), np.array(shifts))
+    params = fp.lane_params(rq)
+    for values in (acc, [(1 << 30) >> max(0, -s) for s in shifts], [-(1 << (max(0, -s) - 1 + 16)) for s in shifts]):
+        values = np.array(values, np.int64)
+        ref = fp.multiply_by_quantized_multiplier_ref(values, np.array(multipliers), np.array(shifts))
+        np.testing.assert_array_equal(_requantize_16_lanes(values.astype(np.int32), params), ref)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 70), st.integers(1, 24), st.integers(1, 120), st.sampled_from([np.uint8, np.int8]),
+       st.integers(0, 2**32 - 1), st.sampled_from([1, 2]))
+def test_vnni_products_equal_their_oracles(product_path, rows, c_in_fours, c_out, dtype, seed, threads):
+    # every quantized 1x1 layer on both ways (VNNI where this CPU has it): rows that are not a
+    # multiple of 4, columns padded to 48, per-column weight zero points anywhere in the type's
+    # range (so that columns need different shifts into int8, e != 0), each runtime's epilogue
+    import numba
+
+    from npmobile.kernels.quantized.qfully_connected import real_multipliers
+
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    c_in = 4 * c_in_fours
+    x, w = _ints(rng, (rows, c_in), dtype), _ints(rng, (c_in, c_out), dtype)
+    b = rng.integers(-(1 << 20), 1 << 20, c_out).astype(np.int32)
+    zeros = dict(x_zero=int(rng.integers(info.min, int(info.max) + 1)), y_zero=int(rng.integers(info.min, 10)),
+                 w_zero=rng.integers(info.min, int(info.max) + 1, c_out).astype(np.int32))
+    scales = rng.uniform(2.0 ** -16, 2.0 ** -8, c_out).astype(np.float32)
+    multiplier, shift = fp.conv_multipliers(0.02, scales, 0.5, double_product=True)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        assert QKERNELS["qdense"].check(x, w, b, **zeros, multiplier=multiplier, shift=shift)[0] == product_path
+        _assert_exact("qdense", x, w, b, **zeros, multiplier=multiplier, shift=shift, clamp=(info.min + 3, info.max - 5))
+        if dtype == np.int8:  # LiteRT's int8 FULLY_CONNECTED (double multipliers)
+            _assert_exact("qfully_connected", x, w, b, **zeros, real_multiplier=real_multipliers(0.02, scales, 0.5))
+        _assert_exact("qlinear_matmul", x, w, b, **zeros, scale=scales)
+    finally:
+        numba.set_num_threads(saved)

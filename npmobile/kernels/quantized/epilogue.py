@@ -60,10 +60,13 @@ def requantize_float(acc, scale, y_zero, lo, hi):
 def epilogue(kind, partial, b, rq, real, y_zero, lo, hi, y, r0, c0):
     """y[r0 + r, c0 + o] = the runtime's requantization of acc = b[c0 + o] + sum_j partial[j, r, o]
     (the block's exact sums, one per chunk of input channels, each an integer held in float32),
-    summed in int64. Each kind has its own loop over the columns, written without branches, so
-    that it compiles to SIMD instructions. (Its constants are copied for the block's columns: a
-    view, rq[:, c0:c1], or an index c0 + o that LLVM cannot prove >= 0 made it 4x slower.)"""
-    chunks, rows, cols = partial.shape
+    summed in int64, for the block's columns that y has (a product padded to whole vectors,
+    vnni.py, computes a few more). Each kind has its own loop over the columns, written without
+    branches, so that it compiles to SIMD instructions. (Its constants are copied for the block's
+    columns: a view, rq[:, c0:c1], or an index c0 + o that LLVM cannot prove >= 0 made it 4x
+    slower.)"""
+    chunks, rows = partial.shape[0], partial.shape[1]
+    cols = min(partial.shape[2], y.shape[1] - c0)
     c1 = c0 + cols
     extra, acc = b[c0:c1], np.empty(cols, np.int64)
     rq, real = np.ascontiguousarray(rq[:, c0:c1]), real[c0:c1]  # the block's columns, as arrays indexed from 0

@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from .._jit import jit
+from .. import _simd as simd
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -278,6 +279,26 @@ def requantize(acc, rq, o, y_zero, lo, hi):
     high = (a * np.int64(np.int32(rq[0, o])) + (1 << 30)) >> 31
     v = ((high + rq[3, o] - ((high < 0) & rq[4, o])) >> rq[2, o]) + y_zero
     return min(max(v, lo), hi)
+
+
+def lane_params(rq):
+    """The constants of `requantize_lanes` from requantize_params' rq, as one (5, c_out) int32
+    array, rows (multiplier, left, right, mask, threshold): mask = 2^right - 1 and
+    threshold = mask >> 1, RoundingDivideByPOT's."""
+    mask = np.left_shift(np.int64(1), rq[2]) - 1
+    return np.ascontiguousarray(np.stack([rq[0], rq[1], rq[2], mask, mask >> 1]), dtype=np.int32)
+
+
+@jit
+def requantize_lanes(acc, multiplier, left, right, mask, threshold):
+    """multiply_by_quantized_multiplier on 16 int32 lanes (_simd.py), written as gemmlowp writes
+    it for SIMD: the left shift (wrapping, as C's int32), SRDHM with 64-bit products, then
+    RoundingDivideByPOT with its mask, remainder and threshold (one higher for a negative value:
+    sra(high, 31) is -1 there), adding one where the remainder passes the threshold (greater
+    gives -1 there, so it is subtracted). Multipliers >= 0, as requantize_params checks."""
+    high = simd.srdhm(simd.shl(acc, left), multiplier)
+    threshold = simd.sub(threshold, simd.sra(high, simd.splat(31)))
+    return simd.sub(simd.sra(high, right), simd.greater(simd.and_(high, mask), threshold))
 
 
 def requantize_ref(acc, multiplier, shift, y_zero, lo, hi):
