@@ -85,10 +85,37 @@ def test_qconv2d(case):
     _assert_exact("qconv2d", x, w, b, **attrs)
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_case(depthwise=True))
-def test_qdepthwise_conv2d(case):
+def test_qdepthwise_conv2d(vnni_path, case):
     x, w, b, attrs = case
+    args = QKERNELS["qdepthwise_conv2d"].check(x, w, b, **attrs)
+    assert (args[1].__name__ == "run_lanes") == (vnni_path and w.shape[2] == x.shape[3])
     _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape, stride, pad", [((1, 20, 23, 144), 1, (1, 1, 1, 1)), ((1, 21, 20, 96), 2, (0, 1, 0, 1)),
+                                                ((3, 7, 5, 40), 2, (1, 1, 1, 1))])
+def test_depthwise_on_layer_shapes(shape, stride, pad, dtype, threads, vnni_path):
+    # the depthwise loops on shapes the drawn layers are too small for: MobileNet's channel
+    # counts (whole groups of 16 and a remainder), odd widths, stride 2 with TFLite's SAME
+    # padding, batches, on the serial loop and the parallel one
+    rng = np.random.default_rng(shape[1] * shape[3] + stride)
+    c = shape[3]
+    x, w = _ints(rng, shape, dtype), _ints(rng, (3, 3, c), dtype)
+    info = np.iinfo(dtype)
+    w_zero = np.full(c, 131 if dtype == np.uint8 else 0, np.int32)
+    multiplier, shift = fp.conv_multipliers(0.03, rng.uniform(2.0 ** -10, 2.0 ** -5, c), 0.05)
+    attrs = dict(x_zero=int(info.min) + 100, w_zero=w_zero, y_zero=int(info.min) + 9, multiplier=multiplier, shift=shift,
+                 stride=stride, pad=pad, clamp=(int(info.min) + 9, int(info.max) - 20))
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        _assert_exact("qdepthwise_conv2d", x, w, rng.integers(-5000, 5000, c).astype(np.int32), **attrs)
+    finally:
+        numba.set_num_threads(saved)
 
 
 @given(conv_case(), conv_case(depthwise=True))
@@ -117,17 +144,17 @@ def test_qdense(case):
     _assert_exact("qdense", x[:, 0, 0, :], w[0, 0], b, **attrs)
 
 
-@pytest.fixture(params=["sgemm", "vnni"])
-def product_path(request, monkeypatch):
-    """Each quantized 1x1 product's two ways (qproduct.py): on float32 sgemm, and on VNNI where
-    this CPU has it (where it does not, check_product must choose sgemm: the test asserts which)."""
-    from npmobile.kernels.quantized import qproduct
-    monkeypatch.setattr(qproduct, "USE_VNNI", request.param == "vnni" and qproduct.HAVE_VNNI)
-    return request.param == "vnni" and qproduct.HAVE_VNNI
+@pytest.fixture(params=["other", "vnni"])
+def vnni_path(request, monkeypatch):
+    """Both ways of the kernels that have a VNNI loop (quantized 1x1 products, depthwise): the
+    VNNI one where this CPU has it, and the other one (sgemm; the float kernel or the integer
+    loop). Where the CPU has no VNNI, both params run the other way: tests assert which ran."""
+    monkeypatch.setattr(simd, "USE_VNNI", request.param == "vnni" and simd.HAVE_VNNI)
+    return simd.USE_VNNI
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
-def test_qpointwise_splits_long_sums_and_stays_exact(dtype, product_path):
+def test_qpointwise_splits_long_sums_and_stays_exact(dtype, vnni_path):
     # The worst case for float32: every product at its largest magnitude (255 * 255 for uint8
     # zero points at the ends of the range), 1000 of them: 65 million, far past 2^24. On sgemm
     # the kernel must split the sum into chunks that each stay exact; on VNNI the weights are
@@ -139,7 +166,7 @@ def test_qpointwise_splits_long_sums_and_stays_exact(dtype, product_path):
     attrs = dict(x_zero=int(info.min), w_zero=w_zero, y_zero=0, multiplier=np.full(4, 1 << 30, np.int32),
                  shift=np.full(4, -31, np.int32), clamp=None)
     assert len(exact_chunks(np.full((1000, 4), 255.0, np.float32), 255)) - 1 == 4  # 258 terms per chunk
-    assert QKERNELS["qpointwise_conv2d"].check(x, w, None, **attrs)[0] == product_path
+    assert QKERNELS["qpointwise_conv2d"].check(x, w, None, **attrs)[0] == vnni_path
     _assert_exact("qpointwise_conv2d", x, w, None, **attrs)
 
 
@@ -361,7 +388,7 @@ def test_qfully_connected_rounds_once_where_the_fixed_point_route_rounds_twice()
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("rows, c_in, c_out", [(1, 40, 300), (3, 20, 50), (5000, 24, 144), (700, 600, 40),
                                                (9, 8, 5), (61, 96, 1001)])
-def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads, product_path):
+def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads, vnni_path):
     # qproduct.py's shapes the drawn layers above are too small to reach: a one-row product
     # (sgemv, in column blocks), fewer rows than columns, many row blocks, and sums long and
     # large enough to be split into chunks (weights at the ends of the int8 range, 600 taps);
@@ -378,7 +405,7 @@ def test_products_in_blocks_and_chunks_are_exact(rows, c_in, c_out, threads, pro
     b = rng.integers(-(1 << 20), 1 << 20, c_out).astype(np.int32)
     y = np.empty((rows, c_out), np.uint8)
     on_vnni, args, _ = qproduct.check_product(x, 0, w.astype(np.int32), b, 0, 0, 0, 255, y, y)
-    assert on_vnni == product_path
+    assert on_vnni == vnni_path
     if not on_vnni:
         assert (len(args[3]) > 2) == (c_in == 600)  # the chunks of input channels
     scales = rng.uniform(2.0 ** -20, 2.0 ** -12, c_out).astype(np.float32)
@@ -425,7 +452,7 @@ def test_requantize_on_16_lanes_equals_the_runtime_rounding(acc, multipliers, sh
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(1, 70), st.integers(1, 24), st.integers(1, 120), st.sampled_from([np.uint8, np.int8]),
        st.integers(0, 2**32 - 1), st.sampled_from([1, 2]))
-def test_vnni_products_equal_their_oracles(product_path, rows, c_in_fours, c_out, dtype, seed, threads):
+def test_vnni_products_equal_their_oracles(vnni_path, rows, c_in_fours, c_out, dtype, seed, threads):
     # every quantized 1x1 layer on both ways (VNNI where this CPU has it): rows that are not a
     # multiple of 4, columns padded to 48, per-column weight zero points anywhere in the type's
     # range (so that columns need different shifts into int8, e != 0), each runtime's epilogue
@@ -445,7 +472,7 @@ def test_vnni_products_equal_their_oracles(product_path, rows, c_in_fours, c_out
     saved = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        assert QKERNELS["qdense"].check(x, w, b, **zeros, multiplier=multiplier, shift=shift)[0] == product_path
+        assert QKERNELS["qdense"].check(x, w, b, **zeros, multiplier=multiplier, shift=shift)[0] == vnni_path
         _assert_exact("qdense", x, w, b, **zeros, multiplier=multiplier, shift=shift, clamp=(info.min + 3, info.max - 5))
         if dtype == np.int8:  # LiteRT's int8 FULLY_CONNECTED (double multipliers)
             _assert_exact("qfully_connected", x, w, b, **zeros, real_multiplier=real_multipliers(0.02, scales, 0.5))

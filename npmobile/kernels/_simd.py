@@ -10,7 +10,10 @@ value is LLVM's <16 x i32> (one zmm register), and each function below is one in
     load(addr)              64 bytes at addr (any alignment)
     broadcast4(addr)        the 4 bytes at addr, as one int32, in every lane
     dot_u8s8(acc, a, b)     VPDPBUSD: acc[i] + sum_{j<4} u8(a[i] byte j) * s8(b[i] byte j)
+    dot_i16(acc, a, b)      VPDPWSSD: acc[i] + sum_{j<2} i16(a[i] half j) * i16(b[i] half j)
     store(addr, v)          64 bytes to addr
+    load_u8(addr, n)        the n bytes at addr .. addr + n - 1 (n <= 16), widened to n lanes
+    load_s8(addr, n)        the same, read as int8
     store_bytes(addr, v, n) the low byte of the first n lanes to addr .. addr + n - 1
     add, sub, mul, and_, xor, shl, sra, minimum, maximum, greater, srdhm: lane by lane
 
@@ -43,6 +46,8 @@ def _host_has_vnni():
 
 
 HAVE_VNNI = _host_has_vnni()
+# Whether the kernels may choose their VNNI loops (tests turn it off to reach their other ones).
+USE_VNNI = HAVE_VNNI
 
 
 class I32x16(types.Type):
@@ -144,13 +149,20 @@ def _emit_srdhm(builder, a, m):
 srdhm = _lanewise("srdhm", _emit_srdhm)
 
 
-@intrinsic
-def dot_u8s8(typingctx, acc, a, b):
-    def codegen(context, builder, sig, args):
-        vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LANES, [_LANES] * 3),
-                                                  "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(vpdpbusd, args)
-    return i32x16(i32x16, i32x16, i32x16), codegen
+def _dot(name, llvm_name):
+    """An intrinsic (acc, a, b) -> acc + VNNI's dot products of a and b's sub-lanes."""
+    def typer(typingctx, acc, a, b):
+        def codegen(context, builder, sig, args):
+            instruction = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LANES, [_LANES] * 3),
+                                                         llvm_name)
+            return builder.call(instruction, args)
+        return i32x16(i32x16, i32x16, i32x16), codegen
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+dot_u8s8 = _dot("dot_u8s8", "llvm.x86.avx512.vpdpbusd.512")
+dot_i16 = _dot("dot_i16", "llvm.x86.avx512.vpdpwssd.512")
 
 
 @intrinsic
@@ -161,6 +173,37 @@ def store(typingctx, addr, v):
     return types.none(types.intp, i32x16), codegen
 
 
+def _first_lanes(builder, count):
+    """<16 x i1>: lane i set where i < count."""
+    i64x16 = ir.VectorType(ir.IntType(64), 16)
+    limit = builder.insert_element(ir.Constant(i64x16, None), count, ir.Constant(ir.IntType(32), 0))
+    limit = builder.shuffle_vector(limit, limit, ir.Constant(_LANES, [0] * 16))
+    return builder.icmp_signed("<", ir.Constant(i64x16, list(range(16))), limit)
+
+
+def _load_bytes(extend):
+    """An intrinsic (addr, count): the first `count` bytes at addr (all 16 when count >= 16),
+    each widened to an int32 lane by extend ('zext' or 'sext'); lanes past count are 0. A masked
+    load: nothing past them is read (with count a constant 16 it is a plain load)."""
+    def typer(typingctx, addr, count):
+        def codegen(context, builder, sig, args):
+            i8x16, i1x16 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(1), 16)
+            i8_ptr = ir.PointerType(ir.IntType(8))
+            masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i8x16, [i8_ptr, ir.IntType(32), i1x16, i8x16]),
+                "llvm.masked.load.v16i8.p0")
+            v = builder.call(masked_load, [builder.inttoptr(args[0], i8_ptr), ir.Constant(ir.IntType(32), 1),
+                                           _first_lanes(builder, args[1]), ir.Constant(i8x16, None)])
+            return getattr(builder, extend)(v, _LANES)
+        return i32x16(types.intp, types.int64), codegen
+    typer.__name__ = f"load_bytes_{extend}"
+    return intrinsic(typer)
+
+
+load_u8 = _load_bytes("zext")  # uint8 bytes
+load_s8 = _load_bytes("sext")  # int8 bytes
+
+
 @intrinsic
 def store_bytes(typingctx, addr, v, count):
     """The low byte of each of the first `count` lanes (all 16 when count >= 16) to addr ..
@@ -168,11 +211,7 @@ def store_bytes(typingctx, addr, v, count):
     def codegen(context, builder, sig, args):
         addr, v, count = args
         i8x16, i1x16 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(1), 16)
-        lanes = ir.Constant(ir.VectorType(ir.IntType(64), 16), list(range(16)))
-        limit = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(64), 16), None), count,
-                                       ir.Constant(ir.IntType(32), 0))
-        limit = builder.shuffle_vector(limit, limit, ir.Constant(_LANES, [0] * 16))
-        mask = builder.icmp_signed("<", lanes, limit)
+        mask = _first_lanes(builder, count)
         masked_store = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8x16, ir.PointerType(ir.IntType(8)), ir.IntType(32), i1x16]),
             "llvm.masked.store.v16i8.p0")

@@ -84,12 +84,14 @@ def run_on_float32(run_float, float_args, x_flat, x_zero, xf_flat, sums, b, kind
 
 
 def check_windowed(x, w, c_out, float_kernel, int_loop, *, b, x_zero, w_zero, y_zero, multiplier, shift, stride, pad,
-                   clamp, out):
+                   clamp, out, lanes=None):
     """The checks qconv2d and qdepthwise_conv2d share once the weights' shape is checked (w is
     (k_h, k_w, ..., c_out)): zero points, the epilogue's arrays, stride, pads and the output.
-    Returns the arguments of run_windowed, which choose the loop once: float_kernel (the float
-    kernel's (check, run)) on exact integers where the bound above holds, else int_loop, called
-    as int_loop(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, pad_top, pad_left, acc, y)."""
+    Returns the arguments of run_windowed, which choose the loop once: `lanes`, a kernel's own
+    integer loop on SIMD lanes as (check, run), where its check returns arguments (not None);
+    else float_kernel (the float kernel's (check, run)) on exact integers where the bound above
+    holds; else int_loop, called as int_loop(x, x_zero, ws, b, rq, y_zero, lo, hi, stride,
+    pad_top, pad_left, acc, y). The first two return y."""
     x_zero = check_zero("x_zero", x_zero, x.dtype)
     b, w_zero, multiplier, shift, y_zero, lo, hi = requant_args(
         c_out, x.dtype, b=b, w_zero=w_zero, multiplier=multiplier, shift=shift, y_zero=y_zero, clamp=clamp)
@@ -100,6 +102,9 @@ def check_windowed(x, w, c_out, float_kernel, int_loop, *, b, x_zero, w_zero, y_
     y = q_output(out, (x.shape[0], h_out, w_out, c_out), x.dtype)
     ws = w.astype(np.int32) - w_zero
     rq = requantize_params(multiplier, shift)  # per-channel constants of the epilogue
+    lanes_args = None if lanes is None else lanes[0](x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y)
+    if lanes_args is not None:
+        return True, lanes[1], lanes_args
     if exact_in_float32(ws.reshape(-1, c_out), x_bound(x_zero, x.dtype)):
         return True, run_on_float32, check_on_float32(*float_kernel, x, x_zero, ws, b, FIXED_POINT, y_zero, lo, hi, y,
                                                       rq=rq, stride=stride, pad=(top, bottom, left, right))
@@ -107,10 +112,10 @@ def check_windowed(x, w, c_out, float_kernel, int_loop, *, b, x_zero, w_zero, y_
     return False, int_loop, (x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, acc, y)
 
 
-def run_windowed(exact, loop, args):
-    """The loop chosen once at check: the float kernel on exact integers (run_on_float32), or the
+def run_windowed(returns_y, loop, args):
+    """The loop chosen once at check (check_windowed): one that returns y (returns_y), or the
     integer loop (whose last argument is the output)."""
-    if exact:
+    if returns_y:
         return loop(*args)
     loop(*args)
     return args[-1]

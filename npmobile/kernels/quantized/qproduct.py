@@ -29,13 +29,10 @@ from numba import prange
 
 from .._jit import jit, num_threads, parallel_jit
 from .._product import BLOCK_FLOATS, PARTS, block_bounds, gemm
-from .._simd import HAVE_VNNI
+from .. import _simd
 from . import vnni
 from .epilogue import constants, epilogue
 from .exact import exact_chunks, minus_zero, x_bound
-
-# Whether check_product may choose the VNNI product (tests turn it off to reach the sgemm one).
-USE_VNNI = HAVE_VNNI
 
 
 def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=None, real=None):
@@ -48,7 +45,7 @@ def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=
     c_out = ws.shape[1]
     rq, real = constants(c_out, rq, real)
     b = np.asarray(b, dtype=np.int64)
-    if USE_VNNI and vnni.fits(ws.shape[0]) and y_rows.flags.c_contiguous:
+    if _simd.USE_VNNI and vnni.fits(ws.shape[0]) and y_rows.flags.c_contiguous:
         packed, lanes, col_term, flip = vnni.pack(ws, x_zero, x_rows.dtype == np.int8, b, rq)
         has_e = bool(lanes[0].any())
         return True, (x_rows, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y_rows), y
