@@ -25,7 +25,9 @@ outputs kept in 12 registers runs 500 G multiply-adds/s, 4-5x OpenBLAS's sgemm o
 The functions compile only for a CPU with AVX-512 VNNI (`HAVE_VNNI`): LLVM cannot select the
 instruction otherwise, so callers check the flag before they call a loop built on them.
 Addresses are integers (an array's `.ctypes.data` plus a byte offset); nothing here checks
-bounds: the caller's loop is where that is done.
+bounds: the caller's loop is where that is done. An address does not keep its array alive:
+numba frees a local array after its last use as an array, so a loop that reads through an
+address must still hold the array (pass it along, or take `.ctypes.data` where it is used).
 """
 
 from llvmlite import binding, ir
@@ -127,8 +129,9 @@ greater = _lanewise("greater", lambda b, x, y: b.sext(b.icmp_signed(">", x, y), 
 
 def _emit_srdhm(builder, a, m):
     """(a * m + 2^30) >> 31 per lane, the products in 64 bits: the even lanes and the odd lanes
-    as two vectors of 8 int64 (each lane's int32 sign-extended in place: vpmuldq's operands),
-    then the 16 results interleaved back."""
+    as two vectors of 8 int64 (each lane's int32 sign-extended in place: vpmuldq's operands).
+    An even lane's result is the low half of its 64-bit (t >> 31), an odd lane's the high half
+    of (t << 1): one blend puts the 16 back together."""
     i64x8 = ir.VectorType(ir.IntType(64), 8)
     c32 = ir.Constant(i64x8, [32] * 8)
 
@@ -136,12 +139,11 @@ def _emit_srdhm(builder, a, m):
         wide = builder.bitcast(v, i64x8)
         return builder.ashr(builder.shl(wide, c32), c32), builder.ashr(wide, c32)
     (a_even, a_odd), (m_even, m_odd) = halves(a), halves(m)
-    results = []
-    for x, y in ((a_even, m_even), (a_odd, m_odd)):
-        t = builder.add(builder.mul(x, y), ir.Constant(i64x8, [1 << 30] * 8))
-        results.append(builder.trunc(builder.ashr(t, ir.Constant(i64x8, [31] * 8)), ir.VectorType(ir.IntType(32), 8)))
-    order = [k // 2 + (8 if k % 2 else 0) for k in range(16)]
-    return builder.shuffle_vector(results[0], results[1], ir.Constant(_LANES, order))
+    nudge = ir.Constant(i64x8, [1 << 30] * 8)
+    even = builder.lshr(builder.add(builder.mul(a_even, m_even), nudge), ir.Constant(i64x8, [31] * 8))
+    odd = builder.shl(builder.add(builder.mul(a_odd, m_odd), nudge), ir.Constant(i64x8, [1] * 8))
+    order = [k + (16 if k % 2 else 0) for k in range(16)]
+    return builder.shuffle_vector(builder.bitcast(even, _LANES), builder.bitcast(odd, _LANES), ir.Constant(_LANES, order))
 
 
 # SaturatingRoundingDoublingHighMul for multipliers m >= 0: floor((a * m + 2^30) / 2^31) per
@@ -184,16 +186,27 @@ def _first_lanes(builder, count):
 def _load_bytes(extend):
     """An intrinsic (addr, count): the first `count` bytes at addr (all 16 when count >= 16),
     each widened to an int32 lane by extend ('zext' or 'sext'); lanes past count are 0. A masked
-    load: nothing past them is read (with count a constant 16 it is a plain load)."""
+    load where count < 16: nothing past them is read (a plain load otherwise: making the mask
+    cost more than the load)."""
     def typer(typingctx, addr, count):
         def codegen(context, builder, sig, args):
             i8x16, i1x16 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(1), 16)
             i8_ptr = ir.PointerType(ir.IntType(8))
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(i8x16, [i8_ptr, ir.IntType(32), i1x16, i8x16]),
-                "llvm.masked.load.v16i8.p0")
-            v = builder.call(masked_load, [builder.inttoptr(args[0], i8_ptr), ir.Constant(ir.IntType(32), 1),
-                                           _first_lanes(builder, args[1]), ir.Constant(i8x16, None)])
+            full = builder.icmp_signed(">=", args[1], ir.Constant(ir.IntType(64), 16))
+            with builder.if_else(full, likely=True) as (whole, part):
+                with whole:
+                    v_whole = builder.load(_pointer(builder, args[0], i8x16), align=1)
+                    b_whole = builder.block
+                with part:
+                    masked_load = cgutils.get_or_insert_function(
+                        builder.module, ir.FunctionType(i8x16, [i8_ptr, ir.IntType(32), i1x16, i8x16]),
+                        "llvm.masked.load.v16i8.p0")
+                    v_part = builder.call(masked_load, [builder.inttoptr(args[0], i8_ptr), ir.Constant(ir.IntType(32), 1),
+                                                        _first_lanes(builder, args[1]), ir.Constant(i8x16, None)])
+                    b_part = builder.block
+            v = builder.phi(i8x16)
+            v.add_incoming(v_whole, b_whole)
+            v.add_incoming(v_part, b_part)
             return getattr(builder, extend)(v, _LANES)
         return i32x16(types.intp, types.int64), codegen
     typer.__name__ = f"load_bytes_{extend}"
@@ -207,15 +220,21 @@ load_s8 = _load_bytes("sext")  # int8 bytes
 @intrinsic
 def store_bytes(typingctx, addr, v, count):
     """The low byte of each of the first `count` lanes (all 16 when count >= 16) to addr ..
-    addr + count - 1: a masked store, so that nothing past them is written."""
+    addr + count - 1: a masked store where count < 16, so that nothing past them is written."""
     def codegen(context, builder, sig, args):
         addr, v, count = args
         i8x16, i1x16 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(1), 16)
-        mask = _first_lanes(builder, count)
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8x16, ir.PointerType(ir.IntType(8)), ir.IntType(32), i1x16]),
-            "llvm.masked.store.v16i8.p0")
-        builder.call(masked_store, [builder.trunc(v, i8x16), builder.inttoptr(addr, ir.PointerType(ir.IntType(8))),
-                                    ir.Constant(ir.IntType(32), 1), mask])
+        v8 = builder.trunc(v, i8x16)
+        full = builder.icmp_signed(">=", count, ir.Constant(ir.IntType(64), 16))
+        with builder.if_else(full, likely=True) as (whole, part):
+            with whole:
+                builder.store(v8, _pointer(builder, addr, i8x16), align=1)
+            with part:
+                masked_store = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [i8x16, ir.PointerType(ir.IntType(8)), ir.IntType(32), i1x16]),
+                    "llvm.masked.store.v16i8.p0")
+                builder.call(masked_store, [v8, builder.inttoptr(addr, ir.PointerType(ir.IntType(8))),
+                                            ir.Constant(ir.IntType(32), 1), _first_lanes(builder, count)])
         return context.get_dummy_value()
     return types.none(types.intp, i32x16, types.int64), codegen

@@ -24,10 +24,12 @@ that is exact (exact.py: MobileNet's first layer, 27 taps), else its own integer
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .. import Kernel
-from .._jit import jit
+from .. import Kernel, _simd
+from .._jit import jit, num_threads
 from ..conv2d import check_conv2d, run_conv2d
 from ._qchecks import as_q8
+from . import vnni
+from .epilogue import FIXED_POINT
 from .exact import check_windowed, run_windowed
 from .fixedpoint import output_ref, requantize
 
@@ -57,7 +59,34 @@ def check_qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, st
                          f"found w of shape {w.shape}")
     return check_windowed(x, w, c_out, (check_conv2d, run_conv2d), _qconv2d_jit, b=b, x_zero=x_zero, w_zero=w_zero,
                           y_zero=y_zero, multiplier=multiplier, shift=shift, stride=stride, pad=pad, clamp=clamp,
-                          out=out)
+                          out=out, lanes=(check_windows, run_windows))
+
+
+def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y):
+    """The arguments of run_windows, on a CPU with VNNI (None otherwise): the weights as rows in
+    the windows' order, each row of k_w * c_in taps rounded up to 4 bytes with weights 0, packed
+    for vnni.py, and the geometry by which it reads each window straight from x."""
+    k_h, k_w, c_in, c_out = ws.shape
+    geo = vnni.windows(*x.shape, k_h, k_w, stride, top, left, y.shape[1], y.shape[2])
+    run = geo[-1]
+    if not _simd.USE_VNNI or not vnni.fits(k_h * run):
+        return None
+    w_rows = np.zeros((k_h, run, c_out), np.int64)
+    w_rows[:, :k_w * c_in] = ws.reshape(k_h, k_w * c_in, c_out)
+    is_tap = np.arange(k_h * run) % run < k_w * c_in
+    packed, lanes, col_term, flip, ones = vnni.pack(w_rows.reshape(-1, c_out), x_zero, x.dtype == np.int8, b, rq,
+                                                    is_tap)
+    rows = y.shape[0] * y.shape[1] * y.shape[2]
+    return (x, x_zero, geo, flip, packed, ones, lanes, bool(lanes[0].any()), col_term, FIXED_POINT, rq,
+            np.zeros(c_out), y_zero, lo, hi, y.reshape(rows, c_out), y)
+
+
+def run_windows(*args):
+    """The windows' product with the weights on VNNI, requantized in registers (vnni.py);
+    returns y (the last argument)."""
+    run = vnni.product_jit if num_threads() > 1 else vnni.product_serial_jit
+    run(*args[:-1])
+    return args[-1]
 
 
 run_qconv2d = run_windowed

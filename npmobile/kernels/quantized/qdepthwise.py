@@ -100,7 +100,8 @@ def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top,
     half of each lane (and 0 or -1 in the high half), w its int16 weight in the low half and 0
     in the high: the instruction's two 16-bit products are x * w and (high half) * 0.
 
-    A row's sums stay in `acc` (w_out x c_pad int32, in the L1) and each tap sweeps the whole
+    A row's sums stay in `acc` (w_out x c_pad int32, in the L1; its address taken where it is
+    used, so that numba keeps the array alive through the loops) and each tap sweeps the whole
     row: the sums of different pixels do not wait for each other (one pixel's taps in a chain,
     each waiting for the one before, ran 1.5x slower). Then TFLite's requantization
     (fixedpoint.requantize_lanes), the zero point and the clamp, stored as bytes (the last group
@@ -110,13 +111,13 @@ def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top,
     h_out, w_out = y.shape[1], y.shape[2]
     x_at, w_at, p_at, y_at = x.ctypes.data, w_lanes.ctypes.data, params.ctypes.data, y.ctypes.data
     acc = np.empty((w_out, c_pad), np.int32)
-    a_at, step = acc.ctypes.data, 4 * c_pad  # step: one row of params or acc, in bytes
+    step = 4 * c_pad  # one row of params or acc, in bytes
     zero, y_zero_lanes, lo_lanes, hi_lanes = splat(x_zero), splat(y_zero), splat(lo), splat(hi)
     for i in range(i0, i1):
         image, oy = i // h_out, i % h_out
         for ox in range(w_out):
             for g in range(0, c, 16):
-                store(a_at + ox * step + 4 * g, load(p_at + 4 * g))
+                store(acc.ctypes.data + ox * step + 4 * g, load(p_at + 4 * g))
         for p in range(k_h):
             iy = oy * stride - top + p
             for q in range(k_w):
@@ -135,13 +136,13 @@ def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top,
                             xv = load_s8(tap, count) if signed else load_u8(tap, count)
                         else:
                             xv = zero
-                        at = a_at + ox * step + 4 * g
+                        at = acc.ctypes.data + ox * step + 4 * g
                         store(at, dot_i16(load(at), xv, w))
         for ox in range(w_out):
             out_at = y_at + (i * w_out + ox) * c
             for g in range(0, c, 16):
                 at = p_at + 4 * g
-                v = requantize_lanes(load(a_at + ox * step + 4 * g), load(at + step), load(at + 2 * step),
+                v = requantize_lanes(load(acc.ctypes.data + ox * step + 4 * g), load(at + step), load(at + 2 * step),
                                      load(at + 3 * step), load(at + 4 * step), load(at + 5 * step))
                 store_bytes(out_at + g, minimum(maximum(add(v, y_zero_lanes), lo_lanes), hi_lanes), min(16, c - g))
 

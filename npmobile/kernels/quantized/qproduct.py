@@ -5,8 +5,8 @@ exact, compiled and shared across numba's threads:
     y[r, o]   = clamp(requantize(acc[r, o]) + y_zero, lo, hi)        (the layer's runtime's epilogue)
 
 Two ways, chosen once per layer by check_product:
-- on 8-bit operands with AVX-512 VNNI (vnni.py), where the CPU has it and c_in is a multiple
-  of 4: every MobileNet layer here, 4-5x the multiply-adds per second of the other way;
+- on 8-bit operands with AVX-512 VNNI (vnni.py), where the CPU has it: 4-5x the multiply-adds
+  per second of the other way;
 - on float32 sgemm, everywhere (below). exact.py says why sgemm computes each sum exactly: every
   product and partial sum within a chunk of input channels (`chunks`: usually one) is an
   integer within 2^24.
@@ -40,15 +40,20 @@ def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=
     ws (c_in, c_out) the weights minus their zero points (|.| <= 255), b (c_out,) integers, the
     epilogue's constants (rq: fixedpoint.requantize_params, for FIXED_POINT; real: (c_out,)
     multipliers or scales, for REAL and FLOAT_SCALE), y_rows the (r, c_out) view of the output y.
-    The product runs on 8-bit VNNI (vnni.py) where the CPU has it and the shape allows, else on
-    float32 sgemm (below); `on_vnni` says which."""
+    The product runs on 8-bit VNNI (vnni.py) where the CPU has it, else on float32 sgemm (below);
+    `on_vnni` says which."""
     c_out = ws.shape[1]
     rq, real = constants(c_out, rq, real)
     b = np.asarray(b, dtype=np.int64)
-    if _simd.USE_VNNI and vnni.fits(ws.shape[0]) and y_rows.flags.c_contiguous:
-        packed, lanes, col_term, flip = vnni.pack(ws, x_zero, x_rows.dtype == np.int8, b, rq)
-        has_e = bool(lanes[0].any())
-        return True, (x_rows, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y_rows), y
+    m, c_in = x_rows.shape
+    if _simd.USE_VNNI and vnni.fits(c_in + 3) and y_rows.flags.c_contiguous:
+        geo = vnni.windows(m, 1, 1, c_in, 1, 1, 1, 0, 0, 1, 1)  # a matrix: the 1x1 convolution of m pixels
+        w_rows = np.zeros((geo[-1], c_out), np.int64)
+        w_rows[:c_in] = ws
+        packed, lanes, col_term, flip, ones = vnni.pack(w_rows, x_zero, x_rows.dtype == np.int8, b, rq,
+                                                        np.arange(geo[-1]) < c_in)
+        return True, (x_rows, x_zero, geo, flip, packed, ones, lanes, bool(lanes[0].any()), col_term, kind, rq, real,
+                      y_zero, lo, hi, y_rows), y
     ws = np.ascontiguousarray(ws, dtype=np.float32)  # exact: small integers
     kb = np.array(exact_chunks(ws, x_bound(x_zero, x_rows.dtype)), dtype=np.int64)
     return False, (x_rows, x_zero, ws, kb, b, kind, rq, real, y_zero, lo, hi, y_rows), y

@@ -1,7 +1,11 @@
-"""The quantized 1x1 product on 8-bit operands, with AVX-512 VNNI (_simd.py): exact integer
-sums without any float, 4-5x the multiply-adds per second of float32 sgemm here.
+"""The quantized product of 1x1 layers and of standard convolutions, on 8-bit operands with
+AVX-512 VNNI (_simd.py): exact integer sums without any float, 4-5x the multiply-adds per second
+of float32 sgemm here.
 
-    acc[r, o] = b[o] + sum_c (x[r, c] - x_zero) * ws[c, o]          (ws = w - w_zero)
+    acc[r, o] = b[o] + sum_k (x[r, k] - x_zero) * ws[k, o]          (ws = w - w_zero)
+
+where row r of x is a row of a matrix (a 1x1 layer: k runs over c_in) or the window of output
+pixel r of a convolution (k runs over its k_h * k_w * c_in taps, x_pad = x_zero in the padding).
 
 VNNI multiplies an unsigned byte by a signed byte, so both sides are shifted into those types
 once, and what the shifts add is taken back out per row and per column:
@@ -9,28 +13,33 @@ once, and what the shifts add is taken back out per row and per column:
     xu  = x as uint8 (an int8 x is flipped: x + 128),     xu_zero = x_zero (+ 128 for int8)
     ws8 = ws - e[o], e[o] the smallest shift that puts column o in [-128, 127] (0 for int8 weights)
 
-    sum_c (x - x_zero) * ws = sum_c xu * ws8  +  e[o] * rowsum[r]  -  xu_zero * colsum[o]  -  e[o] * c_in * xu_zero
+    sum_k (x - x_zero) * ws = sum_k xu * ws8  +  e[o] * rowsum[r]  -  xu_zero * colsum[o]  -  e[o] * K * xu_zero
 
-with rowsum[r] = sum_c xu[r, c] (needed only where some e[o] != 0) and colsum[o] = sum_c ws8[c, o]:
-the last two terms and the bias b are one integer per column (`col_term`), known at load time.
+with rowsum[r] = sum_k xu[r, k] (only where some e[o] != 0), colsum[o] = sum_k ws8[k, o] and K the
+number of taps: the last two terms and the bias b are one integer per column (`col_term`).
+
+A row is read as `segments` runs of `run` bytes (a multiple of 4), the run of segment s at
+row_at[r] + s * step[r]: one run of c_in bytes for a matrix; for a window, its k_h rows of
+k_w * c_in bytes each, straight from the image (step: one image row), rounded up to 4 bytes
+whose weights are 0. A window that reaches into the padding is first copied, with x_zero for
+the padding, into a small buffer (`_rows`).
 
 ws8 is packed once, at load time, the way the instruction reads it: `packed[k4, o, j] =
-ws8[4 * k4 + j, o]`, so the 64 bytes at (k4, o .. o + 15) are four input channels of 16 output
-channels. One step of the inner loop broadcasts four input channels of a row (4 bytes) to all
-lanes and adds their products into 16 outputs. A 4-row x 48-column block of outputs lives in 12
-registers for the whole sum over c_in, and each packed load serves 4 rows. Columns are padded
-to a multiple of 48 with zero weights; rows past the end read the last row again (the results
-are not stored).
+ws8[4 * k4 + j, o]`, so the 64 bytes at (k4, o .. o + 15) are four taps of 16 output channels.
+One step of the inner loop broadcasts four taps of a row (4 bytes) to all lanes and adds their
+products into 16 outputs. A 4-row x 48-column block of outputs lives in 12 registers for the
+whole sum, and each packed load serves 4 rows. Columns are padded to a multiple of 48 with zero
+weights; rows past the end read the last row again (the results are not stored). rowsum is one
+more VPDPBUSD per row and step, against bytes of 1 (0 for the rounding bytes).
 
-The sums go to a block of int32 (`tile`, in cache), then the layer's runtime's epilogue
-(epilogue.py) requantizes them into y. Blocks and their order depend on the shape only, so the
-bits never depend on the thread count.
+The FIXED_POINT epilogue (TFLite's) runs in registers (fixedpoint.requantize_lanes) and stores
+bytes; the others keep the sums in a block of int32 (`tile`, in cache) for epilogue.py. Blocks
+and their order depend on the shape only, so the bits never depend on the thread count.
 
-Needs: c_in a multiple of 4 (every MobileNet layer; others run on float32 sgemm, qproduct.py)
-and sums that fit int32 (`fits`).
+Needs: sums that fit int32 (`fits`); a 1x1 layer's c_in a multiple of 4 (every MobileNet
+layer; others run on float32 sgemm, qproduct.py).
 
-Cost: rows * c_in * c_out MACs (plus the padding's), 64 per instruction; the epilogue one pass
-over y.
+Cost: rows * K * c_out MACs (plus the padding's), 64 per instruction; the epilogue in registers.
 """
 
 import numpy as np
@@ -38,8 +47,8 @@ from numba import prange
 
 from .._jit import jit, parallel_jit
 from .._product import PARTS
-from .._simd import (add, broadcast4, dot_u8s8, load, maximum, minimum, mul, splat, store, store_bytes, xor,
-                     zeros)
+from .._simd import (add, broadcast4, dot_u8s8, load, load_u8, maximum, minimum, mul, splat, store, store_bytes,
+                     xor, zeros)
 from .epilogue import FIXED_POINT, epilogue
 from .fixedpoint import lane_params, requantize_lanes
 
@@ -47,34 +56,46 @@ ROWS, COLS = 4, 48  # the register block: 4 rows x 3 vectors of 16 outputs
 TILE_INTS = 1 << 15  # outputs per block of rows: 128 KB of int32 sums, within the L2
 
 
-def fits(c_in):
-    """True when a product over c_in input channels can run here: whole groups of 4, and int32
-    sums (c_in products |xu * ws8| <= 255 * 128, plus row terms |e * rowsum| <= 128 * 255 * c_in)."""
-    return c_in % 4 == 0 and c_in * (255 * 128 + 128 * 255) < (1 << 31)
+def fits(taps):
+    """True when sums over `taps` products (rounded up to 4 per run) fit int32: |xu * ws8| <= 255 * 128 each, plus the row
+    terms |e * rowsum| <= 128 * 255 * taps."""
+    return taps * (255 * 128 + 128 * 255) < (1 << 31)
 
 
-def pack(ws, x_zero, signed_x, b, rq):
-    """The weights (c_in, c_out) minus their zero points, laid out for the loop, once:
-    (packed (c_in/4, n_pad, 4) int8, lanes (7, n_pad) int32, col_term (c_out,) int64, flip).
-    lanes holds the per-column constants the loop loads 16 at a time: e, col_term (wrapped to
-    int32, as the runtime's int32 accumulator wraps), and fixedpoint.lane_params' five (from rq,
-    fixedpoint.requantize_params; used by the FIXED_POINT epilogue)."""
+def pack(ws, x_zero, signed_x, b, rq, is_tap=None):
+    """The weights (K_pad, c_out) minus their zero points, laid out for the loop, once; is_tap
+    (K_pad,) bool marks the rows that are taps (None: all), the others (rounding a run up to 4
+    bytes) get weight 0. Returns (packed (K_pad/4, n_pad, 4) int8, lanes (7, n_pad) int32,
+    col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32). lanes holds the per-column constants
+    the loop loads 16 at a time: e, col_term (wrapped to int32, as the runtime's int32 accumulator
+    wraps) and fixedpoint.lane_params' five (from rq; the FIXED_POINT epilogue's); ones holds,
+    per step of 4 bytes, 1 in each byte that is a tap (the row sums')."""
     ws = np.asarray(ws, dtype=np.int64)
-    c_in, c_out = ws.shape
-    top, bottom = ws.max(axis=0, initial=0), ws.min(axis=0, initial=0)
+    k_pad, c_out = ws.shape
+    is_tap = np.ones(k_pad, bool) if is_tap is None else np.asarray(is_tap, bool)
+    top, bottom = ws[is_tap].max(axis=0, initial=0), ws[is_tap].min(axis=0, initial=0)
     e = np.where(top > 127, top - 127, np.where(bottom < -128, bottom + 128, 0))
-    ws8 = ws - e
+    ws8 = np.where(is_tap[:, None], ws - e, 0)
     n_pad = -(-c_out // COLS) * COLS
-    packed = np.zeros((c_in // 4, n_pad, 4), np.int8)
-    packed[:, :c_out] = ws8.reshape(c_in // 4, 4, c_out).transpose(0, 2, 1)
+    packed = np.zeros((k_pad // 4, n_pad, 4), np.int8)
+    packed[:, :c_out] = ws8.reshape(k_pad // 4, 4, c_out).transpose(0, 2, 1)
     xu_zero = int(x_zero) + (128 if signed_x else 0)
-    col_term = np.asarray(b, dtype=np.int64) - xu_zero * ws8.sum(axis=0) - e * c_in * xu_zero
+    col_term = np.asarray(b, dtype=np.int64) - xu_zero * ws8.sum(axis=0) - e * int(is_tap.sum()) * xu_zero
     lanes = np.zeros((7, n_pad), np.int32)
     lanes[0, :c_out] = e
     lanes[1, :c_out] = (col_term + (1 << 31)) % (1 << 32) - (1 << 31)
     lanes[2:, :c_out] = lane_params(rq[:, :c_out])
+    ones = np.repeat(is_tap.reshape(-1, 4).astype(np.uint8)[:, None, :], 16, axis=1).reshape(-1, 64)
     flip = 0x80808080 if signed_x else 0  # an int8 byte ^ 0x80 is that byte + 128, as uint8
-    return packed, lanes, col_term, flip
+    return packed, lanes, col_term, flip, np.ascontiguousarray(ones).view(np.int32)
+
+
+def windows(n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out):
+    """The geometry the loop reads rows by, as one int64 array: a convolution's windows (x NHWC of
+    that shape; run = k_w * c_in rounded up to 4 bytes). A matrix (m, c_in) is the 1x1
+    convolution of an (m, 1, 1, c_in) image: windows(m, 1, 1, c_in, 1, 1, 1, 0, 0, 1, 1)."""
+    run = -(-k_w * c_in // 4) * 4
+    return np.array([n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out, run], np.int64)
 
 
 @jit
@@ -90,13 +111,49 @@ def blocks(m, n_pad):
 
 
 @jit
+def _rows(x, x_zero, geo, r0, r1, rows_at, steps, border):
+    """rows_at[i], steps[i] for rows r0 + i of the block (rows past r1 repeat the last): the
+    address of the row's first run and the bytes to its next. A window inside the image (whose
+    reads, rounded up to 4 bytes, stay inside x) is read where it is; any other is copied into
+    border (k_h runs of `run` bytes per row), x_zero standing for the padding."""
+    n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out, run = geo
+    x_at, x_end, b_at = x.ctypes.data, x.ctypes.data + x.size, border.ctypes.data
+    image, oy, ox = r0 // (h_out * w_out), r0 // w_out % h_out, r0 % w_out
+    for i in range(rows_at.shape[0]):
+        if r0 + i >= r1:
+            rows_at[i], steps[i] = rows_at[i - 1], steps[i - 1]
+            continue
+        iy0, ix0 = oy * stride - top, ox * stride - left
+        at = x_at + ((image * h + iy0) * width + ix0) * c_in
+        if iy0 >= 0 and iy0 + k_h <= h and ix0 >= 0 and ix0 + k_w <= width and \
+                at + (k_h - 1) * width * c_in + run <= x_end:
+            rows_at[i], steps[i] = at, width * c_in
+        else:
+            rows_at[i], steps[i] = b_at + i * k_h * run, run
+            for p in range(k_h):
+                for q in range(k_w):
+                    tap = rows_at[i] + p * run + q * c_in
+                    iy, ix = iy0 + p, ix0 + q
+                    inside = 0 <= iy < h and 0 <= ix < width
+                    src = x_at + ((image * h + iy) * width + ix) * c_in
+                    for c in range(0, c_in, 16):  # 16 bytes at a time, the last masked
+                        count = min(16, c_in - c)
+                        store_bytes(tap + c, load_u8(src + c, count) if inside else splat(x_zero), count)
+        ox += 1
+        if ox == w_out:
+            ox, oy = 0, oy + 1
+            if oy == h_out:
+                oy, image = 0, image + 1
+
+
+@jit
 def _finish(v, o, row_sum, lanes, y_row_at, n, y_zero, lo, hi):
     """Outputs o .. o + 15 of a row, from their sums v: the row and column terms, TFLite's
     requantization, the zero point and the clamp, stored as bytes (those of the n columns y has)."""
     if o >= n:
         return
     at, step = lanes.ctypes.data + 4 * o, 4 * lanes.shape[1]
-    v = add(add(v, mul(load(at), splat(row_sum))), load(at + step))
+    v = add(add(v, mul(load(at), row_sum)), load(at + step))
     v = requantize_lanes(v, load(at + 2 * step), load(at + 3 * step), load(at + 4 * step), load(at + 5 * step),
                          load(at + 6 * step))
     store_bytes(y_row_at + o, minimum(maximum(add(v, splat(y_zero)), splat(lo)), splat(hi)), n - o)
@@ -105,94 +162,108 @@ def _finish(v, o, row_sum, lanes, y_row_at, n, y_zero, lo, hi):
 @jit
 def _keep(v, o, row_sum, lanes, tile_at):
     """Sums o .. o + 15 of a row, with their row term, to the block's int32 tile."""
-    store(tile_at, add(v, mul(load(lanes.ctypes.data + 4 * o), splat(row_sum))))
+    store(tile_at, add(v, mul(load(lanes.ctypes.data + 4 * o), row_sum)))
 
 
 @jit
-def _sums(x, flip, packed, lanes, row_sums, fused, y, y_zero, lo, hi, tile, r0, r1, c0, c1):
-    """The block's outputs, 4 rows x 48 columns at a time: the sums over c_in in 12 registers,
-    then either requantized into y (fused: FIXED_POINT) or kept in tile[r - r0, o - c0]."""
-    m, c_in = x.shape
+def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, has_e, fused, y, y_zero, lo, hi, tile,
+          r0, r1, c0, c1):
+    """The block's outputs, 4 rows x 48 columns at a time: the sums over the rows' runs in 12
+    registers (and, where some e != 0, each row's rowsum in one more), then either requantized
+    into y (fused: FIXED_POINT) or kept in tile[r - r0, o - c0]. (border, which some rows_at
+    point into, is passed to keep it alive: numba frees a local array after its last use as an
+    array, and an address is not one. Without it the block's tile was allocated over it.)"""
     n, n_pad = y.shape[1], packed.shape[1]
-    x_at, w_at, t_at, y_at = x.ctypes.data, packed.ctypes.data, tile.ctypes.data, y.ctypes.data
+    w_at, t_at, y_at, ones_at = packed.ctypes.data, tile.ctypes.data, y.ctypes.data, ones.ctypes.data
     flip_lanes = splat(flip)
     for r in range(r0, r1, ROWS):
-        # the block's last rows may pass the end of x: they read its last row again
-        x0 = x_at + r * c_in
-        x1 = x_at + min(r + 1, m - 1) * c_in
-        x2 = x_at + min(r + 2, m - 1) * c_in
-        x3 = x_at + min(r + 3, m - 1) * c_in
-        s0, s1, s2, s3 = row_sums[r - r0], row_sums[r - r0 + 1], row_sums[r - r0 + 2], row_sums[r - r0 + 3]
+        i = r - r0
+        x0, x1, x2, x3 = rows_at[i], rows_at[i + 1], rows_at[i + 2], rows_at[i + 3]
+        d0, d1, d2, d3 = steps[i], steps[i + 1], steps[i + 2], steps[i + 3]
+        s0 = zeros(); s1 = zeros(); s2 = zeros(); s3 = zeros()
+        if has_e:
+            for s in range(segments):
+                for k in range(0, run, 4):
+                    one = load(ones_at + 16 * (s * run + k))
+                    s0 = dot_u8s8(s0, xor(broadcast4(x0 + s * d0 + k), flip_lanes), one)
+                    s1 = dot_u8s8(s1, xor(broadcast4(x1 + s * d1 + k), flip_lanes), one)
+                    s2 = dot_u8s8(s2, xor(broadcast4(x2 + s * d2 + k), flip_lanes), one)
+                    s3 = dot_u8s8(s3, xor(broadcast4(x3 + s * d3 + k), flip_lanes), one)
         for c in range(c0, c1, COLS):
             a00 = zeros(); a01 = zeros(); a02 = zeros()
             a10 = zeros(); a11 = zeros(); a12 = zeros()
             a20 = zeros(); a21 = zeros(); a22 = zeros()
             a30 = zeros(); a31 = zeros(); a32 = zeros()
-            for k in range(0, c_in, 4):
-                w = w_at + (k * n_pad + 4 * c)  # packed[k // 4, c:c + 48, :]
-                w0, w1, w2 = load(w), load(w + 64), load(w + 128)
-                u = xor(broadcast4(x0 + k), flip_lanes)
-                a00 = dot_u8s8(a00, u, w0); a01 = dot_u8s8(a01, u, w1); a02 = dot_u8s8(a02, u, w2)
-                u = xor(broadcast4(x1 + k), flip_lanes)
-                a10 = dot_u8s8(a10, u, w0); a11 = dot_u8s8(a11, u, w1); a12 = dot_u8s8(a12, u, w2)
-                u = xor(broadcast4(x2 + k), flip_lanes)
-                a20 = dot_u8s8(a20, u, w0); a21 = dot_u8s8(a21, u, w1); a22 = dot_u8s8(a22, u, w2)
-                u = xor(broadcast4(x3 + k), flip_lanes)
-                a30 = dot_u8s8(a30, u, w0); a31 = dot_u8s8(a31, u, w1); a32 = dot_u8s8(a32, u, w2)
-            if fused:
-                for i, (v0, v1, v2, s) in enumerate(((a00, a01, a02, s0), (a10, a11, a12, s1),
-                                                     (a20, a21, a22, s2), (a30, a31, a32, s3))):
-                    if r + i < r1:
-                        row_at = y_at + (r + i) * n
-                        _finish(v0, c, s, lanes, row_at, n, y_zero, lo, hi)
-                        _finish(v1, c + 16, s, lanes, row_at, n, y_zero, lo, hi)
-                        _finish(v2, c + 32, s, lanes, row_at, n, y_zero, lo, hi)
-            else:
-                for i, (v0, v1, v2, s) in enumerate(((a00, a01, a02, s0), (a10, a11, a12, s1),
-                                                     (a20, a21, a22, s2), (a30, a31, a32, s3))):
-                    t = t_at + 4 * ((r - r0 + i) * (c1 - c0) + (c - c0))
-                    _keep(v0, c, s, lanes, t)
-                    _keep(v1, c + 16, s, lanes, t + 64)
-                    _keep(v2, c + 32, s, lanes, t + 128)
+            wide = n - c > 16  # the second and third vectors hold columns of y (else only padding)
+            for s in range(segments):
+                for k in range(0, run, 4):
+                    w = w_at + ((s * run + k) * n_pad + 4 * c)  # packed[(s * run + k) // 4, c:c + 48, :]
+                    u0 = xor(broadcast4(x0 + s * d0 + k), flip_lanes)
+                    u1 = xor(broadcast4(x1 + s * d1 + k), flip_lanes)
+                    u2 = xor(broadcast4(x2 + s * d2 + k), flip_lanes)
+                    u3 = xor(broadcast4(x3 + s * d3 + k), flip_lanes)
+                    w0 = load(w)
+                    a00 = dot_u8s8(a00, u0, w0); a10 = dot_u8s8(a10, u1, w0)
+                    a20 = dot_u8s8(a20, u2, w0); a30 = dot_u8s8(a30, u3, w0)
+                    if wide:
+                        w1, w2 = load(w + 64), load(w + 128)
+                        a01 = dot_u8s8(a01, u0, w1); a02 = dot_u8s8(a02, u0, w2)
+                        a11 = dot_u8s8(a11, u1, w1); a12 = dot_u8s8(a12, u1, w2)
+                        a21 = dot_u8s8(a21, u2, w1); a22 = dot_u8s8(a22, u2, w2)
+                        a31 = dot_u8s8(a31, u3, w1); a32 = dot_u8s8(a32, u3, w2)
+            for j, (v0, v1, v2, row_sum) in enumerate(((a00, a01, a02, s0), (a10, a11, a12, s1),
+                                                       (a20, a21, a22, s2), (a30, a31, a32, s3))):
+                if fused and r + j < r1:
+                    row_at = y_at + (r + j) * n
+                    _finish(v0, c, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                    _finish(v1, c + 16, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                    _finish(v2, c + 32, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                elif not fused:
+                    t = t_at + 4 * ((i + j) * (c1 - c0) + (c - c0))
+                    _keep(v0, c, row_sum, lanes, t)
+                    _keep(v1, c + 16, row_sum, lanes, t + 64)
+                    _keep(v2, c + 32, row_sum, lanes, t + 128)
 
 
 @jit
-def _block_jit(x, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j, row_step, col_step):
-    """Block j of y: the row sums of x its rows need (where some e != 0), then its outputs."""
-    m, c_in, n_pad = x.shape[0], x.shape[1], packed.shape[1]
+def _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+               row_step, col_step):
+    """Block j of y: its rows' addresses (and border copies), then its outputs."""
+    m, n_pad = y.shape[0], packed.shape[1]
+    k_h, run = geo[4], geo[11]
     col_blocks = -(-n_pad // col_step)
     r0, c0 = (j // col_blocks) * row_step, (j % col_blocks) * col_step
     r1, c1 = min(m, r0 + row_step), min(n_pad, c0 + col_step)
     if r1 <= r0 or c1 <= c0 or c0 >= y.shape[1]:
         return
     rows = -(-(r1 - r0) // ROWS) * ROWS
-    row_sums = np.zeros(rows, np.int32)
-    if has_e:
-        for r in range(r0, r1):
-            total = 0
-            for k in range(c_in):
-                total += x[r, k]
-            row_sums[r - r0] = total + (128 * c_in if flip else 0)  # sum of xu = x + 128 for int8
+    rows_at, steps = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    border = np.empty(rows * k_h * run, np.uint8)
+    _rows(x, x_zero, geo, r0, r1, rows_at, steps, border)
     fused = kind == FIXED_POINT
     tile = np.empty((0 if fused else rows, c1 - c0), np.int32)
-    _sums(x, flip, packed, lanes, row_sums, fused, y, y_zero, lo, hi, tile, r0, r1, c0, c1)
+    _sums(rows_at, steps, border, k_h, run, flip, packed, ones, lanes, has_e, fused, y, y_zero, lo, hi, tile, r0, r1,
+          c0, c1)
     if not fused:
         epilogue(kind, tile[:r1 - r0].reshape(1, r1 - r0, c1 - c0), col_term, rq, real, y_zero, lo, hi, y, r0, c0)
 
 
 @parallel_jit
-def product_jit(x, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y):
+def product_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y):
     """The blocks shared out across numba's threads."""
-    row_step, col_step = blocks(x.shape[0], packed.shape[1])
-    count = -(-x.shape[0] // row_step) * -(-packed.shape[1] // col_step)
+    row_step, col_step = blocks(y.shape[0], packed.shape[1])
+    count = -(-y.shape[0] // row_step) * -(-packed.shape[1] // col_step)
     for j in prange(count):
-        _block_jit(x, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j, row_step, col_step)
+        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+                   row_step, col_step)
 
 
 @jit
-def product_serial_jit(x, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y):
+def product_serial_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi,
+                       y):
     """The same blocks in the same order on the calling thread."""
-    row_step, col_step = blocks(x.shape[0], packed.shape[1])
-    count = -(-x.shape[0] // row_step) * -(-packed.shape[1] // col_step)
+    row_step, col_step = blocks(y.shape[0], packed.shape[1])
+    count = -(-y.shape[0] // row_step) * -(-packed.shape[1] // col_step)
     for j in range(count):
-        _block_jit(x, flip, packed, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j, row_step, col_step)
+        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+                   row_step, col_step)
