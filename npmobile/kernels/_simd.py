@@ -9,6 +9,7 @@ value is LLVM's <16 x i32> (one zmm register), and each function below is one in
     splat(v)                the int32 v in every lane
     load(addr)              64 bytes at addr (any alignment)
     broadcast4(addr)        the 4 bytes at addr, as one int32, in every lane
+    broadcast_lane(v, i)    lane i of v in every lane
     dot_u8s8(acc, a, b)     VPDPBUSD: acc[i] + sum_{j<4} u8(a[i] byte j) * s8(b[i] byte j)
     dot_i16(acc, a, b)      VPDPWSSD: acc[i] + sum_{j<2} i16(a[i] half j) * i16(b[i] half j)
     store(addr, v)          64 bytes to addr
@@ -149,6 +150,16 @@ def _emit_srdhm(builder, a, m):
 # SaturatingRoundingDoublingHighMul for multipliers m >= 0: floor((a * m + 2^30) / 2^31) per
 # lane (fixedpoint.srdhm; m >= 0 never meets its one saturating case, (-2^31) * (-2^31)).
 srdhm = _lanewise("srdhm", _emit_srdhm)
+
+
+@intrinsic
+def broadcast_lane(typingctx, v, i):
+    """Lane i of v (0 <= i < 16) in every lane."""
+    def codegen(context, builder, sig, args):
+        word = builder.extract_element(args[0], builder.trunc(args[1], ir.IntType(32)))
+        one = builder.insert_element(ir.Constant(_LANES, None), word, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(_LANES, None), ir.Constant(_LANES, [0] * 16))
+    return i32x16(i32x16, types.int64), codegen
 
 
 def _dot(name, llvm_name):

@@ -74,10 +74,10 @@ def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y):
     w_rows = np.zeros((k_h, run, c_out), np.int64)
     w_rows[:, :k_w * c_in] = ws.reshape(k_h, k_w * c_in, c_out)
     is_tap = np.arange(k_h * run) % run < k_w * c_in
-    packed, lanes, col_term, flip, ones = vnni.pack(w_rows.reshape(-1, c_out), x_zero, x.dtype == np.int8, b, rq,
-                                                    is_tap)
+    packed, lanes, col_term, flip, ones, sums_col = vnni.pack(w_rows.reshape(-1, c_out), x_zero, x.dtype == np.int8, b,
+                                                              rq, is_tap)
     rows = y.shape[0] * y.shape[1] * y.shape[2]
-    return (x, x_zero, geo, flip, packed, ones, lanes, bool(lanes[0].any()), col_term, FIXED_POINT, rq,
+    return (x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, FIXED_POINT, rq,
             np.zeros(c_out), y_zero, lo, hi, y.reshape(rows, c_out), y)
 
 

@@ -47,7 +47,7 @@ from numba import prange
 
 from .._jit import jit, parallel_jit
 from .._product import PARTS
-from .._simd import (add, broadcast4, dot_u8s8, load, load_u8, maximum, minimum, mul, splat, store, store_bytes,
+from .._simd import (add, broadcast4, broadcast_lane, dot_u8s8, load, load_u8, maximum, minimum, mul, splat, store, store_bytes,
                      xor, zeros)
 from .epilogue import FIXED_POINT, epilogue
 from .fixedpoint import lane_params, requantize_lanes
@@ -66,10 +66,13 @@ def pack(ws, x_zero, signed_x, b, rq, is_tap=None):
     """The weights (K_pad, c_out) minus their zero points, laid out for the loop, once; is_tap
     (K_pad,) bool marks the rows that are taps (None: all), the others (rounding a run up to 4
     bytes) get weight 0. Returns (packed (K_pad/4, n_pad, 4) int8, lanes (7, n_pad) int32,
-    col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32). lanes holds the per-column constants
-    the loop loads 16 at a time: e, col_term (wrapped to int32, as the runtime's int32 accumulator
-    wraps) and fixedpoint.lane_params' five (from rq; the FIXED_POINT epilogue's); ones holds,
-    per step of 4 bytes, 1 in each byte that is a tap (the row sums')."""
+    col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32, sums_col). lanes holds the
+    per-column constants the loop loads 16 at a time: e, col_term (wrapped to int32, as the
+    runtime's int32 accumulator wraps) and fixedpoint.lane_params' five (from rq; the FIXED_POINT
+    epilogue's); ones holds, per step of 4 bytes, 1 in each byte that is a tap. sums_col says
+    how the loop gets the row sums: -1, not needed (every e is 0); a packed column < n_pad whose
+    weights are the ones (the first padding column, where y's last vector has one: its sums
+    come free with the others); n_pad, one more VPDPBUSD per row and step against ones."""
     ws = np.asarray(ws, dtype=np.int64)
     k_pad, c_out = ws.shape
     is_tap = np.ones(k_pad, bool) if is_tap is None else np.asarray(is_tap, bool)
@@ -86,8 +89,13 @@ def pack(ws, x_zero, signed_x, b, rq, is_tap=None):
     lanes[1, :c_out] = (col_term + (1 << 31)) % (1 << 32) - (1 << 31)
     lanes[2:, :c_out] = lane_params(rq[:, :c_out])
     ones = np.repeat(is_tap.reshape(-1, 4).astype(np.uint8)[:, None, :], 16, axis=1).reshape(-1, 64)
+    sums_col = -1  # no row sums needed
+    if e.any():
+        sums_col = c_out if c_out % 16 else n_pad
+        if sums_col < n_pad:  # a padding column in y's last vector: its weights the ones
+            packed[:, c_out] = ones[:, :4]
     flip = 0x80808080 if signed_x else 0  # an int8 byte ^ 0x80 is that byte + 128, as uint8
-    return packed, lanes, col_term, flip, np.ascontiguousarray(ones).view(np.int32)
+    return packed, lanes, col_term, flip, np.ascontiguousarray(ones).view(np.int32), sums_col
 
 
 def windows(n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out):
@@ -115,35 +123,54 @@ def _rows(x, x_zero, geo, r0, r1, rows_at, steps, border):
     """rows_at[i], steps[i] for rows r0 + i of the block (rows past r1 repeat the last): the
     address of the row's first run and the bytes to its next. A window inside the image (whose
     reads, rounded up to 4 bytes, stay inside x) is read where it is; any other is copied into
-    border (k_h runs of `run` bytes per row), x_zero standing for the padding."""
+    border (k_h runs of `run` bytes per row), x_zero standing for the padding. The rows of a
+    matrix (1x1 windows of 1x1 images) are one multiply each."""
     n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out, run = geo
-    x_at, x_end, b_at = x.ctypes.data, x.ctypes.data + x.size, border.ctypes.data
+    x_at, x_end = x.ctypes.data, x.ctypes.data + x.size
+    matrix = k_h == 1 and k_w == 1 and h == 1 and width == 1 and top == 0 and left == 0
     image, oy, ox = r0 // (h_out * w_out), r0 // w_out % h_out, r0 % w_out
+    reach = (k_h - 1) * width * c_in + run  # the bytes a window's reads span from its first
+    ox_first, ox_last = -(-left // stride), (width - k_w + left) // stride  # windows inside, along a row
     for i in range(rows_at.shape[0]):
         if r0 + i >= r1:
             rows_at[i], steps[i] = rows_at[i - 1], steps[i - 1]
             continue
+        if matrix:
+            at = x_at + (r0 + i) * c_in
+            if at + run <= x_end:
+                rows_at[i], steps[i] = at, 0
+            else:
+                rows_at[i], steps[i] = _copy_window(x, x_zero, geo, r0 + i, 0, 0, border, i), run
+            continue
         iy0, ix0 = oy * stride - top, ox * stride - left
         at = x_at + ((image * h + iy0) * width + ix0) * c_in
-        if iy0 >= 0 and iy0 + k_h <= h and ix0 >= 0 and ix0 + k_w <= width and \
-                at + (k_h - 1) * width * c_in + run <= x_end:
+        if 0 <= iy0 <= h - k_h and ox_first <= ox <= ox_last and at + reach <= x_end:
             rows_at[i], steps[i] = at, width * c_in
         else:
-            rows_at[i], steps[i] = b_at + i * k_h * run, run
-            for p in range(k_h):
-                for q in range(k_w):
-                    tap = rows_at[i] + p * run + q * c_in
-                    iy, ix = iy0 + p, ix0 + q
-                    inside = 0 <= iy < h and 0 <= ix < width
-                    src = x_at + ((image * h + iy) * width + ix) * c_in
-                    for c in range(0, c_in, 16):  # 16 bytes at a time, the last masked
-                        count = min(16, c_in - c)
-                        store_bytes(tap + c, load_u8(src + c, count) if inside else splat(x_zero), count)
+            rows_at[i], steps[i] = _copy_window(x, x_zero, geo, image, iy0, ix0, border, i), run
         ox += 1
         if ox == w_out:
             ox, oy = 0, oy + 1
             if oy == h_out:
                 oy, image = 0, image + 1
+
+
+@jit
+def _copy_window(x, x_zero, geo, image, iy0, ix0, border, i):
+    """The window at x[image, iy0, ix0] copied into slot i of border (k_h runs of `run` bytes),
+    x_zero for its taps outside the image; returns the slot's address."""
+    n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out, run = geo
+    slot = border.ctypes.data + i * k_h * run
+    for p in range(k_h):
+        for q in range(k_w):
+            tap = slot + p * run + q * c_in
+            iy, ix = iy0 + p, ix0 + q
+            inside = 0 <= iy < h and 0 <= ix < width
+            src = x.ctypes.data + ((image * h + iy) * width + ix) * c_in
+            for c in range(0, c_in, 16):  # 16 bytes at a time, the last masked
+                count = min(16, c_in - c)
+                store_bytes(tap + c, load_u8(src + c, count) if inside else splat(x_zero), count)
+    return slot
 
 
 @jit
@@ -166,35 +193,33 @@ def _keep(v, o, row_sum, lanes, tile_at):
 
 
 @jit
-def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, has_e, fused, y, y_zero, lo, hi, tile,
+def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, sums_col, fused, y, y_zero, lo, hi, tile,
           r0, r1, c0, c1):
     """The block's outputs, 4 rows x 48 columns at a time: the sums over the rows' runs in 12
-    registers (and, where some e != 0, each row's rowsum in one more), then either requantized
-    into y (fused: FIXED_POINT) or kept in tile[r - r0, o - c0]. (border, which some rows_at
-    point into, is passed to keep it alive: numba frees a local array after its last use as an
-    array, and an address is not one. Without it the block's tile was allocated over it.)"""
+    registers (a strip's vectors that hold no column of y or of the row sums are skipped), then
+    either requantized into y (fused: FIXED_POINT) or kept in tile[r - r0, o - c0]. The strips
+    go from the last to the first, so that row sums packed as a column (sums_col, see pack) are
+    known before any strip's outputs. (border, which some rows_at point into, is passed to keep
+    it alive: numba frees a local array after its last use as an array, and an address is not
+    one. Without it the block's tile was allocated over it.)"""
     n, n_pad = y.shape[1], packed.shape[1]
     w_at, t_at, y_at, ones_at = packed.ctypes.data, tile.ctypes.data, y.ctypes.data, ones.ctypes.data
     flip_lanes = splat(flip)
+    used = max(n, sums_col + 1) if sums_col < n_pad else n  # the columns worth computing
+    packed_sums = c0 <= sums_col < c1  # else, where needed, the ones dots along the first strip
+    last = c0 + (c1 - c0 - 1) // COLS * COLS
     for r in range(r0, r1, ROWS):
         i = r - r0
         x0, x1, x2, x3 = rows_at[i], rows_at[i + 1], rows_at[i + 2], rows_at[i + 3]
         d0, d1, d2, d3 = steps[i], steps[i + 1], steps[i + 2], steps[i + 3]
         s0 = zeros(); s1 = zeros(); s2 = zeros(); s3 = zeros()
-        if has_e:
-            for s in range(segments):
-                for k in range(0, run, 4):
-                    one = load(ones_at + 16 * (s * run + k))
-                    s0 = dot_u8s8(s0, xor(broadcast4(x0 + s * d0 + k), flip_lanes), one)
-                    s1 = dot_u8s8(s1, xor(broadcast4(x1 + s * d1 + k), flip_lanes), one)
-                    s2 = dot_u8s8(s2, xor(broadcast4(x2 + s * d2 + k), flip_lanes), one)
-                    s3 = dot_u8s8(s3, xor(broadcast4(x3 + s * d3 + k), flip_lanes), one)
-        for c in range(c0, c1, COLS):
+        for c in range(last, c0 - 1, -COLS):
             a00 = zeros(); a01 = zeros(); a02 = zeros()
             a10 = zeros(); a11 = zeros(); a12 = zeros()
             a20 = zeros(); a21 = zeros(); a22 = zeros()
             a30 = zeros(); a31 = zeros(); a32 = zeros()
-            wide = n - c > 16  # the second and third vectors hold columns of y (else only padding)
+            vectors = min(3, (used - c + 15) // 16)
+            ones_dots = sums_col >= 0 and not packed_sums and c == last
             for s in range(segments):
                 for k in range(0, run, 4):
                     w = w_at + ((s * run + k) * n_pad + 4 * c)  # packed[(s * run + k) // 4, c:c + 48, :]
@@ -205,12 +230,24 @@ def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, has_
                     w0 = load(w)
                     a00 = dot_u8s8(a00, u0, w0); a10 = dot_u8s8(a10, u1, w0)
                     a20 = dot_u8s8(a20, u2, w0); a30 = dot_u8s8(a30, u3, w0)
-                    if wide:
-                        w1, w2 = load(w + 64), load(w + 128)
-                        a01 = dot_u8s8(a01, u0, w1); a02 = dot_u8s8(a02, u0, w2)
-                        a11 = dot_u8s8(a11, u1, w1); a12 = dot_u8s8(a12, u1, w2)
-                        a21 = dot_u8s8(a21, u2, w1); a22 = dot_u8s8(a22, u2, w2)
-                        a31 = dot_u8s8(a31, u3, w1); a32 = dot_u8s8(a32, u3, w2)
+                    if vectors > 1:
+                        w1 = load(w + 64)
+                        a01 = dot_u8s8(a01, u0, w1); a11 = dot_u8s8(a11, u1, w1)
+                        a21 = dot_u8s8(a21, u2, w1); a31 = dot_u8s8(a31, u3, w1)
+                    if vectors > 2:
+                        w2 = load(w + 128)
+                        a02 = dot_u8s8(a02, u0, w2); a12 = dot_u8s8(a12, u1, w2)
+                        a22 = dot_u8s8(a22, u2, w2); a32 = dot_u8s8(a32, u3, w2)
+                    if ones_dots:
+                        one = load(ones_at + 16 * (s * run + k))
+                        s0 = dot_u8s8(s0, u0, one); s1 = dot_u8s8(s1, u1, one)
+                        s2 = dot_u8s8(s2, u2, one); s3 = dot_u8s8(s3, u3, one)
+            if packed_sums and c <= sums_col < c + COLS:
+                v, lane = (sums_col - c) // 16, sums_col % 16
+                s0 = broadcast_lane(a00 if v == 0 else (a01 if v == 1 else a02), lane)
+                s1 = broadcast_lane(a10 if v == 0 else (a11 if v == 1 else a12), lane)
+                s2 = broadcast_lane(a20 if v == 0 else (a21 if v == 1 else a22), lane)
+                s3 = broadcast_lane(a30 if v == 0 else (a31 if v == 1 else a32), lane)
             for j, (v0, v1, v2, row_sum) in enumerate(((a00, a01, a02, s0), (a10, a11, a12, s1),
                                                        (a20, a21, a22, s2), (a30, a31, a32, s3))):
                 if fused and r + j < r1:
@@ -226,7 +263,7 @@ def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, has_
 
 
 @jit
-def _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+def _block_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi, y, j,
                row_step, col_step):
     """Block j of y: its rows' addresses (and border copies), then its outputs."""
     m, n_pad = y.shape[0], packed.shape[1]
@@ -242,28 +279,28 @@ def _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind,
     _rows(x, x_zero, geo, r0, r1, rows_at, steps, border)
     fused = kind == FIXED_POINT
     tile = np.empty((0 if fused else rows, c1 - c0), np.int32)
-    _sums(rows_at, steps, border, k_h, run, flip, packed, ones, lanes, has_e, fused, y, y_zero, lo, hi, tile, r0, r1,
+    _sums(rows_at, steps, border, k_h, run, flip, packed, ones, lanes, sums_col, fused, y, y_zero, lo, hi, tile, r0, r1,
           c0, c1)
     if not fused:
         epilogue(kind, tile[:r1 - r0].reshape(1, r1 - r0, c1 - c0), col_term, rq, real, y_zero, lo, hi, y, r0, c0)
 
 
 @parallel_jit
-def product_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y):
+def product_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi, y):
     """The blocks shared out across numba's threads."""
     row_step, col_step = blocks(y.shape[0], packed.shape[1])
     count = -(-y.shape[0] // row_step) * -(-packed.shape[1] // col_step)
     for j in prange(count):
-        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi, y, j,
                    row_step, col_step)
 
 
 @jit
-def product_serial_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi,
+def product_serial_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi,
                        y):
     """The same blocks in the same order on the calling thread."""
     row_step, col_step = blocks(y.shape[0], packed.shape[1])
     count = -(-y.shape[0] // row_step) * -(-packed.shape[1] // col_step)
     for j in range(count):
-        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, has_e, col_term, kind, rq, real, y_zero, lo, hi, y, j,
+        _block_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi, y, j,
                    row_step, col_step)
