@@ -13,9 +13,9 @@ byte for byte against LiteRT's reference kernels (one call each), and against ON
 (within one quantum, the same top-1), so the times are of the same integers.
 
 Each thread count runs in its own process whose settings are pinned before numpy loads:
-NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1: npmobile's products and float
-depthwise kernels split each layer over numba's t threads (each block's sgemm on one OpenBLAS
-thread); its epilogues, additions and conversions run on one. The ratio npmobile / LiteRT of each
+NUMBA_NUM_THREADS=NPMOBILE_NUM_THREADS=t, OPENBLAS_NUM_THREADS=1: npmobile's convolutions split
+each layer over numba's t threads (on VNNI: blocks of rows; on sgemm, each block's call on one
+OpenBLAS thread); its additions and conversions run on one. The ratio npmobile / LiteRT of each
 row comes from that same process.
 Prints a table; --save writes benchmarks/results/quantized-e2e.json and .md (the README quotes
 the .md).

@@ -17,8 +17,9 @@ Layout: x NHWC uint8/int8; w HWIO of the same kind of 8-bit type; b, w_zero, mul
 (c_out,) int32. The output has x's dtype.
 
 Cost: the float convolution's, n * h_out * w_out * c_out * k_h * k_w * c_in MACs, in integers.
-The fast kernel runs the float convolution (im2col + sgemm) on x - x_zero and w - w_zero when
-that is exact (exact.py: MobileNet's first layer, 27 taps), else its own integer loop.
+The fast kernel runs, on a CPU with VNNI, vnni.py's product on the windows read straight from x
+(check_windows); elsewhere the float convolution (im2col + sgemm) on x - x_zero and w - w_zero
+when that is exact (exact.py: MobileNet's first layer, 27 taps), else its own integer loop.
 """
 
 import numpy as np
@@ -94,9 +95,10 @@ run_qconv2d = run_windowed
 
 def qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1, pad=(0, 0, 0, 0), clamp=None,
             out=None):
-    """The fast kernel: the float convolution on exact integers where exact.py's bound holds, else
-    a numba loop over output pixels with an int32 accumulator per channel. The weights minus
-    their zero point are computed once, here, not per pixel."""
+    """The fast kernel: vnni.py's product on the windows where the CPU has VNNI; else the float
+    convolution on exact integers where exact.py's bound holds, else a numba loop over output
+    pixels with an int32 accumulator per channel. The weights minus their zero point are
+    computed once, here, not per pixel."""
     return run_qconv2d(*check_qconv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, multiplier=multiplier,
                                       shift=shift, stride=stride, pad=pad, clamp=clamp, out=out))
 

@@ -12,7 +12,7 @@ double product, so the two differ where acc * M lies within about 2^-31 of a hal
 fixed-point route. (The legacy uint8 FULLY_CONNECTED keeps the fixed-point route: qdense.)
 
 Layout: x (n, c_in) int8; w IO (c_in, c_out) int8; b (c_out,) int32; real_multiplier (c_out,)
-float64. Cost: n * c_in * c_out MACs, on exact float32 sgemm as qpointwise (qproduct.py, its REAL epilogue).
+float64. Cost: n * c_in * c_out MACs, the product as qpointwise's (qproduct.py, its REAL epilogue).
 """
 
 import numpy as np
@@ -67,7 +67,7 @@ run_qfully_connected = run_product
 
 
 def qfully_connected(x, w, b=None, *, x_zero, w_zero, y_zero, real_multiplier, clamp=None, out=None):
-    """The fast kernel: exact integer products on float32 sgemm, then one double rounding each."""
+    """The fast kernel: exact integer products (qproduct.py), then one double rounding each."""
     return run_product(*check_qfully_connected(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                               real_multiplier=real_multiplier, clamp=clamp, out=out))
 

@@ -22,8 +22,9 @@ is exact before its one rounding to float32):
 - qlinear_pointwise_conv2d: a 1x1 QLinearConv on NHWC rows;
 - qlinear_conv2d: any other QLinearConv with group 1, as a gather of every k x k patch
   (im2col, padded with x_zero) followed by the same product.
-All three run the product exactly on float32 sgemm (exact.py), in chunks of input channels
-where one float32 sum could exceed 2^24. Layout: x uint8 or int8 (NHWC, or (n, c_in)); w uint8 or
+All three run the product in qproduct.py: on 8-bit VNNI where the CPU has it (vnni.py), else
+exactly on float32 sgemm (exact.py), in chunks of input channels where one float32 sum could
+exceed 2^24. Layout: x uint8 or int8 (NHWC, or (n, c_in)); w uint8 or
 int8, HWIO / IO; b, w_zero (c_out,) int32; scale (c_out,) float32 = S. The output has x's dtype.
 
 Cost: rows * c_in * c_out MACs (times k * k for qlinear_conv2d), plus one multiply per output.
@@ -99,8 +100,8 @@ def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, scale, y_rows, y):
                          lo, hi, y_rows, y, real=scale)
 
 
-# Per block of rows: x - x_zero into float32, one sgemm per chunk of input channels, the float
-# requantization (epilogue.py: FLOAT_SCALE, requantize_float).
+# The product (qproduct.py: VNNI or sgemm), then the float requantization (epilogue.py:
+# FLOAT_SCALE, requantize_float).
 run_rows = run_product
 
 
@@ -115,7 +116,7 @@ run_qlinear_matmul = run_rows
 
 
 def qlinear_matmul(x, w, b=None, *, x_zero, w_zero, y_zero, scale, out=None):
-    """The fast kernel: (n, c_in) -> (n, c_out), exact integer products on sgemm."""
+    """The fast kernel: (n, c_in) -> (n, c_out), exact integer products (qproduct.py)."""
     return run_rows(*check_qlinear_matmul(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, scale=scale,
                                           out=out))
 
@@ -193,7 +194,7 @@ def run_qlinear_conv2d(x, inner, cols, windows, rows):
 
 
 def qlinear_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0), out=None):
-    """The fast kernel: im2col, then exact integer products on sgemm (MobileNet's first layer:
+    """The fast kernel: im2col, then exact integer products (qproduct.py; MobileNet's first layer:
     k * k * c_in = 27 taps per output)."""
     return run_qlinear_conv2d(*check_qlinear_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                                     scale=scale, stride=stride, pad=pad, out=out))

@@ -9,10 +9,11 @@ where r runs over the pixels (n * h * w of them; TFLite CONV_2D 1x1) or over the
 Layout: x NHWC (pointwise) or (n, c_in) (dense), uint8/int8; w IO (c_in, c_out) of the same kind;
 b, w_zero, multiplier, shift (c_out,) int32. The output has x's dtype.
 
-Cost: rows * c_in * c_out MACs: most of a MobileNet's work. The fast kernel computes the integer
-sum exactly on float32 BLAS (sgemm), the fastest product a CPU has here: exact.py says why that
-is exact and how the input channels are split into chunks where one float32 sum would not be;
-qproduct.py runs it (the same loop for every quantized 1x1 layer, with each runtime's epilogue).
+Cost: rows * c_in * c_out MACs: most of a MobileNet's work. qproduct.py runs it (the same loop
+for every quantized 1x1 layer, with each runtime's epilogue): on 8-bit operands with VNNI where
+the CPU has it (vnni.py: integers throughout, the requantization in registers), else exactly on
+float32 sgemm (exact.py says why that is exact, and how the input channels are split into chunks
+where one float32 sum would not be).
 """
 
 import numpy as np
@@ -45,8 +46,7 @@ def check_rows(x_rows, w, b, x_zero, w_zero, y_zero, multiplier, shift, clamp, y
                          rq=requantize_params(multiplier, shift))
 
 
-# Per block of output rows: x - x_zero into float32, one sgemm per chunk of input channels, the
-# integer epilogue (qproduct.py).
+# The product and its integer epilogue (qproduct.py: on VNNI, or on float32 sgemm).
 run_rows = run_product
 
 
@@ -67,7 +67,7 @@ run_qpointwise_conv2d = run_rows
 
 
 def qpointwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, clamp=None, out=None):
-    """The fast kernel: exact integer products on float32 sgemm (see the module docstring)."""
+    """The fast kernel: exact integer products (see the module docstring)."""
     return run_rows(*check_qpointwise_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                              multiplier=multiplier, shift=shift, clamp=clamp, out=out))
 
