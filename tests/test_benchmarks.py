@@ -73,3 +73,18 @@ def test_speedups_pair_each_row_with_its_one_thread_row():
     add_speedups(rows)
     assert rows[1]["speedup_vs_1_thread"] == 2.5
     assert "speedup_vs_1_thread" not in rows[0] and "speedup_vs_1_thread" not in rows[2]
+
+
+def test_quantized_routes_benchmark_quick(assets):
+    # both routes of the integer engine on the smallest quantized file, per layer kind: the VNNI
+    # one where this CPU has it, the float32 one always
+    from npmobile.kernels._simd import HAVE_VNNI
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quantized_routes.py"), "--runs", "2",
+                           "--model", "mobilenet_v1_0.25_128_quant.tflite"],
+                          check=True, capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[1:] == (["vnni", "float32"] if HAVE_VNNI else ["float32"]), lines
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[2:]}
+    for kind in ("qconv2d", "qdepthwise_conv2d", "qpointwise_conv2d", "qsoftmax", "total"):
+        assert all(ms > 0 for ms in rows[kind]), rows
