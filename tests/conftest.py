@@ -83,3 +83,14 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"CI: {len(reporter.stats['skipped'])} test(s) skipped; every test must run in CI",
                             red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(params=["other", "vnni"])
+def vnni_path(request, monkeypatch):
+    """Both ways of the kernels that have a VNNI loop (quantized 1x1 products, depthwise): the
+    VNNI one where this CPU has it, and the other one (sgemm; the float kernel or the integer
+    loop). Where the CPU has no VNNI, both params run the other way: tests assert which ran."""
+    from npmobile.kernels import _simd as simd
+
+    monkeypatch.setattr(simd, "USE_VNNI", request.param == "vnni" and simd.HAVE_VNNI)
+    return simd.USE_VNNI

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npmobile.kernels.quantized import QKERNELS, output_scales
@@ -60,15 +60,24 @@ def conv_case(draw, depthwise=False):
     return x, weights, b, dict(attrs, stride=draw(st.sampled_from([1, 2])), pad=pad)
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_case())
-def test_qlinear_conv2d(case):
+def test_qlinear_conv2d(vnni_path, case):
+    # both ways: the windows read from x on VNNI with ONNX Runtime's float requantization in
+    # registers, and im2col into exact float32 sgemm
     x, w, b, attrs = case
+    assert (QKERNELS["qlinear_conv2d"].check(x, w, b, **attrs)[0].__name__ == "run_windows") == vnni_path
     _assert_exact("qlinear_conv2d", x, w, b, **attrs)
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_case(depthwise=True))
-def test_qlinear_depthwise_conv2d(case):
+def test_qlinear_depthwise_conv2d(vnni_path, case):
+    # both ways: qdepthwise's loop on lanes with ONNX Runtime's float requantization (VNNI, depth
+    # multiplier 1), and the float depthwise kernel on exact integers
     x, w, b, attrs = case
+    args = QKERNELS["qlinear_depthwise_conv2d"].check(x, w, b, **attrs)
+    assert (args[1].__name__ == "run_lanes") == (vnni_path and w.shape[2] == x.shape[3])
     _assert_exact("qlinear_depthwise_conv2d", x, w, b, **attrs)
 
 

@@ -130,6 +130,21 @@ def test_windowed_integer_loops(case, depthwise_case):
         _assert_exact("qdepthwise_conv2d", x, w, b, **attrs)
 
 
+@pytest.mark.parametrize("pad", [(0, 0, 0, 1), (1, 0, 0, 0), (1, 1, 1, 1), (0, 0, 0, 0)])
+def test_one_by_one_windows_with_padding(pad, vnni_path):
+    # a 1x1 filter over 1x1 images is a matrix's rows only without padding: with it, the
+    # windows in the padding read x_zero (found by hypothesis: the VNNI loop once took them for
+    # rows of a matrix and read past the image)
+    rng = np.random.default_rng(sum(pad))
+    for dtype in (np.uint8, np.int8):
+        x, w = _ints(rng, (3, 1, 1, 5), dtype), _ints(rng, (1, 1, 5, 7), dtype)
+        info = np.iinfo(dtype)
+        multiplier, shift = fp.conv_multipliers(0.02, [0.01] * 7, 0.03)
+        _assert_exact("qconv2d", x, w, rng.integers(-99, 99, 7).astype(np.int32), x_zero=int(info.min) + 60,
+                      w_zero=np.full(7, 3 if dtype == np.uint8 else 0, np.int32), y_zero=1, multiplier=multiplier,
+                      shift=shift, pad=pad)
+
+
 @given(conv_case())
 def test_qpointwise_conv2d(case):
     x, w, b, attrs = case
@@ -142,15 +157,6 @@ def test_qdense(case):
     x, w, b, attrs = case
     del attrs["stride"], attrs["pad"]
     _assert_exact("qdense", x[:, 0, 0, :], w[0, 0], b, **attrs)
-
-
-@pytest.fixture(params=["other", "vnni"])
-def vnni_path(request, monkeypatch):
-    """Both ways of the kernels that have a VNNI loop (quantized 1x1 products, depthwise): the
-    VNNI one where this CPU has it, and the other one (sgemm; the float kernel or the integer
-    loop). Where the CPU has no VNNI, both params run the other way: tests assert which ran."""
-    monkeypatch.setattr(simd, "USE_VNNI", request.param == "vnni" and simd.HAVE_VNNI)
-    return simd.USE_VNNI
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])

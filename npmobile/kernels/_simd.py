@@ -17,6 +17,7 @@ value is LLVM's <16 x i32> (one zmm register), and each function below is one in
     load_s8(addr, n)        the same, read as int8
     store_bytes(addr, v, n) the low byte of the first n lanes to addr .. addr + n - 1
     add, sub, mul, and_, xor, shl, sra, minimum, maximum, greater, srdhm: lane by lane
+    to_float, fmul, fmin, fmax, round_to_int: the same on float32 lanes (held as their bits)
 
 VPDPBUSD does 64 multiply-adds (16 lanes x 4 byte pairs) in one instruction, exact in int32
 (no saturation: its products and the 4-sum stay far below 2^31, and the accumulator wraps only
@@ -126,6 +127,53 @@ minimum = _lanewise("minimum", lambda b, x, y: b.select(b.icmp_signed("<", x, y)
 maximum = _lanewise("maximum", lambda b, x, y: b.select(b.icmp_signed(">", x, y), x, y))
 # -1 (all bits set) where a > b, else 0: a mask, as SIMD comparisons give it
 greater = _lanewise("greater", lambda b, x, y: b.sext(b.icmp_signed(">", x, y), _LANES))
+
+
+_FLOATS = ir.VectorType(ir.FloatType(), 16)
+
+
+def _as_floats(builder, v):
+    return builder.bitcast(v, _FLOATS)
+
+
+def _as_lanes(builder, v):
+    return builder.bitcast(v, _LANES)
+
+
+# Float32 lanes travel as their bits in an I32x16: to_float converts int32 lanes to float32
+# (rounded to nearest, halves to even, as float32(int) does), round_to_int rounds float32 lanes
+# to the nearest int32 (halves to even: rint in the default rounding mode), and fmul, fmin, fmax
+# work on the float32 values.
+@intrinsic
+def to_float(typingctx, v):
+    def codegen(context, builder, sig, args):
+        return _as_lanes(builder, builder.sitofp(args[0], _FLOATS))
+    return i32x16(i32x16), codegen
+
+
+fmul = _lanewise("fmul", lambda b, x, y: _as_lanes(b, b.fmul(_as_floats(b, x), _as_floats(b, y))))
+fmin = _lanewise("fmin", lambda b, x, y: _as_lanes(b, b.select(b.fcmp_ordered("<", _as_floats(b, x), _as_floats(b, y)),
+                                                               _as_floats(b, x), _as_floats(b, y))))
+fmax = _lanewise("fmax", lambda b, x, y: _as_lanes(b, b.select(b.fcmp_ordered(">", _as_floats(b, x), _as_floats(b, y)),
+                                                               _as_floats(b, x), _as_floats(b, y))))
+
+
+@intrinsic
+def round_to_int(typingctx, v):
+    def codegen(context, builder, sig, args):
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_FLOATS, [_FLOATS]), "llvm.rint.v16f32")
+        return builder.fptosi(builder.call(rint, [_as_floats(builder, args[0])]), _LANES)
+    return i32x16(i32x16), codegen
+
+
+@intrinsic
+def fma(typingctx, u, v, w):
+    """u * v + w on float32 scalars, rounded once (the FMA instruction, or libm's fmaf)."""
+    def codegen(context, builder, sig, args):
+        f32 = ir.FloatType()
+        return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3),
+                                                           "llvm.fma.f32"), args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 def _emit_srdhm(builder, a, m):

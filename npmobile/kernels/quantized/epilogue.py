@@ -23,7 +23,8 @@ import numpy as np
 from numba import prange
 
 from .._jit import jit, parallel_jit
-from .fixedpoint import requantize
+from .._simd import add, fmax, fmin, fmul, load, maximum, minimum, round_to_int, splat, to_float
+from .fixedpoint import lane_params, requantize, requantize_lanes
 
 FIXED_POINT, REAL, FLOAT_SCALE = 0, 1, 2
 
@@ -54,6 +55,32 @@ def requantize_float(acc, scale, y_zero, lo, hi):
     v = np.float32(np.int32(acc)) * scale  # float32 * float32: one float32 rounding
     v = min(max(v, np.float32(lo - y_zero)), np.float32(hi - y_zero))
     return np.int32(np.rint(v)) + y_zero
+
+
+def lane_constants(c_pad, rq, real):
+    """The per-channel constants requantize_16 loads 16 at a time, as one (6, c_pad) int32 array
+    (channels past rq's padded with zeros): fixedpoint.lane_params' five rows from rq
+    (FIXED_POINT), then the float32 scales' bits (FLOAT_SCALE)."""
+    c = rq.shape[1]
+    params = np.zeros((6, c_pad), np.int32)
+    params[:5, :c] = lane_params(rq)
+    params[5, :c] = np.asarray(real, np.float32).view(np.int32)
+    return params
+
+
+@jit
+def requantize_16(kind, v, at, step, y_zero, lo, hi):
+    """16 int32 sums (the bias added) -> 16 output integers in int32 lanes, in registers: the
+    runtime's requantization (FIXED_POINT: fixedpoint.requantize_lanes; FLOAT_SCALE:
+    requantize_float on lanes), the zero point, the clamp. The constants (lane_constants) are
+    rows of `step` bytes from address `at`. (REAL, LiteRT's double, has no form on lanes here.)"""
+    if kind == FIXED_POINT:
+        v = requantize_lanes(v, load(at), load(at + step), load(at + 2 * step), load(at + 3 * step),
+                             load(at + 4 * step))
+        return minimum(maximum(add(v, splat(y_zero)), splat(lo)), splat(hi))
+    v = fmul(to_float(v), load(at + 5 * step))  # float32(acc) * scale, one float32 rounding each
+    v = fmin(fmax(v, to_float(splat(lo - y_zero))), to_float(splat(hi - y_zero)))
+    return add(round_to_int(v), splat(y_zero))  # halves to even
 
 
 @jit

@@ -30,7 +30,7 @@ from .._jit import jit, num_threads
 from ..conv2d import check_conv2d, run_conv2d
 from ._qchecks import as_q8
 from . import vnni
-from .epilogue import FIXED_POINT
+from .epilogue import FIXED_POINT, constants
 from .exact import check_windowed, run_windowed
 from .fixedpoint import output_ref, requantize
 
@@ -63,10 +63,11 @@ def check_qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, st
                           out=out, lanes=(check_windows, run_windows))
 
 
-def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y):
+def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y, kind=FIXED_POINT, real=None):
     """The arguments of run_windows, on a CPU with VNNI (None otherwise): the weights as rows in
     the windows' order, each row of k_w * c_in taps rounded up to 4 bytes with weights 0, packed
-    for vnni.py, and the geometry by which it reads each window straight from x."""
+    for vnni.py, and the geometry by which it reads each window straight from x. kind is the
+    epilogue's (epilogue.py: FIXED_POINT with rq, or FLOAT_SCALE with real, ONNX's QLinearConv)."""
     k_h, k_w, c_in, c_out = ws.shape
     geo = vnni.windows(*x.shape, k_h, k_w, stride, top, left, y.shape[1], y.shape[2])
     run = geo[-1]
@@ -75,11 +76,12 @@ def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y):
     w_rows = np.zeros((k_h, run, c_out), np.int64)
     w_rows[:, :k_w * c_in] = ws.reshape(k_h, k_w * c_in, c_out)
     is_tap = np.arange(k_h * run) % run < k_w * c_in
+    rq, real = constants(c_out, rq, real)
     packed, lanes, col_term, flip, ones, sums_col = vnni.pack(w_rows.reshape(-1, c_out), x_zero, x.dtype == np.int8, b,
-                                                              rq, is_tap)
+                                                              rq, real, is_tap)
     rows = y.shape[0] * y.shape[1] * y.shape[2]
-    return (x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, FIXED_POINT, rq,
-            np.zeros(c_out), y_zero, lo, hi, y.reshape(rows, c_out), y)
+    return (x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi,
+            y.reshape(rows, c_out), y)
 
 
 def run_windows(*args):

@@ -25,15 +25,15 @@ import numpy as np
 from numba import prange
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .. import Kernel
+from .. import Kernel, _simd
 from .._jit import jit, num_threads, parallel_jit
 from .._product import PARTS
-from .. import _simd
-from .._simd import add, dot_i16, load, load_s8, load_u8, maximum, minimum, splat, store, store_bytes
+from .._simd import dot_i16, load, load_s8, load_u8, splat, store, store_bytes
 from ..depthwise import check_depthwise_conv2d, run_depthwise_conv2d
 from ._qchecks import as_q8
+from .epilogue import FIXED_POINT, constants, lane_constants, requantize_16
 from .exact import check_windowed, run_windowed
-from .fixedpoint import lane_params, output_ref, requantize, requantize_lanes
+from .fixedpoint import output_ref, requantize
 
 
 def qdepthwise_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, stride=1,
@@ -65,32 +65,33 @@ def check_qdepthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier,
                           stride=stride, pad=pad, clamp=clamp, out=out, lanes=(check_lanes, run_lanes))
 
 
-def check_lanes(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y):
+def check_lanes(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y, kind=FIXED_POINT, real=None):
     """The arguments of run_lanes, for a depth multiplier of 1 (every MobileNet layer) on a CPU
     with VNNI; None otherwise. The weights as int32 lanes (k_h, k_w, c padded to 16) holding
-    each weight in their low 16 bits, 0 in the high 16 (see _pixel); the epilogue's constants
-    (6, c padded): b - x_zero * sum_taps ws (see _lanes_rows), then fixedpoint.lane_params."""
+    each weight in their low 16 bits, 0 in the high 16 (see _lanes_rows); the epilogue's
+    constants (7, c padded): b - x_zero * sum_taps ws (see _lanes_rows), then
+    epilogue.lane_constants (kind FIXED_POINT: rq; FLOAT_SCALE: ONNX Runtime's scales, real)."""
     k_h, k_w, c = ws.shape
     if not _simd.USE_VNNI or c != x.shape[3]:
         return None
     c_pad = -(-c // 16) * 16
     w_lanes = np.zeros((k_h, k_w, c_pad), np.int32)
     w_lanes[:, :, :c] = ws & 0xFFFF  # |ws| <= 255: an int16
-    params = np.zeros((6, c_pad), np.int32)
+    params = np.zeros((7, c_pad), np.int32)
     params[0, :c] = b.astype(np.int64) - int(x_zero) * ws.sum(axis=(0, 1), dtype=np.int64)
-    params[1:, :c] = lane_params(rq)
-    return x, x.dtype == np.int8, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y
+    params[1:] = lane_constants(c_pad, *constants(c, rq, real))
+    return x, x.dtype == np.int8, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y
 
 
-def run_lanes(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y):
+def run_lanes(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y):
     """The integer loop on 16 lanes, its rows shared out across numba's threads; returns y."""
     run = _lanes_jit if num_threads() > 1 else _lanes_serial_jit
-    run(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y)
+    run(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y)
     return y
 
 
 @jit
-def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y, i0, i1):
+def _lanes_rows(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y, i0, i1):
     """Output rows i0 .. i1 (of n * h_out), one at a time, 16 channels at a time:
 
         acc = (b - x_zero * sum_taps w) + sum_taps x_pad * w,    x_pad = x_zero in the padding
@@ -103,16 +104,16 @@ def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top,
     A row's sums stay in `acc` (w_out x c_pad int32, in the L1; its address taken where it is
     used, so that numba keeps the array alive through the loops) and each tap sweeps the whole
     row: the sums of different pixels do not wait for each other (one pixel's taps in a chain,
-    each waiting for the one before, ran 1.5x slower). Then TFLite's requantization
-    (fixedpoint.requantize_lanes), the zero point and the clamp, stored as bytes (the last group
-    of channels masked to those that remain)."""
+    each waiting for the one before, ran 1.5x slower). Then the runtime's requantization, the
+    zero point and the clamp (epilogue.requantize_16: TFLite's fixed point, or ONNX Runtime's
+    float32 scale), stored as bytes (the last group of channels masked to those that remain)."""
     n, h, width, c = x.shape
     k_h, k_w, c_pad = w_lanes.shape
     h_out, w_out = y.shape[1], y.shape[2]
     x_at, w_at, p_at, y_at = x.ctypes.data, w_lanes.ctypes.data, params.ctypes.data, y.ctypes.data
     acc = np.empty((w_out, c_pad), np.int32)
     step = 4 * c_pad  # one row of params or acc, in bytes
-    zero, y_zero_lanes, lo_lanes, hi_lanes = splat(x_zero), splat(y_zero), splat(lo), splat(hi)
+    zero = splat(x_zero)
     for i in range(i0, i1):
         image, oy = i // h_out, i % h_out
         for ox in range(w_out):
@@ -141,26 +142,25 @@ def _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top,
         for ox in range(w_out):
             out_at = y_at + (i * w_out + ox) * c
             for g in range(0, c, 16):
-                at = p_at + 4 * g
-                v = requantize_lanes(load(acc.ctypes.data + ox * step + 4 * g), load(at + step), load(at + 2 * step),
-                                     load(at + 3 * step), load(at + 4 * step), load(at + 5 * step))
-                store_bytes(out_at + g, minimum(maximum(add(v, y_zero_lanes), lo_lanes), hi_lanes), min(16, c - g))
+                v = requantize_16(kind, load(acc.ctypes.data + ox * step + 4 * g), p_at + 4 * g + step, step, y_zero,
+                                  lo, hi)
+                store_bytes(out_at + g, v, min(16, c - g))
 
 
 @parallel_jit
-def _lanes_jit(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y):
+def _lanes_jit(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y):
     """The output rows in PARTS blocks, shared out across numba's threads."""
     rows = y.shape[0] * y.shape[1]
     step = -(-rows // PARTS)
     for j in prange(PARTS):
-        _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y, j * step,
+        _lanes_rows(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y, j * step,
                     min(rows, j * step + step))
 
 
 @jit
-def _lanes_serial_jit(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y):
+def _lanes_serial_jit(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y):
     """All output rows on the calling thread."""
-    _lanes_rows(x, signed, x_zero, w_lanes, params, y_zero, lo, hi, stride, top, left, y, 0, y.shape[0] * y.shape[1])
+    _lanes_rows(x, signed, x_zero, w_lanes, params, kind, y_zero, lo, hi, stride, top, left, y, 0, y.shape[0] * y.shape[1])
 
 
 run_qdepthwise_conv2d = run_windowed

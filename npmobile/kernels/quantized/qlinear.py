@@ -20,8 +20,9 @@ Kernels here, each with its oracle (`_ref`, exact: int64 accumulators and a floa
 is exact before its one rounding to float32):
 - qlinear_matmul: QLinearMatMul, x (n, c_in) @ w (c_in, c_out), per-column scales;
 - qlinear_pointwise_conv2d: a 1x1 QLinearConv on NHWC rows;
-- qlinear_conv2d: any other QLinearConv with group 1, as a gather of every k x k patch
-  (im2col, padded with x_zero) followed by the same product.
+- qlinear_conv2d: any other QLinearConv with group 1: on VNNI, qconv2d's product on the windows
+  read straight from x; elsewhere a gather of every k x k patch (im2col, padded with x_zero)
+  followed by the same product.
 All three run the product in qproduct.py: on 8-bit VNNI where the CPU has it (vnni.py), else
 exactly on float32 sgemm (exact.py), in chunks of input channels where one float32 sum could
 exceed 2^24. Layout: x uint8 or int8 (NHWC, or (n, c_in)); w uint8 or
@@ -37,6 +38,7 @@ from .. import Kernel
 from .._checks import check_pad, check_stride, conv_output_size
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
 from .epilogue import FLOAT_SCALE
+from .qconv2d import check_windows, run_windows
 from .qproduct import check_product, run_product
 
 
@@ -163,8 +165,10 @@ def qlinear_conv2d_ref(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1,
 
 
 def check_qlinear_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0), out=None):
-    """The arguments of run_qlinear_conv2d, checked: a padded copy of x (its border x_zero),
-    the patch matrix the windows are gathered into, and the product's arguments."""
+    """The arguments of run_qlinear_conv2d, checked: on a CPU with VNNI, qconv2d's product on the
+    windows read straight from x (check_windows) with this requantization; else a padded copy of
+    x (its border x_zero), the patch matrix the windows are gathered into, and the product's
+    arguments (im2col)."""
     x, w = as_q8("x", x, ndim=4), as_q8("w", w, ndim=4)
     n, h, width, c_in = x.shape
     k_h, k_w, w_c_in, c_out = w.shape
@@ -175,27 +179,39 @@ def check_qlinear_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=
     top, bottom, left, right = check_pad(pad)
     h_out = conv_output_size("w (kernel height)", h, k_h, stride, top, bottom)
     w_out = conv_output_size("w (kernel width)", width, k_w, stride, left, right)
+    y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
+    direct = check_windows(x, check_zero("x_zero", x_zero, x.dtype),
+                           w.astype(np.int32) - as_channel_int32("w_zero", w_zero, c_out, *type_range(w.dtype)),
+                           np.zeros(c_out, np.int64) if b is None else as_channel_int32("b", b, c_out),
+                           None, check_zero("y_zero", y_zero, x.dtype), *type_range(x.dtype), stride, top, left, y,
+                           kind=FLOAT_SCALE, real=check_scale("scale", scale, c_out))
+    if direct is not None:
+        return run_windows, direct
     x_pad = np.full((n, h + top + bottom, width + left + right, c_in), check_zero("x_zero", x_zero, x.dtype),
                     dtype=x.dtype)
     inner = x_pad[:, top:top + h, left:left + width]
     cols = np.empty((n, h_out, w_out, c_in, k_h, k_w), dtype=x.dtype)  # rows ordered (c, p, q), as w_rows
     w_rows = np.ascontiguousarray(w.transpose(2, 0, 1, 3).reshape(-1, c_out))
-    y = q_output(out, (n, h_out, w_out, c_out), x.dtype)
     rows = check_rows(cols.reshape(n * h_out * w_out, -1), w_rows, b, x_zero, w_zero, y_zero, scale,
                       y.reshape(-1, c_out), y)
-    return x, inner, cols, _windows(x_pad, k_h, k_w, stride), rows
+    return run_im2col, (x, inner, cols, _windows(x_pad, k_h, k_w, stride), rows)
 
 
-def run_qlinear_conv2d(x, inner, cols, windows, rows):
+def run_im2col(x, inner, cols, windows, rows):
     """Copy x into the padded buffer, gather every window into the patch matrix, multiply."""
     np.copyto(inner, x)
     np.copyto(cols, windows)
     return run_rows(*rows)
 
 
+def run_qlinear_conv2d(run, args):
+    """The route chosen at check: the windows on VNNI (qconv2d.run_windows) or im2col."""
+    return run(*args)
+
+
 def qlinear_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0), out=None):
-    """The fast kernel: im2col, then exact integer products (qproduct.py; MobileNet's first layer:
-    k * k * c_in = 27 taps per output)."""
+    """The fast kernel: the windows' product on VNNI (qconv2d.check_windows), or im2col, then exact
+    integer products (qproduct.py; MobileNet's first layer: k * k * c_in = 27 taps per output)."""
     return run_qlinear_conv2d(*check_qlinear_conv2d(x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero,
                                                     scale=scale, stride=stride, pad=pad, out=out))
 

@@ -12,7 +12,9 @@ r_a * a_zero + r_b * b_zero into one too), rint rounds halves to even, saturate 
 change the last bit. (TFLite's ADD instead shifts both inputs left 20 bits and requantizes three
 times in fixed point: qadd.py.) b is a tensor of a's shape, or a constant per channel (c,).
 
-Layout: any shape, one 8-bit dtype for a, b and y. Cost: no MACs; two FMAs per element.
+Layout: any shape, one 8-bit dtype for a, b and y. Cost: no MACs; two FMAs per element (the
+hardware's, through LLVM's fma: 16 lanes at a time; float64 arithmetic emulating the one
+rounding ran 30x slower).
 """
 
 from fractions import Fraction
@@ -21,6 +23,7 @@ import numpy as np
 
 from .. import Kernel
 from .._jit import jit
+from .._simd import fma
 from ._qchecks import as_q8, check_zero, q_output, type_range
 
 
@@ -43,22 +46,9 @@ def add_constants(a_scale, a_zero, b_scale, b_zero, y_scale, y_zero):
 
 @jit
 def fma32(u, v, w):
-    """u * v + w for float32 u, v, w, rounded once to float32. u * v is exact in float64 (two
-    24-bit significands); s = u*v + w in float64 may round, e is what it dropped (TwoSum). s
-    rounds to float32 like the exact sum unless s lies exactly halfway between two float32s, where
-    e says on which side the exact sum lies."""
-    p = np.float64(u) * np.float64(v)
-    c = np.float64(w)
-    s = p + c
-    z = s - p
-    e = (p - (s - z)) + (c - z)
-    r = np.float32(s)
-    if e != 0.0 and np.float64(r) != s:
-        toward = np.float32(np.inf) if s > np.float64(r) else np.float32(-np.inf)
-        other = np.nextafter(r, toward)
-        if (np.float64(r) + np.float64(other)) * 0.5 == s and (e > 0.0) == (other > r):
-            r = other
-    return r
+    """u * v + w for float32 u, v, w, rounded once to float32: LLVM's fma (the FMA instruction
+    MLAS uses; a loop of them compiles to vfmadd on 16 lanes)."""
+    return fma(np.float32(u), np.float32(v), np.float32(w))
 
 
 def _fma32_ref(u, v, w):
@@ -132,10 +122,13 @@ def qlinear_add(a, b, *, a_scale, a_zero, b_scale, b_zero, y_scale, y_zero, out=
 @jit
 def _qlinear_add_jit(a, b, r_a, r_b, fixed, lo, hi, y):
     c = b.shape[0]  # all of a, or one value per channel (the last axis), repeated
-    for i in range(a.shape[0]):
-        v = fma32(np.float32(a[i]), r_a, fma32(np.float32(b[i % c]), r_b, fixed))
-        v = min(max(v, np.float32(lo)), np.float32(hi))
-        y[i] = np.int32(np.rint(v))
+    step = 0 if c < a.shape[0] else c  # b's offset from one row of c channels to the next
+    for r in range(a.shape[0] // c):
+        for ch in range(c):  # (a loop without a modulo: it compiles to SIMD instructions)
+            i = r * c + ch
+            v = fma32(np.float32(a[i]), r_a, fma32(np.float32(b[r * step + ch]), r_b, fixed))
+            v = min(max(v, np.float32(lo)), np.float32(hi))
+            y[i] = np.int32(np.rint(v))
 
 
 # This file's entries in the registry (npmobile.kernels.quantized.QKERNELS).

@@ -10,9 +10,11 @@ requantization (qlinear.py):
 x_pad is x padded with x_zero. Layout: x NHWC uint8/int8; w HWC (k_h, k_w, c_out) uint8/int8;
 b, w_zero (c_out,) int32; scale (c_out,) float32. The output has x's dtype.
 
-Cost: n * h_out * w_out * c_out * k_h * k_w MACs. The fast kernel runs the float depthwise kernel
-on x - x_zero and w - w_zero, exact in float32 while every sum stays within 2^24 (exact.py):
-always for up to 258 taps (16 x 16 filters) of 8-bit values. Larger filters are refused.
+Cost: n * h_out * w_out * c_out * k_h * k_w MACs. The fast kernel runs, on a CPU with VNNI and a
+depth multiplier of 1, qdepthwise.py's integer loop on lanes with this requantization; else the
+float depthwise kernel on x - x_zero and w - w_zero, exact in float32 while every sum stays within
+2^24 (exact.py): always for up to 258 taps (16 x 16 filters) of 8-bit values. Larger filters are
+refused.
 """
 
 import numpy as np
@@ -23,7 +25,8 @@ from .._checks import check_pad, check_stride, conv_output_size
 from ..depthwise import check_depthwise_conv2d, run_depthwise_conv2d
 from ._qchecks import as_channel_int32, as_q8, check_zero, q_output, type_range
 from .epilogue import FLOAT_SCALE
-from .exact import check_on_float32, exact_in_float32, run_on_float32, x_bound
+from .exact import check_on_float32, exact_in_float32, run_on_float32, run_windowed, x_bound
+from .qdepthwise import check_lanes, run_lanes
 from .qlinear import check_scale, requantize_float_ref
 
 
@@ -62,8 +65,13 @@ def check_qlinear_depthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scal
     # The float kernel checks stride, pads and the output size; `out` must fit its result.
     y = q_output(out, (x.shape[0], *_out_size(x, w, stride, pad), c_out), x.dtype)
     lo, hi = type_range(x.dtype)
-    return check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b, FLOAT_SCALE, y_zero, lo,
-                            hi, y, real=scale, stride=stride, pad=pad)
+    top, _, left, _ = check_pad(pad)
+    lanes = check_lanes(x, x_zero, ws, b, None, y_zero, lo, hi, check_stride(stride), top, left, y, kind=FLOAT_SCALE,
+                        real=scale)
+    if lanes is not None:
+        return True, run_lanes, lanes
+    return True, run_on_float32, check_on_float32(check_depthwise_conv2d, run_depthwise_conv2d, x, x_zero, ws, b,
+                                                  FLOAT_SCALE, y_zero, lo, hi, y, real=scale, stride=stride, pad=pad)
 
 
 def _out_size(x, w, stride, pad):
@@ -73,12 +81,14 @@ def _out_size(x, w, stride, pad):
             conv_output_size("w (kernel width)", x.shape[2], w.shape[1], stride, left, right))
 
 
-# x - x_zero into float32, the float depthwise kernel (exact), the float requantization.
-run_qlinear_depthwise_conv2d = run_on_float32
+# qdepthwise's integer loop on lanes (VNNI), or: x - x_zero into float32, the float depthwise kernel
+# (exact), the float requantization.
+run_qlinear_depthwise_conv2d = run_windowed
 
 
 def qlinear_depthwise_conv2d(x, w, b=None, *, x_zero, w_zero, y_zero, scale, stride=1, pad=(0, 0, 0, 0), out=None):
-    """The fast kernel: the float depthwise kernel on exact integers, then the requantization."""
+    """The fast kernel: qdepthwise's loop on lanes, or the float depthwise kernel on exact
+    integers, then the requantization."""
     return run_qlinear_depthwise_conv2d(*check_qlinear_depthwise_conv2d(
         x, w, b, x_zero=x_zero, w_zero=w_zero, y_zero=y_zero, scale=scale, stride=stride, pad=pad, out=out))
 

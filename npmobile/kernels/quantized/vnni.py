@@ -32,8 +32,9 @@ whole sum, and each packed load serves 4 rows. Columns are padded to a multiple 
 weights; rows past the end read the last row again (the results are not stored). rowsum is one
 more VPDPBUSD per row and step, against bytes of 1 (0 for the rounding bytes).
 
-The FIXED_POINT epilogue (TFLite's) runs in registers (fixedpoint.requantize_lanes) and stores
-bytes; the others keep the sums in a block of int32 (`tile`, in cache) for epilogue.py. Blocks
+TFLite's fixed-point requantization and ONNX Runtime's float32 one run in registers
+(epilogue.requantize_16) and store bytes; LiteRT's double (REAL, int8 FULLY_CONNECTED) keeps the
+sums in a block of int32 (`tile`, in cache) for epilogue.py. Blocks
 and their order depend on the shape only, so the bits never depend on the thread count.
 
 Needs: sums that fit int32 (`fits`); a 1x1 layer's c_in a multiple of 4 (every MobileNet
@@ -47,10 +48,8 @@ from numba import prange
 
 from .._jit import jit, parallel_jit
 from .._product import PARTS
-from .._simd import (add, broadcast4, broadcast_lane, dot_u8s8, load, load_u8, maximum, minimum, mul, splat, store, store_bytes,
-                     xor, zeros)
-from .epilogue import FIXED_POINT, epilogue
-from .fixedpoint import lane_params, requantize_lanes
+from .._simd import add, broadcast4, broadcast_lane, dot_u8s8, load, load_u8, mul, splat, store, store_bytes, xor, zeros
+from .epilogue import REAL, epilogue, lane_constants, requantize_16
 
 ROWS, COLS = 4, 48  # the register block: 4 rows x 3 vectors of 16 outputs
 TILE_INTS = 1 << 15  # outputs per block of rows: 128 KB of int32 sums, within the L2
@@ -62,14 +61,14 @@ def fits(taps):
     return taps * (255 * 128 + 128 * 255) < (1 << 31)
 
 
-def pack(ws, x_zero, signed_x, b, rq, is_tap=None):
+def pack(ws, x_zero, signed_x, b, rq, real, is_tap=None):
     """The weights (K_pad, c_out) minus their zero points, laid out for the loop, once; is_tap
     (K_pad,) bool marks the rows that are taps (None: all), the others (rounding a run up to 4
     bytes) get weight 0. Returns (packed (K_pad/4, n_pad, 4) int8, lanes (7, n_pad) int32,
     col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32, sums_col). lanes holds the
     per-column constants the loop loads 16 at a time: e, col_term (wrapped to int32, as the
-    runtime's int32 accumulator wraps) and fixedpoint.lane_params' five (from rq; the FIXED_POINT
-    epilogue's); ones holds, per step of 4 bytes, 1 in each byte that is a tap. sums_col says
+    runtime's int32 accumulator wraps) and epilogue.lane_constants' six (from rq and real, the
+    epilogue's: fixed point or float scale); ones holds, per step of 4 bytes, 1 in each byte that is a tap. sums_col says
     how the loop gets the row sums: -1, not needed (every e is 0); a packed column < n_pad whose
     weights are the ones (the first padding column, where y's last vector has one: its sums
     come free with the others); n_pad, one more VPDPBUSD per row and step against ones."""
@@ -84,10 +83,10 @@ def pack(ws, x_zero, signed_x, b, rq, is_tap=None):
     packed[:, :c_out] = ws8.reshape(k_pad // 4, 4, c_out).transpose(0, 2, 1)
     xu_zero = int(x_zero) + (128 if signed_x else 0)
     col_term = np.asarray(b, dtype=np.int64) - xu_zero * ws8.sum(axis=0) - e * int(is_tap.sum()) * xu_zero
-    lanes = np.zeros((7, n_pad), np.int32)
+    lanes = np.zeros((8, n_pad), np.int32)
     lanes[0, :c_out] = e
     lanes[1, :c_out] = (col_term + (1 << 31)) % (1 << 32) - (1 << 31)
-    lanes[2:, :c_out] = lane_params(rq[:, :c_out])
+    lanes[2:] = lane_constants(n_pad, rq[:, :c_out], real[:c_out])
     ones = np.repeat(is_tap.reshape(-1, 4).astype(np.uint8)[:, None, :], 16, axis=1).reshape(-1, 64)
     sums_col = -1  # no row sums needed
     if e.any():
@@ -127,7 +126,7 @@ def _rows(x, x_zero, geo, r0, r1, rows_at, steps, border):
     matrix (1x1 windows of 1x1 images) are one multiply each."""
     n, h, width, c_in, k_h, k_w, stride, top, left, h_out, w_out, run = geo
     x_at, x_end = x.ctypes.data, x.ctypes.data + x.size
-    matrix = k_h == 1 and k_w == 1 and h == 1 and width == 1 and top == 0 and left == 0
+    matrix = k_h == 1 and k_w == 1 and h == 1 and width == 1 and h_out == 1 and w_out == 1  # row r: image r
     image, oy, ox = r0 // (h_out * w_out), r0 // w_out % h_out, r0 % w_out
     reach = (k_h - 1) * width * c_in + run  # the bytes a window's reads span from its first
     ox_first, ox_last = -(-left // stride), (width - k_w + left) // stride  # windows inside, along a row
@@ -174,16 +173,15 @@ def _copy_window(x, x_zero, geo, image, iy0, ix0, border, i):
 
 
 @jit
-def _finish(v, o, row_sum, lanes, y_row_at, n, y_zero, lo, hi):
-    """Outputs o .. o + 15 of a row, from their sums v: the row and column terms, TFLite's
-    requantization, the zero point and the clamp, stored as bytes (those of the n columns y has)."""
+def _finish(kind, v, o, row_sum, lanes, y_row_at, n, y_zero, lo, hi):
+    """Outputs o .. o + 15 of a row, from their sums v: the row and column terms, the runtime's
+    requantization, the zero point and the clamp (epilogue.requantize_16), stored as bytes (those
+    of the n columns y has)."""
     if o >= n:
         return
     at, step = lanes.ctypes.data + 4 * o, 4 * lanes.shape[1]
     v = add(add(v, mul(load(at), row_sum)), load(at + step))
-    v = requantize_lanes(v, load(at + 2 * step), load(at + 3 * step), load(at + 4 * step), load(at + 5 * step),
-                         load(at + 6 * step))
-    store_bytes(y_row_at + o, minimum(maximum(add(v, splat(y_zero)), splat(lo)), splat(hi)), n - o)
+    store_bytes(y_row_at + o, requantize_16(kind, v, at + 2 * step, step, y_zero, lo, hi), n - o)
 
 
 @jit
@@ -193,11 +191,12 @@ def _keep(v, o, row_sum, lanes, tile_at):
 
 
 @jit
-def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, sums_col, fused, y, y_zero, lo, hi, tile,
+def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, sums_col, kind, y, y_zero, lo, hi, tile,
           r0, r1, c0, c1):
     """The block's outputs, 4 rows x 48 columns at a time: the sums over the rows' runs in 12
     registers (a strip's vectors that hold no column of y or of the row sums are skipped), then
-    either requantized into y (fused: FIXED_POINT) or kept in tile[r - r0, o - c0]. The strips
+    either requantized into y in registers (kind FIXED_POINT or FLOAT_SCALE) or kept in
+    tile[r - r0, o - c0] (REAL). The strips
     go from the last to the first, so that row sums packed as a column (sums_col, see pack) are
     known before any strip's outputs. (border, which some rows_at point into, is passed to keep
     it alive: numba frees a local array after its last use as an array, and an address is not
@@ -250,12 +249,12 @@ def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, sums
                 s3 = broadcast_lane(a30 if v == 0 else (a31 if v == 1 else a32), lane)
             for j, (v0, v1, v2, row_sum) in enumerate(((a00, a01, a02, s0), (a10, a11, a12, s1),
                                                        (a20, a21, a22, s2), (a30, a31, a32, s3))):
-                if fused and r + j < r1:
+                if kind != REAL and r + j < r1:
                     row_at = y_at + (r + j) * n
-                    _finish(v0, c, row_sum, lanes, row_at, n, y_zero, lo, hi)
-                    _finish(v1, c + 16, row_sum, lanes, row_at, n, y_zero, lo, hi)
-                    _finish(v2, c + 32, row_sum, lanes, row_at, n, y_zero, lo, hi)
-                elif not fused:
+                    _finish(kind, v0, c, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                    _finish(kind, v1, c + 16, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                    _finish(kind, v2, c + 32, row_sum, lanes, row_at, n, y_zero, lo, hi)
+                elif kind == REAL:
                     t = t_at + 4 * ((i + j) * (c1 - c0) + (c - c0))
                     _keep(v0, c, row_sum, lanes, t)
                     _keep(v1, c + 16, row_sum, lanes, t + 64)
@@ -277,11 +276,10 @@ def _block_jit(x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, ki
     rows_at, steps = np.empty(rows, np.int64), np.empty(rows, np.int64)
     border = np.empty(rows * k_h * run, np.uint8)
     _rows(x, x_zero, geo, r0, r1, rows_at, steps, border)
-    fused = kind == FIXED_POINT
-    tile = np.empty((0 if fused else rows, c1 - c0), np.int32)
-    _sums(rows_at, steps, border, k_h, run, flip, packed, ones, lanes, sums_col, fused, y, y_zero, lo, hi, tile, r0, r1,
+    tile = np.empty((rows if kind == REAL else 0, c1 - c0), np.int32)
+    _sums(rows_at, steps, border, k_h, run, flip, packed, ones, lanes, sums_col, kind, y, y_zero, lo, hi, tile, r0, r1,
           c0, c1)
-    if not fused:
+    if kind == REAL:
         epilogue(kind, tile[:r1 - r0].reshape(1, r1 - r0, c1 - c0), col_term, rq, real, y_zero, lo, hi, y, r0, c0)
 
 
