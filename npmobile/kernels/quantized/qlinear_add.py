@@ -13,8 +13,8 @@ change the last bit. (TFLite's ADD instead shifts both inputs left 20 bits and r
 times in fixed point: qadd.py.) b is a tensor of a's shape, or a constant per channel (c,).
 
 Layout: any shape, one 8-bit dtype for a, b and y. Cost: no MACs; two FMAs per element (the
-hardware's, through LLVM's fma: 16 lanes at a time; float64 arithmetic emulating the one
-rounding ran 30x slower).
+hardware's, through LLVM's fma, 16 lanes at a time: V2's 11 additions take 0.02 ms; emulating
+the one rounding in float64, with a modulo per element for b's index, took 0.64).
 """
 
 from fractions import Fraction
