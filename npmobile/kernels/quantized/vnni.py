@@ -37,8 +37,8 @@ TFLite's fixed-point requantization and ONNX Runtime's float32 one run in regist
 sums in a block of int32 (`tile`, in cache) for epilogue.py. Blocks
 and their order depend on the shape only, so the bits never depend on the thread count.
 
-Needs: sums that fit int32 (`fits`); a 1x1 layer's c_in a multiple of 4 (every MobileNet
-layer; others run on float32 sgemm, qproduct.py).
+Needs: sums that fit int32 (`fits`); a 1x1 layer of any c_in (its rows rounded up to 4 bytes,
+the last row copied where that would read past x).
 
 Cost: rows * K * c_out MACs (plus the padding's), 64 per instruction; the epilogue in registers.
 """
@@ -196,11 +196,11 @@ def _sums(rows_at, steps, border, segments, run, flip, packed, ones, lanes, sums
     """The block's outputs, 4 rows x 48 columns at a time: the sums over the rows' runs in 12
     registers (a strip's vectors that hold no column of y or of the row sums are skipped), then
     either requantized into y in registers (kind FIXED_POINT or FLOAT_SCALE) or kept in
-    tile[r - r0, o - c0] (REAL). The strips
-    go from the last to the first, so that row sums packed as a column (sums_col, see pack) are
-    known before any strip's outputs. (border, which some rows_at point into, is passed to keep
-    it alive: numba frees a local array after its last use as an array, and an address is not
-    one. Without it the block's tile was allocated over it.)"""
+    tile[r - r0, o - c0] (REAL). The strips go from the last to the first, so that row sums
+    packed as a column (sums_col, see pack) are known before any strip's outputs. (border, which
+    some rows_at point into, is passed to keep it alive: numba frees a local array after its
+    last use as an array, and an address is not one. Without it the block's tile was allocated
+    over it.)"""
     n, n_pad = y.shape[1], packed.shape[1]
     w_at, t_at, y_at, ones_at = packed.ctypes.data, tile.ctypes.data, y.ctypes.data, ones.ctypes.data
     flip_lanes = splat(flip)
