@@ -64,21 +64,18 @@ def check_qconv2d(x, w, b=None, *, x_zero, w_zero, y_zero, multiplier, shift, st
 
 
 def check_windows(x, x_zero, ws, b, rq, y_zero, lo, hi, stride, top, left, y, kind=FIXED_POINT, real=None):
-    """The arguments of run_windows, on a CPU with VNNI (None otherwise): the weights as rows in
-    the windows' order, each row of k_w * c_in taps rounded up to 4 bytes with weights 0, packed
-    for vnni.py, and the geometry by which it reads each window straight from x. kind is the
+    """The arguments of run_windows, on a CPU with VNNI (None otherwise): the weights in the
+    windows' order (k_h runs of k_w * c_in taps) packed for vnni.py, and the geometry by which it
+    reads each window straight from x. kind is the
     epilogue's (epilogue.py: FIXED_POINT with rq, or FLOAT_SCALE with real, ONNX's QLinearConv)."""
     k_h, k_w, c_in, c_out = ws.shape
     geo = vnni.windows(*x.shape, k_h, k_w, stride, top, left, y.shape[1], y.shape[2])
     run = geo[-1]
     if not _simd.USE_VNNI or not vnni.fits(k_h * run):
         return None
-    w_rows = np.zeros((k_h, run, c_out), np.int64)
-    w_rows[:, :k_w * c_in] = ws.reshape(k_h, k_w * c_in, c_out)
-    is_tap = np.arange(k_h * run) % run < k_w * c_in
     rq, real = constants(c_out, rq, real)
-    packed, lanes, col_term, flip, ones, sums_col = vnni.pack(w_rows.reshape(-1, c_out), x_zero, x.dtype == np.int8, b,
-                                                              rq, real, is_tap)
+    packed, lanes, col_term, flip, ones, sums_col = vnni.pack(ws.reshape(k_h, k_w * c_in, c_out), run, x_zero,
+                                                              x.dtype == np.int8, b, rq, real)
     rows = y.shape[0] * y.shape[1] * y.shape[2]
     return (x, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real, y_zero, lo, hi,
             y.reshape(rows, c_out), y)

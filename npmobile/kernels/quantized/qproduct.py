@@ -48,10 +48,8 @@ def check_product(x_rows, x_zero, ws, b, kind, y_zero, lo, hi, y_rows, y, *, rq=
     m, c_in = x_rows.shape
     if _simd.USE_VNNI and vnni.fits(c_in + 3) and y_rows.flags.c_contiguous:
         geo = vnni.windows(m, 1, 1, c_in, 1, 1, 1, 0, 0, 1, 1)  # a matrix: the 1x1 convolution of m pixels
-        w_rows = np.zeros((geo[-1], c_out), np.int64)
-        w_rows[:c_in] = ws
-        packed, lanes, col_term, flip, ones, sums_col = vnni.pack(w_rows, x_zero, x_rows.dtype == np.int8, b, rq, real,
-                                                                  np.arange(geo[-1]) < c_in)
+        packed, lanes, col_term, flip, ones, sums_col = vnni.pack(ws[None], geo[-1], x_zero, x_rows.dtype == np.int8, b,
+                                                                  rq, real)
         return True, (x_rows, x_zero, geo, flip, packed, ones, lanes, sums_col, col_term, kind, rq, real,
                       y_zero, lo, hi, y_rows), y
     ws = np.ascontiguousarray(ws, dtype=np.float32)  # exact: small integers

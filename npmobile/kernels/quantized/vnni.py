@@ -61,20 +61,24 @@ def fits(taps):
     return taps * (255 * 128 + 128 * 255) < (1 << 31)
 
 
-def pack(ws, x_zero, signed_x, b, rq, real, is_tap=None):
-    """The weights (K_pad, c_out) minus their zero points, laid out for the loop, once; is_tap
-    (K_pad,) bool marks the rows that are taps (None: all), the others (rounding a run up to 4
-    bytes) get weight 0. Returns (packed (K_pad/4, n_pad, 4) int8, lanes (7, n_pad) int32,
-    col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32, sums_col). lanes holds the
-    per-column constants the loop loads 16 at a time: e, col_term (wrapped to int32, as the
-    runtime's int32 accumulator wraps) and epilogue.lane_constants' six (from rq and real, the
-    epilogue's: fixed point or float scale); ones holds, per step of 4 bytes, 1 in each byte that is a tap. sums_col says
-    how the loop gets the row sums: -1, not needed (every e is 0); a packed column < n_pad whose
-    weights are the ones (the first padding column, where y's last vector has one: its sums
-    come free with the others); n_pad, one more VPDPBUSD per row and step against ones."""
-    ws = np.asarray(ws, dtype=np.int64)
-    k_pad, c_out = ws.shape
-    is_tap = np.ones(k_pad, bool) if is_tap is None else np.asarray(is_tap, bool)
+def pack(ws, run, x_zero, signed_x, b, rq, real):
+    """The weights minus their zero points, laid out for the loop, once: ws (segments, taps,
+    c_out), the taps of each run of a row (windows), each run rounded up to `run` bytes whose
+    weights are 0 (K_pad = segments * run). Returns (packed (K_pad/4, n_pad, 4) int8, lanes
+    (8, n_pad) int32, col_term (c_out,) int64, flip, ones (K_pad/4, 16) int32, sums_col).
+    - lanes: the per-column constants the loop loads 16 at a time: e, col_term (wrapped to int32,
+      as the runtime's int32 accumulator wraps) and epilogue.lane_constants' six (from rq and
+      real: fixed point or float scale);
+    - ones: per step of 4 bytes, 1 in each byte that is a tap;
+    - sums_col: how the loop gets the row sums: -1, not needed (every e is 0); a packed column
+      < n_pad whose weights are the ones (the first padding column, where y's last vector has
+      one: its sums come free with the others); n_pad, one more VPDPBUSD per row and step
+      against ones."""
+    segments, taps, c_out = ws.shape
+    rows = np.zeros((segments, run, c_out), np.int64)
+    rows[:, :taps] = ws
+    ws, k_pad = rows.reshape(-1, c_out), segments * run
+    is_tap = np.arange(k_pad) % run < taps
     top, bottom = ws[is_tap].max(axis=0, initial=0), ws[is_tap].min(axis=0, initial=0)
     e = np.where(top > 127, top - 127, np.where(bottom < -128, bottom + 128, 0))
     ws8 = np.where(is_tap[:, None], ws - e, 0)
